@@ -1,0 +1,200 @@
+"""The stateful Flower ClientApp: one Cooperative SGD worker.
+
+Between messages the worker keeps, in ``context.state``, its model x_i, its momentum buffers,
+its CoCoD-SGD snapshot, the gradient held back under Remark 1 and the last round it ran, so
+that a round picks up exactly where the previous one stopped. Each train message applies the
+previous round's sync (the payload the server computed from the worker's column of W), then
+runs tau local SGD steps and replies with the model.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients import messages
+from fedcoop import algorithms, data, models, partitions
+from fedcoop.config import RunConfig
+from fedcoop.errors import ConfigError
+from fedcoop.cooperative import CooperativeSpec
+from fedcoop.training import LocalSGD, LocalWorker, default_device, evaluate
+
+STATE_ARRAYS = "worker"
+STATE_META = "worker-meta"
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=4)
+def _split(dataset: str, seed: int, test_fraction: float) -> tuple[data.ArrayDataset, ...]:
+    """Train and test sets, loaded once per process (simulation reuses its workers)."""
+    return data.load_dataset(dataset, seed=seed, test_fraction=test_fraction)
+
+
+def _partition_of(config: RunConfig, partition_id: int, num_partitions: int) -> data.ArrayDataset:
+    """This worker's share of the training set; a function of the config alone."""
+    train, _ = _split(config.dataset, config.seed, config.test_fraction)
+    parts = _partitions(config, num_partitions)
+    idx = torch.as_tensor(parts[partition_id])
+    return data.ArrayDataset(x=train.x[idx], y=train.y[idx])
+
+
+@lru_cache(maxsize=4)
+def _partitions(config: RunConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
+    train, _ = _split(config.dataset, config.seed, config.test_fraction)
+    labels = train.y.numpy()
+    if train.y.is_floating_point():
+        if config.partition != "iid":
+            raise ConfigError("partition", config.partition, "regression data needs iid")
+        labels = np.zeros(len(labels), dtype=np.int64)
+    return tuple(
+        partitions.partition(
+            labels,
+            num_partitions,
+            config.partition,
+            seed=config.seed,
+            alpha=config.dirichlet_alpha,
+            classes_per_partition=config.classes_per_partition,
+            major_fraction=config.major_fraction,
+        )
+    )
+
+
+def _node_partition(context: Context) -> tuple[int, int]:
+    """(partition-id, num-partitions) of this SuperNode; simulation sets both."""
+    try:
+        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    except KeyError as missing:
+        raise ValueError(
+            f"SuperNode config lacks {missing}: start it with "
+            '--node-config "partition-id=<i> num-partitions=<m>"'
+        ) from None
+
+
+def _spec(config: RunConfig) -> CooperativeSpec:
+    """The algorithm's rules, as the server resolved them (sample counts do not matter here)."""
+    return algorithms.resolve(config)
+
+
+def _worker(config: RunConfig, context: Context) -> LocalWorker:
+    partition_id, num_partitions = _node_partition(context)
+    shard = _partition_of(config, partition_id, num_partitions)
+    momentum, nesterov = algorithms.local_optimizer(config)
+    sgd = LocalSGD(
+        lr=config.lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+    )
+    return LocalWorker(models.build_for(config.model, shard), shard, sgd, default_device())
+
+
+def _restore(worker: LocalWorker, state: RecordDict) -> None:
+    arrays = state.array_records[STATE_ARRAYS]
+    worker.load_vector(torch.from_numpy(arrays[messages.MODEL].numpy()))
+    if "momentum" in arrays:
+        worker.load_momentum(torch.from_numpy(arrays["momentum"].numpy()))
+    if "snapshot" in arrays:
+        worker.snapshot = torch.from_numpy(arrays["snapshot"].numpy()).to(worker.device)
+    if "pending" in arrays:
+        worker.load_pending(torch.from_numpy(arrays["pending"].numpy()))
+
+
+def _save(worker: LocalWorker, state: RecordDict, round_: int) -> None:
+    def cpu(t: torch.Tensor | None) -> np.ndarray | None:
+        return None if t is None else t.detach().cpu().numpy()
+
+    state[STATE_ARRAYS] = messages.vector_record(
+        **{
+            messages.MODEL: cpu(worker.vector()),
+            "momentum": cpu(worker.momentum_vector()),
+            "snapshot": cpu(worker.snapshot),
+            "pending": cpu(worker.pending_vector()),
+        }
+    )
+    state[STATE_META] = ConfigRecord({"round": round_})
+
+
+def _last_round(state: RecordDict) -> int:
+    meta = state.config_records.get(STATE_META)
+    return 0 if meta is None else int(meta["round"])
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Handshake: which column of W this node is, and how many samples it holds."""
+    config = messages.read_config(msg)
+    partition_id, num_partitions = _node_partition(context)
+    shard = _partition_of(config, partition_id, num_partitions)
+    return Message(
+        RecordDict(
+            {
+                messages.METRICS: MetricRecord(
+                    {
+                        "partition-id": partition_id,
+                        "num-partitions": num_partitions,
+                        "num-examples": len(shard),
+                    }
+                )
+            }
+        ),
+        reply_to=msg,
+    )
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Apply the previous round's sync, run the round's local steps, reply with x_i."""
+    config = messages.read_config(msg)
+    header = msg.content.config_records[messages.HEADER]
+    round_, steps = int(header["round"]), int(header["local-steps"])
+    last = _last_round(context.state)
+    if round_ != last + 1:
+        raise ValueError(f"round {round_} sent to a worker whose last round was {last}")
+    spec = _spec(config)
+    worker = _worker(config, context)
+    if round_ == 1:
+        init = messages.read_vector(msg, messages.INIT)
+        if init is None:
+            raise ValueError("the first round's message carries no initial model")
+        worker.load_vector(torch.from_numpy(init))
+        worker.snapshot = worker.vector()
+    else:
+        _restore(worker, context.state)
+        mix = messages.read_vector(msg, messages.MIX)
+        worker.apply_sync(
+            float(header["self-weight"]),
+            None if mix is None else torch.from_numpy(mix),
+            spec.client_rule,
+            spec.rule,
+        )
+    seed = np.random.SeedSequence([config.seed, _node_partition(context)[0], round_])
+    generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
+    loss = worker.run(steps, spec.rule, generator)
+    _save(worker, context.state, round_)
+    return Message(
+        messages.reply_content(
+            messages.vector_record(**{messages.MODEL: worker.vector().cpu().numpy()}),
+            {"train-loss": loss, "num-examples": len(worker.data), "round": round_},
+        ),
+        reply_to=msg,
+    )
+
+
+@app.evaluate()
+def evaluate_local(msg: Message, context: Context) -> Message:
+    """Loss and accuracy of this worker's own current model on the test set."""
+    config = messages.read_config(msg)
+    worker = _worker(config, context)
+    _restore(worker, context.state)
+    _, test = _split(config.dataset, config.seed, config.test_fraction)
+    loss, accuracy = evaluate(worker.model, test)
+    metrics = {"loss": loss, "num-examples": len(test)}
+    if not np.isnan(accuracy):
+        metrics["accuracy"] = accuracy
+    return Message(RecordDict({messages.METRICS: MetricRecord(metrics)}), reply_to=msg)

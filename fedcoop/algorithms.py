@@ -1,0 +1,219 @@
+"""Every named algorithm of both papers as one declaration over A(tau, W, v).
+
+A declaration says which matrix, how many auxiliary nodes, which update rule and which
+client rule; nothing else differs between algorithms, so nothing else is implemented per
+algorithm. `resolve` turns a run config into the `CooperativeSpec` that the server and the
+clients execute, and `local_optimizer` says which local momentum an algorithm implies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from fedcoop import mixing, topology
+from fedcoop.config import AUTO, RunConfig
+from fedcoop.cooperative import ClientRule, CooperativeSpec, UpdateRule
+from fedcoop.errors import ConfigError
+
+#: The overlap paper's defaults (section 4): pullback alpha and anchor momentum beta.
+OVERLAP_ALPHA = 0.6
+OVERLAP_BETA = 0.7
+#: EAMSGD's local Nesterov momentum when the config leaves momentum at 0.
+EAMSGD_MOMENTUM = 0.9
+
+SpecBuilder = Callable[[RunConfig, int, Sequence[int]], CooperativeSpec]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A named point of the design space: how to build its spec from a config."""
+
+    name: str
+    form: str
+    summary: str
+    build: SpecBuilder
+    #: local momentum this algorithm uses when the config's momentum is 0 (EAMSGD)
+    default_momentum: float = 0.0
+
+
+def _alpha(config: RunConfig, default: float | None) -> float | None:
+    """The config's alpha, or the algorithm's default where it says "auto"."""
+    return default if config.alpha == AUTO else float(config.alpha)
+
+
+def _graph_w(config: RunConfig, m: int) -> np.ndarray:
+    return topology.weigh(config.weighting, topology.build(config.topology, m, seed=config.seed))
+
+
+def _sync(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
+    return CooperativeSpec(tau=1, w=mixing.averaging(m))
+
+
+def _local_sgd(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
+    return CooperativeSpec(tau=config.tau, w=mixing.averaging(m))
+
+
+def _fedavg(config: RunConfig, m: int, counts: Sequence[int]) -> CooperativeSpec:
+    """W = p 1^T with p_j = n_j / n: every worker takes the sample-weighted average."""
+    p = np.asarray(counts, dtype=np.float64)
+    if p.shape != (m,) or np.any(p <= 0):
+        raise ConfigError("sample counts", list(counts), f"fedavg needs {m} positive counts")
+    w = np.outer(p / p.sum(), np.ones(m))
+    return CooperativeSpec(tau=config.tau, w=w, symmetric=False)
+
+
+def _easgd(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
+    alpha = _alpha(config, 2.0 / (m + 2))
+    return CooperativeSpec(
+        tau=config.tau,
+        w=mixing.easgd(m, alpha),
+        num_aux=1,
+        rule=UpdateRule.MIX_BEFORE_STEP,
+        nonnegative=False,
+    )
+
+
+def _dpsgd(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
+    return CooperativeSpec(
+        tau=config.tau,
+        w=_graph_w(config, m),
+        rule=UpdateRule.MIX_BEFORE_STEP,
+        nonnegative=config.weighting != "laplacian",
+    )
+
+
+def _generalized_elastic(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
+    w = mixing.generalized_elastic(_graph_w(config, m), _alpha(config, None))
+    return CooperativeSpec(tau=config.tau, w=w, num_aux=1, nonnegative=False)
+
+
+def _hierarchical(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
+    if not 1 <= config.groups <= m:
+        raise ConfigError("groups", config.groups, f"must be between 1 and num-clients={m}")
+    w = mixing.hierarchical(mixing.even_groups(m, config.groups), _alpha(config, None))
+    return CooperativeSpec(tau=config.tau, w=w, num_aux=config.groups)
+
+
+def _overlap(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
+    return CooperativeSpec(
+        tau=config.tau,
+        w=mixing.overlap(m, _alpha(config, OVERLAP_ALPHA)),
+        num_aux=1,
+        anchor_momentum=OVERLAP_BETA,
+        symmetric=False,
+    )
+
+
+def cocod_routing(m: int) -> np.ndarray:
+    """The matrix that routes CoCoD-SGD's one-round-stale average to every worker.
+
+    Column m (the auxiliary node) is the workers' mean; worker column i reads only the
+    auxiliary node. With the client's correction rule (x_i <- z + x_i - snapshot_i) this is
+    CoCoD-SGD; it is not a Cooperative SGD point by itself, so only column sums are checked.
+    """
+    w = np.zeros((m + 1, m + 1))
+    w[m, :m] = 1.0
+    w[:m, m] = 1.0 / m
+    return w
+
+
+def _cocod(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
+    return CooperativeSpec(
+        tau=config.tau,
+        w=cocod_routing(m),
+        num_aux=1,
+        client_rule=ClientRule.CORRECTION,
+        symmetric=False,
+        check_spectrum=False,
+    )
+
+
+def _cooperative(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
+    """Any user matrix: symmetric ones are held to Assumption 5, others to column sums."""
+    w = load_matrix(config.matrix_file)
+    return CooperativeSpec(
+        tau=config.tau,
+        w=w,
+        num_aux=config.num_aux,
+        symmetric=bool(np.allclose(w, w.T)),
+        nonnegative=False,
+    )
+
+
+def load_matrix(path: str) -> np.ndarray:
+    """Read W from .npy, or from text (.csv or whitespace separated)."""
+    if not path:
+        raise ConfigError("matrix-file", path, "the cooperative algorithm needs a matrix file")
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("matrix-file", path, "no such file")
+    if file.suffix == ".npy":
+        return np.load(file)
+    return np.loadtxt(file, delimiter="," if file.suffix == ".csv" else None, ndmin=2)
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in [
+        Algorithm("sync", "A(1, J, 0)", "fully synchronous SGD", _sync),
+        Algorithm("local-sgd", "A(tau, J, 0)", "periodic averaging / Local SGD", _local_sgd),
+        Algorithm("fedavg", "A(tau, p1^T, 0)", "Local SGD, sample-weighted average", _fedavg),
+        Algorithm("easgd", "A(tau, W_alpha, 1)", "elastic averaging SGD", _easgd),
+        Algorithm(
+            "eamsgd", "A(tau, W_alpha, 1)", "EASGD, Nesterov momentum", _easgd, EAMSGD_MOMENTUM
+        ),
+        Algorithm("dpsgd", "A(tau, W, 0)", "D-PSGD / decentralized periodic averaging", _dpsgd),
+        Algorithm(
+            "generalized-elastic",
+            "A(tau, W', 1)",
+            "D-PSGD plus an elastic anchor",
+            _generalized_elastic,
+        ),
+        Algorithm("hierarchical", "A(tau, W_h, g)", "group anchors that mix", _hierarchical),
+        Algorithm("overlap", "A(tau, P, 1) + beta", "Overlap-Local-SGD", _overlap),
+        Algorithm("cocod", "(baseline)", "CoCoD-SGD", _cocod),
+        Algorithm("cooperative", "A(tau, W, v)", "any matrix from matrix-file", _cooperative),
+    ]
+}
+
+
+def get(name: str) -> Algorithm:
+    """The declaration called `name`, or a ConfigError listing the valid names."""
+    if name not in ALGORITHMS:
+        raise ConfigError("algorithm", name, f"valid names: {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+def resolve(config: RunConfig, sample_counts: Sequence[int] | None = None) -> CooperativeSpec:
+    """The validated spec that `config` describes for its num-clients workers."""
+    m = config.num_clients
+    counts = list(sample_counts) if sample_counts is not None else [1] * m
+    spec = get(config.algorithm).build(config, m, counts)
+    if config.update_rule != AUTO:
+        if spec.client_rule is ClientRule.CORRECTION:
+            raise ConfigError("update-rule", config.update_rule, "cocod has its own rule: auto")
+        try:
+            spec = replace(spec, rule=UpdateRule(config.update_rule))
+        except ValueError:
+            valid = ", ".join([AUTO, *(r.value for r in UpdateRule)])
+            raise ConfigError("update-rule", config.update_rule, f"valid: {valid}") from None
+    if config.anchor_momentum != AUTO:
+        beta = float(config.anchor_momentum)
+        if beta and (spec.num_aux == 0 or spec.client_rule is ClientRule.CORRECTION):
+            raise ConfigError(
+                "anchor-momentum", beta, f"{config.algorithm} has no anchor: leave it at auto or 0"
+            )
+        spec = replace(spec, anchor_momentum=beta)
+    return spec.validate(num_clients=m)
+
+
+def local_optimizer(config: RunConfig) -> tuple[float, bool]:
+    """(momentum, nesterov) for the workers' local SGD under this algorithm."""
+    default = get(config.algorithm).default_momentum
+    if config.momentum == 0 and default:
+        return default, True
+    return config.momentum, config.nesterov

@@ -1,0 +1,139 @@
+"""The run configuration: every hyperparameter, its default, and its check.
+
+The keys are those of ``[tool.flwr.app.config]`` in pyproject.toml and of ``--run-config``
+(dashes, as Flower writes them). Parsing refuses unknown keys, wrong types and values out of
+range with a `ConfigError`, so a typo fails at start-up instead of after an hour of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from fedcoop.errors import ConfigError
+
+#: Config values that mean "the algorithm's own default from the papers".
+AUTO = "auto"
+_NUMBER_OR_AUTO = frozenset({"alpha", "anchor_momentum"})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run, fully specified. Field names are the config keys with '-' -> '_'."""
+
+    algorithm: str = "local-sgd"
+    num_clients: int = 8
+    num_rounds: int = 20
+    tau: int = 4
+    lr: float = 0.05
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    #: pullback / elasticity; "auto": EASGD 2/(m+2) (Lemma 1), generalized elastic Lemma 2,
+    #: overlap 0.6, hierarchical 1/(largest group + 1)
+    alpha: float | str = AUTO
+    #: the overlap paper's anchor momentum beta; "auto": 0.7 for overlap, 0 otherwise
+    anchor_momentum: float | str = AUTO
+    topology: str = "ring"
+    weighting: str = "metropolis-hastings"
+    groups: int = 2
+    #: "auto": the algorithm's rule; or "mix-after-step" (eq. 10) / "mix-before-step" (Remark 1)
+    update_rule: str = AUTO
+    matrix_file: str = ""
+    num_aux: int = 0
+    dataset: str = "mnist-embedded"
+    test_fraction: float = 0.2
+    model: str = "cnn"
+    partition: str = "iid"
+    dirichlet_alpha: float = 0.5
+    classes_per_partition: int = 2
+    major_fraction: float = 0.64
+    seed: int = 0
+    results_dir: str = ""
+    round_timeout: float = 600.0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Parse Flower's run config (or any mapping with dashed or underscored keys)."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                valid = ", ".join(sorted(n.replace("_", "-") for n in known))
+                raise ConfigError(key, value, f"unknown config key; valid keys: {valid}")
+            kwargs[name] = _coerce(key, value, known[name])
+        return cls(**kwargs).checked()
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The config with Flower's dashed keys, for messages and results on disk."""
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some fields changed, checked again."""
+        return dataclasses.replace(self, **changes).checked()
+
+    def checked(self) -> RunConfig:
+        """Range checks that do not depend on the algorithm (those live in algorithms.py)."""
+        _at_least("num-clients", self.num_clients, 1)
+        _at_least("num-rounds", self.num_rounds, 1)
+        _at_least("tau", self.tau, 1)
+        _at_least("batch-size", self.batch_size, 0)
+        _at_least("groups", self.groups, 1)
+        _at_least("num-aux", self.num_aux, 0)
+        _at_least("classes-per-partition", self.classes_per_partition, 1)
+        if not self.lr > 0:
+            raise ConfigError("lr", self.lr, "must be > 0")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError("momentum", self.momentum, "must be in [0, 1)")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov", True, "needs momentum > 0")
+        if not self.weight_decay >= 0:
+            raise ConfigError("weight-decay", self.weight_decay, "must be >= 0")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError("test-fraction", self.test_fraction, "must be in (0, 1)")
+        if not self.dirichlet_alpha > 0:
+            raise ConfigError("dirichlet-alpha", self.dirichlet_alpha, "must be > 0")
+        if not 0 < self.major_fraction <= 1:
+            raise ConfigError("major-fraction", self.major_fraction, "must be in (0, 1]")
+        if not self.round_timeout > 0:
+            raise ConfigError("round-timeout", self.round_timeout, "must be > 0 seconds")
+        for key in _NUMBER_OR_AUTO:
+            value = getattr(self, key)
+            if isinstance(value, str) and value != AUTO:
+                raise ConfigError(key.replace("_", "-"), value, f'must be a number or "{AUTO}"')
+        return self
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(name, value, f"must be an integer >= {low}")
+
+
+def _coerce(key: str, value: Any, spec: dataclasses.Field[Any]) -> Any:
+    """Accept what TOML and --run-config produce (ints for floats, 'auto' for numbers)."""
+    default = spec.default
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, value, "must be true or false")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(key, value, "must be an integer")
+    numeric_or_auto = spec.name in _NUMBER_OR_AUTO
+    if isinstance(default, float) or numeric_or_auto:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if numeric_or_auto and value == AUTO:
+            return value
+        valid = f'a number or "{AUTO}"' if numeric_or_auto else "a number"
+        raise ConfigError(key, value, f"must be {valid}")
+    if isinstance(value, str):
+        return value
+    raise ConfigError(key, value, "must be a string")

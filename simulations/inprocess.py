@@ -1,0 +1,119 @@
+"""A Flower Grid that delivers messages to a ClientApp in this process, without Ray.
+
+It runs the real ClientApp on real Messages with one persistent Context per node, exactly
+the objects Flower's simulation engine hands a ClientApp, but in a seeded, shuffled order:
+on each pull it delivers a random subset of the waiting messages, so replies arrive out of
+order as they do from real devices. Tests use it to check the strategy against the matrix
+rule in seconds; users can use it to step through a run in a debugger. It also records if a
+node ever had two messages waiting at once, which the strategy must never cause.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+from uuid import uuid4
+
+import numpy as np
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+#: Error code of a reply whose ClientApp raised (Flower uses the same meaning).
+CLIENT_APP_RAISED = 1
+
+
+class InProcessGrid(Grid):
+    """`num_nodes` simulated SuperNodes running `client_app`, partition i on the i-th node."""
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, *, seed: int = 0) -> None:
+        self.client_app = client_app
+        self._rng = np.random.default_rng(seed)
+        # Node ids unrelated to partition ids, so the strategy has to map them.
+        ids = self._rng.choice(10**6, size=num_nodes, replace=False) + 1
+        self.contexts = {
+            int(node): Context(
+                run_id=1,
+                node_id=int(node),
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i, node in enumerate(ids)
+        }
+        self._waiting: dict[str, Message] = {}
+        self._replies: dict[str, Message] = {}
+        self.overlapping_messages = 0
+        self.delivered = 0
+        self._run = Run.create_empty(run_id=1)
+        # Messages read their run id from the process's task identity, which Flower's
+        # runtimes set before a ServerApp runs; this process is that runtime here.
+        TaskIdentity.task_id = 1
+        TaskIdentity.run_id = self._run.run_id
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if node not in self.contexts:
+                raise ValueError(f"no node {node}")
+            if any(m.metadata.dst_node_id == node for m in self._waiting.values()):
+                self.overlapping_messages += 1
+            # Flower's own InMemoryGrid assigns message ids this way.
+            msg.metadata.__dict__["_message_id"] = str(uuid4())
+            self._waiting[msg.metadata.message_id] = msg
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        waiting = list(self._waiting)
+        if waiting:
+            count = int(self._rng.integers(1, len(waiting) + 1))
+            for msg_id in self._rng.permutation(waiting)[:count]:
+                self._deliver(self._waiting.pop(str(msg_id)))
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        ids = set(self.push_messages(messages))
+        out: list[Message] = []
+        while ids:
+            replies = list(self.pull_messages(ids))
+            ids -= {r.metadata.reply_to_message_id for r in replies}
+            out.extend(replies)
+        return out
+
+    def _deliver(self, msg: Message) -> None:
+        context = self.contexts[msg.metadata.dst_node_id]
+        try:
+            reply = self.client_app(msg, context)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+            reply = Message(Error(code=CLIENT_APP_RAISED, reason=reason), reply_to=msg)
+        self.delivered += 1
+        self._replies[msg.metadata.message_id] = reply

@@ -1,0 +1,70 @@
+"""Results on disk: one directory per run, enough to redraw any plot or table from files.
+
+config.json holds the full resolved config and the spec actually run (tau, W, v, rules);
+metrics.jsonl and metrics.csv one row per round; final.json the end state's metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import flwr
+import numpy as np
+import torch
+
+from strategies.cooperative import RunResult
+
+
+def run_directory(root: str | Path, result: RunResult) -> Path:
+    """A fresh directory under root named by algorithm, seed and time."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{result.config.algorithm}-seed{result.config.seed}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        path, n = Path(f"{base}-{n}"), n + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def write_results(result: RunResult, root: str | Path) -> Path:
+    """Write config, per-round metrics and final metrics; returns the run directory."""
+    path = run_directory(root, result)
+    spec = result.spec
+    config: dict[str, Any] = {
+        "config": result.config.to_mapping(),
+        "spec": {
+            "tau": spec.tau,
+            "num-workers": spec.num_workers,
+            "num-aux": spec.num_aux,
+            "W": spec.w.tolist(),
+            "update-rule": spec.rule.value,
+            "client-rule": spec.client_rule.value,
+            "anchor-momentum": spec.anchor_momentum,
+        },
+        "node-of-worker": result.node_of_worker,
+        "environment": {
+            "python": platform.python_version(),
+            "flwr": flwr.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+        },
+    }
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    with (path / "metrics.jsonl").open("w") as f:
+        for row in result.rounds:
+            f.write(json.dumps(row) + "\n")
+    if result.rounds:
+        columns = list(dict.fromkeys(k for row in result.rounds for k in row))
+        with (path / "metrics.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(result.rounds)
+    final = {"last-round": result.rounds[-1] if result.rounds else {}, **result.client_evaluation}
+    (path / "final.json").write_text(json.dumps(final, indent=2))
+    return path

@@ -1,0 +1,72 @@
+"""The Flower ServerApp: read the run config, run the strategy, write the results.
+
+``app`` reads ``context.run_config`` (what ``flwr run`` passes); `make_server_app` binds an
+explicit config instead, for ``run_simulation``, which passes an empty run config.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedcoop import data, models
+from fedcoop.config import RunConfig
+from fedcoop.training import default_device, evaluate, load_model_vector, model_vector
+from simulations.results import write_results
+from strategies.cooperative import CooperativeStrategy, EvaluateFn, RunResult
+
+LOG = logging.getLogger("flwr.fedcoop")
+
+
+def initial_model(config: RunConfig, test: data.ArrayDataset) -> torch.nn.Module:
+    """x_0, the same for every worker and auxiliary node: the model seeded by config.seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return models.build_for(config.model, test)
+
+
+def server_evaluator(model: torch.nn.Module, test: data.ArrayDataset) -> EvaluateFn:
+    """Test loss and accuracy of a model vector, on the held-out split."""
+    device = default_device()
+    model = model.to(device=device, dtype=test.x.dtype)
+
+    def evaluate_vector(vector: np.ndarray) -> dict[str, float]:
+        load_model_vector(model, torch.from_numpy(vector))
+        loss, accuracy = evaluate(model, test)
+        return {"loss": loss} if np.isnan(accuracy) else {"loss": loss, "accuracy": accuracy}
+
+    return evaluate_vector
+
+
+def run(grid: Grid, config: RunConfig) -> RunResult:
+    """One run of `config` over `grid`, its results written to config.results_dir."""
+    _, test = data.load_dataset(
+        config.dataset, seed=config.seed, test_fraction=config.test_fraction
+    )
+    model = initial_model(config, test)
+    x0 = model_vector(model).to(test.x.dtype).numpy()
+    strategy = CooperativeStrategy(config, x0, evaluate_fn=server_evaluator(model, test))
+    result = strategy.start(grid)
+    if config.results_dir:
+        path = write_results(result, config.results_dir)
+        LOG.info("fedcoop: results in %s", path)
+    LOG.info("fedcoop: workers' own final models: %s", result.client_evaluation)
+    return result
+
+
+def make_server_app(config: RunConfig | None = None) -> ServerApp:
+    """A ServerApp running `config`, or the run config Flower passes when it is None."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run(grid, config or RunConfig.from_mapping(context.run_config))
+
+    return server_app
+
+
+app = make_server_app()

@@ -1,0 +1,210 @@
+"""IDX reading, the embedded MNIST set, the train/test split and ArrayDataset."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedcoop import data
+from fedcoop.data import (
+    EMBEDDED_MNIST_MD5,
+    MNIST_MEAN,
+    MNIST_STD,
+    ArrayDataset,
+    load_dataset,
+    load_embedded_mnist,
+    read_idx,
+    train_test_split,
+)
+from fedcoop.errors import ConfigError
+
+_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file as the format defines it: magic, big-endian dims, big-endian payload."""
+    header = bytes([0, 0, _CODES[array.dtype], array.ndim])
+    dims = np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + dims + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def _write(path: Path, raw: bytes, compress: bool) -> Path:
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mnist() -> tuple[np.ndarray, np.ndarray]:
+    return load_embedded_mnist()
+
+
+@pytest.fixture(scope="module")
+def split() -> tuple[ArrayDataset, ArrayDataset]:
+    return load_dataset(seed=0)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4) * 10,
+        np.array([-(2**31), -1, 0, 7, 2**31 - 1], dtype=np.int32),
+        np.array([[1.5, -2.25], [1e-3, 3e8]], dtype=np.float32),
+    ],
+    ids=["uint8", "int32", "float32"],
+)
+def test_read_idx_round_trips(tmp_path: Path, array: np.ndarray, compress: bool) -> None:
+    path = _write(tmp_path / "a.idx", _idx_bytes(array), compress)
+    out = read_idx(path)
+    assert out.dtype == array.dtype and out.dtype.isnative
+    assert out.shape == array.shape
+    np.testing.assert_array_equal(out, array)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_rejects_truncated_file(tmp_path: Path, compress: bool) -> None:
+    raw = _idx_bytes(np.zeros((3, 4), dtype=np.uint8))
+    path = _write(tmp_path / "short.idx", raw[:-1], compress)
+    with pytest.raises(ConfigError, match="needs 12 payload bytes, found 11") as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_read_idx_rejects_trailing_bytes(tmp_path: Path) -> None:
+    path = _write(tmp_path / "long.idx", _idx_bytes(np.zeros(5, np.uint8)) + b"\0", False)
+    with pytest.raises(ConfigError, match="needs 5 payload bytes, found 6"):
+        read_idx(path)
+
+
+def test_read_idx_rejects_bad_magic(tmp_path: Path) -> None:
+    raw = bytearray(_idx_bytes(np.zeros(5, np.uint8)))
+    raw[0] = 0x7F
+    path = _write(tmp_path / "magic.idx", bytes(raw), False)
+    with pytest.raises(ConfigError, match="magic number 7f000801") as info:
+        read_idx(path)
+    assert info.value.parameter == "path" and info.value.value == str(path)
+
+
+def test_read_idx_rejects_unknown_type_code(tmp_path: Path) -> None:
+    raw = bytearray(_idx_bytes(np.zeros(5, np.uint8)))
+    raw[2] = 0x0A
+    with pytest.raises(ConfigError, match="type code 0x0A"):
+        read_idx(_write(tmp_path / "code.idx", bytes(raw), True))
+
+
+def test_read_idx_rejects_corrupt_gzip(tmp_path: Path) -> None:
+    packed = gzip.compress(_idx_bytes(np.arange(100, dtype=np.uint8)))
+    with pytest.raises(ConfigError, match="corrupt gzip"):
+        read_idx(_write(tmp_path / "cut.idx.gz", packed[: len(packed) // 2], False))
+
+
+def test_embedded_files_match_published_md5() -> None:
+    folder = resources.files("fedcoop").joinpath("assets", "mnist")
+    assert EMBEDDED_MNIST_MD5 == {
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    }
+    for name, md5 in EMBEDDED_MNIST_MD5.items():
+        assert hashlib.md5(folder.joinpath(name).read_bytes()).hexdigest() == md5
+
+
+def test_embedded_mnist_contents(mnist: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = mnist
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (10000,) and labels.dtype == np.int64
+    assert labels[:5].tolist() == [7, 2, 1, 0, 4]
+    assert sorted(np.unique(labels).tolist()) == list(range(10))
+    assert images.max() == 255 and images.min() == 0
+
+
+def test_embedded_mnist_detects_corruption(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(EMBEDDED_MNIST_MD5, "t10k-labels-idx1-ubyte.gz", "0" * 32)
+    with pytest.raises(ConfigError, match="corrupt") as info:
+        load_embedded_mnist()
+    assert "t10k-labels-idx1-ubyte.gz" in str(info.value)
+    _, labels = load_embedded_mnist(verify=False)
+    assert len(labels) == 10000
+
+
+def test_split_is_disjoint_covering_and_sized() -> None:
+    train, test = train_test_split(1001, 0.2, seed=3)
+    assert len(test) == 200 and len(train) == 801
+    assert np.intersect1d(train, test).size == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(1001))
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0)
+
+
+def test_split_is_deterministic_and_seed_dependent() -> None:
+    a_train, a_test = train_test_split(500, 0.3, seed=7)
+    b_train, b_test = train_test_split(500, 0.3, seed=7)
+    np.testing.assert_array_equal(a_train, b_train)
+    np.testing.assert_array_equal(a_test, b_test)
+    c_train, _ = train_test_split(500, 0.3, seed=8)
+    assert not np.array_equal(a_train, c_train)
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "fraction", "seed", "parameter"),
+    [
+        (100, 0.0, 0, "test_fraction"),
+        (100, 1.0, 0, "test_fraction"),
+        (100, 0.001, 0, "test_fraction"),
+        (1, 0.5, 0, "num_samples"),
+        (100, 0.2, -1, "seed"),
+    ],
+)
+def test_split_rejects_bad_input(
+    num_samples: int, fraction: float, seed: int, parameter: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        train_test_split(num_samples, fraction, seed)
+    assert info.value.parameter == parameter
+
+
+def test_load_dataset_split(
+    split: tuple[ArrayDataset, ArrayDataset], mnist: tuple[np.ndarray, np.ndarray]
+) -> None:
+    train, test = split
+    images, labels = mnist
+    assert (len(train), len(test)) == (8000, 2000)
+    assert train.x.shape == (8000, 1, 28, 28) and train.x.dtype == torch.float32
+    assert train.y.dtype == torch.int64 and train.num_classes == test.num_classes == 10
+    train_idx, test_idx = train_test_split(10000, 0.2, seed=0)
+    np.testing.assert_array_equal(train.y.numpy(), labels[train_idx])
+    np.testing.assert_array_equal(test.y.numpy(), labels[test_idx])
+    pixels = (test.x.squeeze(1).numpy() * MNIST_STD + MNIST_MEAN) * 255.0
+    np.testing.assert_allclose(pixels, images[test_idx], atol=1e-3)
+    # MNIST's own statistics normalise its test images to roughly zero mean, unit variance.
+    assert abs(float(train.x.mean())) < 0.05 and abs(float(train.x.std()) - 1.0) < 0.05
+
+
+def test_load_dataset_depends_on_seed(split: tuple[ArrayDataset, ArrayDataset]) -> None:
+    train, _ = split
+    other, _ = load_dataset(seed=1, test_fraction=0.5)
+    assert len(other) == 5000
+    assert not torch.equal(train.y[:100], other.y[:100])
+
+
+def test_load_dataset_rejects_unknown_name() -> None:
+    with pytest.raises(ConfigError, match="mnist-embedded") as info:
+        load_dataset("cifar-100")
+    assert info.value.parameter == "dataset" and data.DATASETS == ("mnist-embedded",)
+
+
+def test_array_dataset_behaves_like_a_torch_dataset() -> None:
+    ds = ArrayDataset(torch.arange(12.0).reshape(6, 1, 2, 1), torch.tensor([0, 2, 1, 2, 0, 1]))
+    assert len(ds) == 6 and ds.num_classes == 3
+    x, y = ds[4]
+    assert x.flatten().tolist() == [8.0, 9.0] and int(y) == 0
+    sub = ds.subset(np.array([5, 1]))
+    assert sub.y.tolist() == [1, 2] and sub.x[:, 0, 0, 0].tolist() == [10.0, 2.0]
+    batches = list(torch.utils.data.DataLoader(ds, batch_size=4))
+    assert [b[0].shape[0] for b in batches] == [4, 2]
+    with pytest.raises(ConfigError, match="as many rows as x"):
+        ArrayDataset(torch.zeros(3, 1), torch.zeros(2, dtype=torch.int64))

@@ -1,0 +1,208 @@
+"""Client partitions: disjointness, determinism, the skewed split's exact counts, and refusals."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from datasets import Dataset
+from flwr_datasets.partitioner import Partitioner
+
+from fedcoop.data import load_dataset
+from fedcoop.errors import ConfigError
+from fedcoop.partitions import (
+    SCHEMES,
+    SkewedPartitioner,
+    class_histogram,
+    format_histogram,
+    partition,
+)
+
+
+@pytest.fixture(scope="module")
+def labels() -> np.ndarray:
+    """2000 labels of 10 classes in random order, unequal class sizes."""
+    return np.random.default_rng(123).choice(10, size=2000, p=np.linspace(0.05, 0.15, 10))
+
+
+def _assert_valid(parts: list[np.ndarray], num_samples: int, num_partitions: int) -> None:
+    assert len(parts) == num_partitions
+    assert all(len(p) > 0 and p.dtype == np.int64 for p in parts)
+    assert all(np.all(np.diff(p) > 0) for p in parts)  # sorted, no repeats inside
+    joined = np.concatenate(parts)
+    assert len(np.unique(joined)) == len(joined)  # no repeats across partitions
+    assert joined.min() >= 0 and joined.max() < num_samples
+
+
+def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.filterwarnings("ignore:Classes.*will NOT be used:UserWarning")  # 8 parts < 10 classes
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_partitions_are_disjoint_deterministic_and_seeded(labels: np.ndarray, scheme: str) -> None:
+    params = {"major_fraction": 0.3}  # class 0 has ~100 samples: room for 0.3 * 250 = 75
+    first = partition(labels, 8, scheme, seed=5, **params)
+    _assert_valid(first, len(labels), 8)
+    assert _same(first, partition(labels, 8, scheme, seed=5, **params))
+    assert not _same(first, partition(labels, 8, scheme, seed=6, **params))
+
+
+def test_iid_covers_everything_with_balanced_sizes(labels: np.ndarray) -> None:
+    parts = partition(labels, 7, "iid", seed=0)
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(labels)))
+    # Shuffled, not contiguous shards of the input order.
+    assert not np.array_equal(parts[0], np.arange(len(parts[0])))
+
+
+def test_skewed_matches_the_overlap_paper_split() -> None:
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 5000))
+    parts = partition(labels, 16, "skewed", seed=0)
+    _assert_valid(parts, 50000, 16)
+    hist = class_histogram(labels, parts, 10)
+    assert hist.sum(axis=1).tolist() == [3125] * 16
+    assert [hist[i, i % 10] for i in range(16)] == [2000] * 16
+    # Here the majors and minors use up every sample exactly.
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(50000))
+    # The major class dominates: no other class comes close.
+    others = hist.copy()
+    others[np.arange(16), np.arange(16) % 10] = 0
+    assert others.max() < 400
+
+
+def test_skewed_on_embedded_mnist_train_split() -> None:
+    train, _ = load_dataset(seed=0)
+    labels = train.y.numpy()
+    parts = partition(labels, 16, "skewed", seed=1, major_fraction=0.64)
+    hist = class_histogram(labels, parts, 10)
+    assert hist.sum(axis=1).tolist() == [500] * 16  # 8000 // 16
+    assert [hist[i, i % 10] for i in range(16)] == [320] * 16  # round(0.64 * 500)
+
+
+def test_skewed_partitioner_plugs_into_flwr_datasets() -> None:
+    labels = np.repeat(np.arange(4), 25)
+    partitioner = SkewedPartitioner(num_partitions=4, major_fraction=0.6, seed=3)
+    assert isinstance(partitioner, Partitioner) and partitioner.num_partitions == 4
+    partitioner.dataset = Dataset.from_dict({"label": labels})
+    rows = [partitioner.load_partition(i)["label"][:] for i in range(4)]
+    assert [len(r) for r in rows] == [25] * 4
+    assert [r.count(i) for i, r in enumerate(rows)] == [15] * 4  # round(0.6 * 25)
+    assert sorted(v for r in rows for v in r) == sorted(labels.tolist())
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_pathological_has_at_most_k_classes(labels: np.ndarray, k: int) -> None:
+    parts = partition(labels, 10, "pathological", seed=2, classes_per_partition=k)
+    _assert_valid(parts, len(labels), 10)
+    for i, part in enumerate(parts):
+        present = np.unique(labels[part])
+        assert len(present) <= k
+        assert i % 10 in present  # the first class is partition_id mod C
+
+
+def _mean_tv_from_global(labels: np.ndarray, parts: list[np.ndarray]) -> float:
+    """Mean total-variation distance of each partition's class mix from the global mix."""
+    hist = class_histogram(labels, parts, 10).astype(float)
+    local = hist / hist.sum(axis=1, keepdims=True)
+    overall = np.bincount(labels, minlength=10) / len(labels)
+    return float(np.mean(0.5 * np.abs(local - overall).sum(axis=1)))
+
+
+def test_dirichlet_small_alpha_is_more_skewed(labels: np.ndarray) -> None:
+    skewed = [
+        _mean_tv_from_global(labels, partition(labels, 8, "dirichlet", seed=s, alpha=0.1))
+        for s in range(3)
+    ]
+    mild = [
+        _mean_tv_from_global(labels, partition(labels, 8, "dirichlet", seed=s, alpha=100.0))
+        for s in range(3)
+    ]
+    assert min(skewed) > 0.4
+    assert max(mild) < 0.1
+
+
+def test_histogram_and_table(labels: np.ndarray) -> None:
+    parts = partition(labels, 3, "iid", seed=0)
+    hist = class_histogram(labels, parts, 10)
+    assert hist.shape == (3, 10) and hist.dtype == np.int64
+    assert hist.sum(axis=1).tolist() == [len(p) for p in parts]
+    np.testing.assert_array_equal(hist.sum(axis=0), np.bincount(labels, minlength=10))
+    lines = format_histogram(hist).splitlines()
+    assert len(lines) == 4
+    assert lines[0].split() == ["partition", *map(str, range(10)), "total"]
+    assert lines[1].split() == ["0", *map(str, hist[0]), str(len(parts[0]))]
+    assert len({len(line) for line in lines}) == 1  # aligned columns
+    with pytest.raises(ConfigError, match="num_classes"):
+        class_histogram(labels, parts, 5)
+
+
+def test_unknown_scheme_is_refused(labels: np.ndarray) -> None:
+    with pytest.raises(ConfigError, match="iid, dirichlet, pathological, skewed") as info:
+        partition(labels, 4, "shards", seed=0)
+    assert info.value.parameter == "scheme"
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_too_many_partitions_is_refused(scheme: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        partition(np.arange(10) % 2, 11, scheme, seed=0)
+    assert info.value.parameter == "num_partitions" and "1..10" in str(info.value)
+
+
+def test_pathological_with_too_few_samples_per_class_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        partition(np.array([0, 0, 1, 1]), 4, "pathological", seed=0)
+    assert info.value.parameter == "num_partitions"
+
+
+def test_infeasible_major_fraction_reports_largest_feasible_value() -> None:
+    labels = np.repeat(np.arange(10), 5000)
+    labels = labels[(labels != 3) | (np.arange(50000) % 5000 < 1500)]  # class 3 keeps 1500
+    size = len(labels) // 16  # class 3 is major for partitions 3 and 13: room for 750 each
+    with pytest.raises(ConfigError, match=rf"largest feasible value is 750/{size}") as info:
+        partition(labels, 16, "skewed", seed=0, major_fraction=0.64)
+    assert info.value.parameter == "major_fraction"
+    reported = float(re.search(r"about ([0-9.]+)", str(info.value)).group(1))
+    parts = partition(labels, 16, "skewed", seed=0, major_fraction=reported)
+    hist = class_histogram(labels, parts, 10)
+    assert hist[3, 3] == hist[13, 3] == 750
+
+
+def test_skewed_without_other_classes_is_refused() -> None:
+    with pytest.raises(ConfigError, match="minor samples") as info:
+        partition(np.zeros(100, dtype=np.int64), 2, "skewed", seed=0, major_fraction=0.5)
+    assert info.value.parameter == "major_fraction"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_dirichlet_that_keeps_leaving_partitions_empty_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        partition(np.arange(60) % 3, 50, "dirichlet", seed=0, alpha=0.01)
+    assert info.value.parameter == "alpha"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"),
+    [
+        ({"scheme": "dirichlet", "alpha": 0.0}, "alpha"),
+        ({"scheme": "pathological", "classes_per_partition": 11}, "classes_per_partition"),
+        ({"scheme": "pathological", "classes_per_partition": 0}, "classes_per_partition"),
+        ({"scheme": "skewed", "major_fraction": 1.5}, "major_fraction"),
+        ({"scheme": "iid", "seed": -1}, "seed"),
+    ],
+)
+def test_bad_parameters_are_refused(
+    labels: np.ndarray, kwargs: dict[str, object], parameter: str
+) -> None:
+    kwargs = {"seed": 0, **kwargs}
+    with pytest.raises(ConfigError) as info:
+        partition(labels, 4, **kwargs)
+    assert info.value.parameter == parameter
+
+
+def test_labels_must_be_integers() -> None:
+    with pytest.raises(ConfigError, match="labels"):
+        partition(np.array([0.5, 1.5]), 1, "iid", seed=0)
