@@ -19,8 +19,8 @@ from flwr.clientapp import ClientApp
 from clients import messages
 from fedcoop import algorithms, data, models, partitions
 from fedcoop.config import RunConfig
-from fedcoop.errors import ConfigError
 from fedcoop.cooperative import CooperativeSpec
+from fedcoop.errors import ConfigError
 from fedcoop.training import LocalSGD, LocalWorker, default_device, evaluate
 
 STATE_ARRAYS = "worker"
