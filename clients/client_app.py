@@ -4,7 +4,8 @@ Between messages the worker keeps, in ``context.state``, its model x_i, its mome
 its CoCoD-SGD snapshot, the gradient held back under Remark 1 and the last round it ran, so
 that a round picks up exactly where the previous one stopped. Each train message applies the
 previous round's sync (the payload the server computed from the worker's column of W), then
-runs tau local SGD steps and replies with the model.
+runs tau local SGD steps and replies with the model. The header says which rules apply, so a
+worker never needs the matrix itself.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from flwr.clientapp import ClientApp
 from clients import messages
 from fedcoop import algorithms, data, models, partitions
 from fedcoop.config import RunConfig
-from fedcoop.cooperative import CooperativeSpec
+from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.errors import ConfigError
 from fedcoop.training import LocalSGD, LocalWorker, default_device, evaluate
 
@@ -73,11 +74,6 @@ def _node_partition(context: Context) -> tuple[int, int]:
             f"SuperNode config lacks {missing}: start it with "
             '--node-config "partition-id=<i> num-partitions=<m>"'
         ) from None
-
-
-def _spec(config: RunConfig) -> CooperativeSpec:
-    """The algorithm's rules, as the server resolved them (sample counts do not matter here)."""
-    return algorithms.resolve(config)
 
 
 def _worker(config: RunConfig, context: Context) -> LocalWorker:
@@ -156,7 +152,7 @@ def train(msg: Message, context: Context) -> Message:
     last = _last_round(context.state)
     if round_ != last + 1:
         raise ValueError(f"round {round_} sent to a worker whose last round was {last}")
-    spec = _spec(config)
+    update_rule = UpdateRule(str(header["update-rule"]))
     worker = _worker(config, context)
     if round_ == 1:
         init = messages.read_vector(msg, messages.INIT)
@@ -170,12 +166,12 @@ def train(msg: Message, context: Context) -> Message:
         worker.apply_sync(
             float(header["self-weight"]),
             None if mix is None else torch.from_numpy(mix),
-            spec.client_rule,
-            spec.rule,
+            ClientRule(str(header["client-rule"])),
+            update_rule,
         )
     seed = np.random.SeedSequence([config.seed, _node_partition(context)[0], round_])
     generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
-    loss = worker.run(steps, spec.rule, generator)
+    loss = worker.run(steps, update_rule, generator)
     _save(worker, context.state, round_)
     return Message(
         messages.reply_content(

@@ -52,7 +52,7 @@ class RunConfig:
     classes_per_partition: int = 2
     major_fraction: float = 0.64
     seed: int = 0
-    results_dir: str = ""
+    results_dir: str = "~/fedcoop-runs"
     round_timeout: float = 600.0
 
     @classmethod

@@ -7,8 +7,10 @@ sets are added by registering a loader in ``_LOADERS``.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -124,16 +126,28 @@ class ArrayDataset:
         return ArrayDataset(self.x[index], self.y[index])
 
 
+def embedded_mnist_file(name: str) -> bytes:
+    """The bytes of one original MNIST .gz file shipped in the package.
+
+    They are stored base64-encoded in ``assets/mnist/t10k.json`` because a Flower App Bundle
+    (what ``flwr run`` ships to the SuperLink and SuperNodes) keeps only .py, .toml, .md and
+    .json files; the decoded bytes are the published files, which the md5 check confirms.
+    """
+    doc = json.loads(
+        resources.files("fedcoop").joinpath("assets", "mnist", "t10k.json").read_text()
+    )
+    return base64.b64decode(doc["files"][name])
+
+
 def load_embedded_mnist(verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The packaged MNIST test set: uint8 images (10000 x 28 x 28) and int64 labels (10000,).
 
     With ``verify`` the md5 sums are checked first, so a corrupted install fails loudly instead
     of silently training on garbage.
     """
-    folder = resources.files("fedcoop").joinpath("assets", "mnist")
     arrays = []
     for name, md5 in EMBEDDED_MNIST_MD5.items():
-        raw = folder.joinpath(name).read_bytes()
+        raw = embedded_mnist_file(name)
         source = f"fedcoop/assets/mnist/{name}"
         if verify and (found := hashlib.md5(raw).hexdigest()) != md5:
             raise ConfigError(

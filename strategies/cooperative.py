@@ -162,7 +162,7 @@ class CooperativeStrategy:
             if not ready and not in_flight:
                 raise RunFailed(f"nothing in flight and nothing ready: {coordinator.describe()}")
             if ready:
-                out = [self._message(d, node_of[d.worker]) for d in ready]
+                out = [self._message(d, node_of[d.worker], coordinator.spec) for d in ready]
                 for d, msg in zip(ready, out, strict=True):
                     traffic.setdefault(d.round - 1, [0, 0])[1] += _nbytes(msg)
                 for msg_id, d in zip(grid.push_messages(out), ready, strict=True):
@@ -198,9 +198,14 @@ class CooperativeStrategy:
                 time.sleep(self.pull_interval)
         result.workers = np.stack([final[i] for i in range(len(node_of))])
 
-    def _message(self, d: Dispatch, node: int) -> Message:
+    def _message(self, d: Dispatch, node: int, spec: CooperativeSpec) -> Message:
         """The train message that carries dispatch `d` to its node."""
-        header: dict[str, Any] = {"round": d.round, "local-steps": d.local_steps}
+        header: dict[str, Any] = {
+            "round": d.round,
+            "local-steps": d.local_steps,
+            "update-rule": spec.rule.value,
+            "client-rule": spec.client_rule.value,
+        }
         if d.payload is None:
             arrays = messages.vector_record(**{messages.INIT: self.x0})
         else:

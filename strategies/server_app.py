@@ -7,6 +7,8 @@ explicit config instead, for ``run_simulation``, which passes an empty run confi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,19 +54,24 @@ def run(grid: Grid, config: RunConfig) -> RunResult:
     strategy = CooperativeStrategy(config, x0, evaluate_fn=server_evaluator(model, test))
     result = strategy.start(grid)
     if config.results_dir:
-        path = write_results(result, config.results_dir)
+        path = write_results(result, Path(config.results_dir).expanduser().resolve())
         LOG.info("fedcoop: results in %s", path)
     LOG.info("fedcoop: workers' own final models: %s", result.client_evaluation)
     return result
 
 
-def make_server_app(config: RunConfig | None = None) -> ServerApp:
-    """A ServerApp running `config`, or the run config Flower passes when it is None."""
+def make_server_app(
+    config: RunConfig | None = None, on_result: Callable[[RunResult], None] | None = None
+) -> ServerApp:
+    """A ServerApp running `config` (or the run config Flower passes when it is None);
+    `on_result` receives the finished run, for callers that run it in-process."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run(grid, config or RunConfig.from_mapping(context.run_config))
+        result = run(grid, config or RunConfig.from_mapping(context.run_config))
+        if on_result is not None:
+            on_result(result)
 
     return server_app
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from fedcoop.data import (
     MNIST_MEAN,
     MNIST_STD,
     ArrayDataset,
+    embedded_mnist_file,
     load_dataset,
     load_embedded_mnist,
     read_idx,
@@ -105,13 +105,12 @@ def test_read_idx_rejects_corrupt_gzip(tmp_path: Path) -> None:
 
 
 def test_embedded_files_match_published_md5() -> None:
-    folder = resources.files("fedcoop").joinpath("assets", "mnist")
     assert EMBEDDED_MNIST_MD5 == {
         "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
         "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
     }
     for name, md5 in EMBEDDED_MNIST_MD5.items():
-        assert hashlib.md5(folder.joinpath(name).read_bytes()).hexdigest() == md5
+        assert hashlib.md5(embedded_mnist_file(name)).hexdigest() == md5
 
 
 def test_embedded_mnist_contents(mnist: tuple[np.ndarray, np.ndarray]) -> None:
