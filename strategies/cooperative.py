@@ -93,17 +93,22 @@ class CooperativeStrategy:
 
     def _await_nodes(self, grid: Grid) -> list[int]:
         """Wait until num-clients nodes are connected."""
-        deadline = time.monotonic() + self.config.round_timeout
+        start = time.monotonic()
+        next_note = start + 10.0
         while True:
             nodes = sorted(grid.get_node_ids())
             if len(nodes) >= self.config.num_clients:
                 return nodes
-            if time.monotonic() > deadline:
-                raise RunFailed(
-                    f"only {len(nodes)} of num-clients={self.config.num_clients} nodes "
-                    f"connected within {self.config.round_timeout}s (in simulation, pass "
-                    f'--federation-config "num-supernodes={self.config.num_clients}")'
-                )
+            hint = (
+                f"{len(nodes)} of num-clients={self.config.num_clients} nodes connected (in "
+                f'simulation, pass --federation-config "num-supernodes={self.config.num_clients}")'
+            )
+            now = time.monotonic()
+            if now - start > self.config.round_timeout:
+                raise RunFailed(f"after {self.config.round_timeout}s only {hint}")
+            if now > next_note:
+                LOG.warning("fedcoop: waiting for nodes: %s", hint)
+                next_note = now + 10.0
             time.sleep(max(self.pull_interval, 0.1))
 
     def _handshake(self, grid: Grid, nodes: list[int]) -> tuple[list[int], list[int]]:
