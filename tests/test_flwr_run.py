@@ -6,6 +6,7 @@ and stops the SuperLink that `flwr run` left running by its PID.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,10 +57,8 @@ def flwr_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     }
     yield env
     for pid in _pids_with(str(home)):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(os.getpgid(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert not _pids_with(str(home))
 
 
