@@ -169,7 +169,7 @@ class CooperativeStrategy:
             if ready:
                 out = [self._message(d, node_of[d.worker], coordinator.spec) for d in ready]
                 for d, msg in zip(ready, out, strict=True):
-                    traffic.setdefault(d.round - 1, [0, 0])[1] += _nbytes(msg)
+                    traffic.setdefault(d.round, [0, 0])[1] += _nbytes(msg)
                 for msg_id, d in zip(grid.push_messages(out), ready, strict=True):
                     in_flight[msg_id] = d
             replies = list(grid.pull_messages(list(in_flight)))
@@ -188,7 +188,9 @@ class CooperativeStrategy:
                     losses.setdefault(d.round, []).append(float(metrics["train-loss"]))
             while len(result.rounds) < len(coordinator.summaries):
                 summary = coordinator.summaries[len(result.rounds)]
-                row = self._round_row(summary, losses.pop(summary.round), started)
+                row = self._round_row(
+                    summary, coordinator.spec.tau, losses.pop(summary.round), started
+                )
                 row["bytes-up"], row["bytes-down"] = traffic.pop(summary.round)
                 result.rounds.append(row)
                 LOG.info("fedcoop: %s", _format_row(row))
@@ -221,11 +223,12 @@ class CooperativeStrategy:
         return Message(content, node, MessageType.TRAIN, group_id=str(d.round))
 
     def _round_row(
-        self, summary: RoundSummary, losses: list[float], started: float
+        self, summary: RoundSummary, tau: int, losses: list[float], started: float
     ) -> dict[str, Any]:
+        """One round's metrics; bytes count the round's messages and replies."""
         row: dict[str, Any] = {
             "round": summary.round,
-            "local-steps": summary.round * self.config.tau,
+            "local-steps": summary.round * tau,
             "train-loss": float(np.mean(losses)),
             "consensus-distance": summary.consensus_distance,
         }
