@@ -151,7 +151,10 @@ def train(msg: Message, context: Context) -> Message:
     round_, steps = int(header["round"]), int(header["local-steps"])
     last = _last_round(context.state)
     if round_ != last + 1:
-        raise ValueError(f"round {round_} sent to a worker whose last round was {last}")
+        raise ValueError(
+            f"round {round_} sent to a worker that expects round {last + 1} "
+            f"(its last round was {last}): a stale, duplicate or out-of-order message"
+        )
     update_rule = UpdateRule(str(header["update-rule"]))
     worker = _worker(config, context)
     if round_ == 1:

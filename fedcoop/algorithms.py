@@ -135,11 +135,13 @@ def _cocod(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
 def _cooperative(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
     """Any user matrix: symmetric ones are held to Assumption 5, others to column sums."""
     w = load_matrix(config.matrix_file)
+    # A non-square W cannot be compared with its transpose; validate() names its shape.
+    square = w.ndim == 2 and w.shape[0] == w.shape[1]
     return CooperativeSpec(
         tau=config.tau,
         w=w,
         num_aux=config.num_aux,
-        symmetric=bool(np.allclose(w, w.T)),
+        symmetric=square and bool(np.allclose(w, w.T)),
         nonnegative=False,
     )
 
@@ -151,9 +153,18 @@ def load_matrix(path: str) -> np.ndarray:
     file = Path(path)
     if not file.is_file():
         raise ConfigError("matrix-file", path, "no such file")
-    if file.suffix == ".npy":
-        return np.load(file)
-    return np.loadtxt(file, delimiter="," if file.suffix == ".csv" else None, ndmin=2)
+    # A file that is not a numeric matrix must fail as a config error naming the file, not
+    # as numpy's parser error from deep inside the run.
+    try:
+        if file.suffix == ".npy":
+            w = np.load(file)
+        else:
+            w = np.loadtxt(file, delimiter="," if file.suffix == ".csv" else None, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("matrix-file", path, f"cannot read a numeric matrix: {exc}") from None
+    if w.dtype.kind not in "biuf":
+        raise ConfigError("matrix-file", path, f"holds {w.dtype} values, not a numeric matrix")
+    return w
 
 
 ALGORITHMS: dict[str, Algorithm] = {

@@ -94,10 +94,11 @@ class Coordinator:
         """Every worker has answered its final message."""
         return all(r > self.num_rounds + 1 for r in self._next_round)
 
-    @property
-    def summaries(self) -> list[RoundSummary]:
-        """One summary per completed round, in order."""
-        return self._summaries
+    def take_summaries(self) -> list[RoundSummary]:
+        """The summaries of rounds completed since the last call, in order (then dropped, so
+        a long run does not keep a model per round)."""
+        out, self._summaries = self._summaries, []
+        return out
 
     @property
     def aux(self) -> np.ndarray:
@@ -128,8 +129,21 @@ class Coordinator:
 
     def record(self, worker: int, round_: int, model: np.ndarray) -> None:
         """Take worker's model after its tau steps of `round_` (or its final model)."""
+        if not 0 <= worker < len(self._next_round):
+            # A negative index would otherwise read another worker's round.
+            raise ConfigError(
+                f"reply from worker {worker}", f"round {round_}", f"no worker {worker} in this run"
+            )
         expected = self._next_round[worker]
-        if worker not in self._in_flight or round_ != expected:
+        if worker not in self._in_flight:
+            # A duplicate or unsolicited reply: "round 2, expected round 2" would not say why.
+            raise ConfigError(
+                f"reply from worker {worker}",
+                f"round {round_}",
+                f"no message is in flight to worker {worker} (its next one starts round "
+                f"{expected})",
+            )
+        if round_ != expected:
             raise ConfigError(
                 f"reply from worker {worker}", f"round {round_}", f"expected round {expected}"
             )
@@ -143,7 +157,7 @@ class Coordinator:
         self._next_round[worker] = round_ + 1
         if round_ > self.num_rounds:
             return
-        self._reports.setdefault(round_, {})[worker] = model
+        self._reports.setdefault(round_, {})[worker] = np.array(model, copy=True)
         if len(self._reports[round_]) == self.spec.num_workers:
             self._complete(round_)
         self._forget()

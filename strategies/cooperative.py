@@ -186,8 +186,7 @@ class CooperativeStrategy:
                 else:
                     metrics = reply.content.metric_records[messages.METRICS]
                     losses.setdefault(d.round, []).append(float(metrics["train-loss"]))
-            while len(result.rounds) < len(coordinator.summaries):
-                summary = coordinator.summaries[len(result.rounds)]
+            for summary in coordinator.take_summaries():
                 row = self._round_row(
                     summary, coordinator.spec.tau, losses.pop(summary.round), started
                 )

@@ -1,0 +1,227 @@
+"""What happens when workers fail, misbehave or get the wrong message, through the real
+ClientApp on InProcessGrid; and what a worker keeps in its context.state between rounds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, MessageType
+
+from clients import messages
+from clients.client_app import STATE_ARRAYS, STATE_META
+from clients.client_app import app as client_app
+from fedcoop import data
+from fedcoop.config import RunConfig
+from fedcoop.cooperative import reference_trajectory
+from fedcoop.errors import ConfigError
+from fedcoop.training import model_vector
+from simulations.inprocess import InProcessGrid
+from strategies.cooperative import RunFailed, RunResult
+from strategies.server_app import initial_model, run
+from tests.conftest import gradient_oracle, least_squares_config
+
+ClientAppLike = Callable[[Message, Context], Message]
+
+
+def round_of(msg: Message) -> int | None:
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return None
+    return int(msg.content.config_records[messages.HEADER]["round"])
+
+
+def misbehaving(
+    partition: int, round_: int, action: Callable[[Message, Context], Message]
+) -> ClientAppLike:
+    """The real ClientApp, except that `partition`'s round `round_` goes through `action`."""
+
+    def app(msg: Message, context: Context) -> Message:
+        if context.node_config["partition-id"] == partition and round_of(msg) == round_:
+            return action(msg, context)
+        return client_app(msg, context)
+
+    return app
+
+
+def x0_of(config: RunConfig) -> np.ndarray:
+    _, test = data.load_dataset(
+        config.dataset, seed=config.seed, test_fraction=config.test_fraction
+    )
+    return model_vector(initial_model(config, test)).double().numpy()
+
+
+# --- failing and misbehaving workers ----------------------------------------------------
+
+
+def test_a_client_that_raises_fails_the_run_naming_worker_and_exception() -> None:
+    config = least_squares_config(algorithm="local-sgd")
+
+    def explode(msg: Message, context: Context) -> Message:
+        raise RuntimeError("disk full on the device")
+
+    grid = InProcessGrid(misbehaving(2, 2, explode), config.num_clients)
+    with pytest.raises(RunFailed) as err:
+        run(grid, config)
+    message = str(err.value)
+    assert "worker 2" in message
+    assert "RuntimeError: disk full on the device" in message
+
+
+def test_a_nan_model_stops_the_run_naming_the_worker() -> None:
+    config = least_squares_config(algorithm="overlap", tau=2)
+
+    def corrupt(msg: Message, context: Context) -> Message:
+        reply = client_app(msg, context)
+        x = messages.read_vector(reply, messages.MODEL).copy()
+        x[0] = np.nan
+        reply.content.array_records[messages.ARRAYS] = messages.vector_record(**{messages.MODEL: x})
+        return reply
+
+    grid = InProcessGrid(misbehaving(1, 2, corrupt), config.num_clients)
+    with pytest.raises((ConfigError, RunFailed)) as err:
+        run(grid, config)
+    message = str(err.value)
+    assert "worker 1" in message and "round 2" in message
+    assert "NaN" in message
+
+
+def test_a_client_that_omits_its_model_fails_the_run() -> None:
+    config = least_squares_config(algorithm="local-sgd")
+
+    def forget(msg: Message, context: Context) -> Message:
+        reply = client_app(msg, context)
+        reply.content.array_records[messages.ARRAYS] = messages.vector_record()
+        return reply
+
+    grid = InProcessGrid(misbehaving(3, 1, forget), config.num_clients)
+    with pytest.raises(RunFailed, match="worker 3 replied to round 1 without a model"):
+        run(grid, config)
+
+
+def test_too_few_nodes_fail_fast_with_the_num_supernodes_hint() -> None:
+    config = least_squares_config(num_clients=5, round_timeout=0.5)
+    grid = InProcessGrid(client_app, 3)
+    started = time.monotonic()
+    with pytest.raises(RunFailed) as err:
+        run(grid, config)
+    assert time.monotonic() - started < 5
+    message = str(err.value)
+    assert "num-supernodes=5" in message
+    assert "only 3 of num-clients=5" in message
+
+
+# --- a message for the wrong round ------------------------------------------------------
+
+
+def train_message(config: RunConfig, node: int, round_: int, x0: np.ndarray) -> Message:
+    header = {
+        "round": round_,
+        "local-steps": config.tau,
+        "update-rule": "mix-after-step",
+        "client-rule": "mix",
+    }
+    if round_ == 1:
+        arrays = messages.vector_record(**{messages.INIT: x0})
+    else:
+        header |= {"sync": round_ - 1, "self-weight": 1.0}
+        arrays = messages.vector_record()
+    content = messages.train_content(config, header, arrays)
+    return Message(content, node, MessageType.TRAIN, group_id=str(round_))
+
+
+def test_the_same_round_twice_is_refused_with_the_last_round() -> None:
+    config = least_squares_config()
+    grid = InProcessGrid(client_app, config.num_clients)
+    node, context = next(iter(grid.contexts.items()))
+    x0 = x0_of(config)
+    reply = client_app(train_message(config, node, 1, x0), context)
+    assert not reply.has_error()
+    before = context.state.array_records[STATE_ARRAYS][messages.MODEL].numpy().copy()
+    with pytest.raises(ValueError, match="round 1 sent to a worker that expects round 2"):
+        client_app(train_message(config, node, 1, x0), context)
+    # the refused message left the worker's state alone
+    after = context.state.array_records[STATE_ARRAYS][messages.MODEL].numpy()
+    np.testing.assert_array_equal(before, after)
+    assert context.state.config_records[STATE_META]["round"] == 1
+
+
+def test_a_round_ahead_of_the_worker_is_refused() -> None:
+    config = least_squares_config()
+    grid = InProcessGrid(client_app, config.num_clients)
+    node, context = next(iter(grid.contexts.items()))
+    with pytest.raises(ValueError, match="round 3 sent to a worker that expects round 1"):
+        client_app(train_message(config, node, 3, x0_of(config)), context)
+    assert STATE_META not in context.state.config_records
+
+
+def test_a_wrong_round_through_the_grid_comes_back_as_an_error_reply() -> None:
+    config = least_squares_config()
+    grid = InProcessGrid(client_app, config.num_clients)
+    node = next(iter(grid.contexts))
+    (reply,) = grid.send_and_receive([train_message(config, node, 2, x0_of(config))])
+    assert reply.has_error()
+    assert "round 2 sent to a worker that expects round 1" in reply.error.reason
+
+
+# --- what a worker keeps between rounds -------------------------------------------------
+
+
+def run_in_process(config: RunConfig) -> tuple[RunResult, InProcessGrid]:
+    grid = InProcessGrid(client_app, config.num_clients)
+    return run(grid, config), grid
+
+
+@pytest.mark.parametrize("algorithm", ["local-sgd", "overlap"])
+def test_each_node_keeps_its_model_and_round_in_its_state(algorithm: str) -> None:
+    config = least_squares_config(algorithm=algorithm, num_rounds=3, tau=2)
+    result, grid = run_in_process(config)
+    assert result.workers is not None
+    for worker, node in enumerate(result.node_of_worker):
+        state = grid.contexts[node].state
+        assert grid.contexts[node].node_config["partition-id"] == worker
+        assert state.config_records[STATE_META]["round"] == 4  # 3 rounds + the final sync
+        arrays = state.array_records[STATE_ARRAYS]
+        np.testing.assert_array_equal(arrays[messages.MODEL].numpy(), result.workers[worker])
+        assert "momentum" not in arrays  # no momentum configured, none kept
+        assert "pending" not in arrays  # mix-after-step holds no gradient back
+    assert grid.overlapping_messages == 0
+
+
+def test_momentum_buffers_persist_across_rounds() -> None:
+    """The stored heavy-ball buffer equals the one of the matrix rule after the last step."""
+    config = least_squares_config(algorithm="local-sgd", num_rounds=3, tau=3, momentum=0.9)
+    result, grid = run_in_process(config)
+    grad = gradient_oracle(config)
+    mu, eta, m, k = config.momentum, config.lr, config.num_clients, 3 * 3
+    ref = reference_trajectory(result.spec, x0_of(config), grad, eta, k, momentum=mu)
+    # ref[j] is X_{j+1}; step K-1 is a plain step: buf_{K-1} = (X_{K-1} - X_K) / eta.
+    for worker, node in enumerate(result.node_of_worker):
+        arrays = grid.contexts[node].state.array_records[STATE_ARRAYS]
+        assert "momentum" in arrays
+        buffer = arrays["momentum"].numpy()
+        before_last = (ref[k - 2][:, worker] - ref[k - 1][:, worker]) / eta
+        expected = mu * before_last + grad(worker, ref[k - 1][:, worker], k)
+        assert np.linalg.norm(expected) > 1e-3
+        np.testing.assert_allclose(buffer, expected, rtol=0, atol=1e-6)
+    assert m == len(result.node_of_worker)
+
+
+def test_remark_1_keeps_the_pending_gradient_until_the_next_sync() -> None:
+    config = least_squares_config(algorithm="easgd", num_rounds=2, tau=2)
+    pending_after: dict[tuple[int, int], bool] = {}
+
+    def watch(msg: Message, context: Context) -> Message:
+        reply = client_app(msg, context)
+        if round_of(msg) is not None:
+            arrays = context.state.array_records[STATE_ARRAYS]
+            pending_after[context.node_config["partition-id"], round_of(msg)] = "pending" in arrays
+        return reply
+
+    grid = InProcessGrid(watch, config.num_clients)
+    run(grid, config)
+    # held back after each round's last gradient; applied (and dropped) by the final sync
+    for worker in range(config.num_clients):
+        assert pending_after[worker, 1] and pending_after[worker, 2]
+        assert not pending_after[worker, 3]

@@ -1,0 +1,157 @@
+"""RunConfig: what Flower's run config may contain, and the errors a mistyped one gets."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedcoop.config import AUTO, RunConfig
+from fedcoop.errors import ConfigError
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def pyproject_config() -> dict[str, Any]:
+    with PYPROJECT.open("rb") as f:
+        return tomllib.load(f)["tool"]["flwr"]["app"]["config"]
+
+
+def test_defaults_parse_and_match_the_dataclass() -> None:
+    config = RunConfig.from_mapping({})
+    assert config == RunConfig()
+    assert config.algorithm == "local-sgd"
+    assert config.alpha == AUTO and config.anchor_momentum == AUTO
+
+
+def test_dashed_and_underscored_keys_mean_the_same_field() -> None:
+    dashed = RunConfig.from_mapping({"num-clients": 3, "weight-decay": 0.01, "update-rule": "x"})
+    under = RunConfig.from_mapping({"num_clients": 3, "weight_decay": 0.01, "update_rule": "x"})
+    assert dashed == under
+    assert (dashed.num_clients, dashed.weight_decay, dashed.update_rule) == (3, 0.01, "x")
+
+
+def test_ints_are_accepted_for_floats_and_stored_as_floats() -> None:
+    config = RunConfig.from_mapping({"lr": 1, "momentum": 0, "round-timeout": 5, "alpha": 1})
+    assert config.lr == 1.0 and isinstance(config.lr, float)
+    assert isinstance(config.momentum, float)
+    assert isinstance(config.round_timeout, float)
+    assert config.alpha == 1.0 and isinstance(config.alpha, float)
+
+
+def test_integral_floats_are_accepted_for_ints() -> None:
+    config = RunConfig.from_mapping({"tau": 2.0})
+    assert config.tau == 2 and isinstance(config.tau, int)
+
+
+@pytest.mark.parametrize("key", ["alpha", "anchor-momentum"])
+def test_auto_is_a_value_for_alpha_and_anchor_momentum(key: str) -> None:
+    assert RunConfig.from_mapping({key: AUTO}) == RunConfig()
+    assert getattr(RunConfig.from_mapping({key: 0.25}), key.replace("-", "_")) == 0.25
+
+
+def test_auto_is_not_a_value_for_lr() -> None:
+    with pytest.raises(ConfigError, match="must be a number") as err:
+        RunConfig.from_mapping({"lr": AUTO})
+    assert err.value.parameter == "lr"
+    assert '"auto"' not in err.value.valid
+
+
+def test_other_strings_are_refused_for_alpha() -> None:
+    with pytest.raises(ConfigError, match='number or "auto"'):
+        RunConfig.from_mapping({"alpha": "half"})
+    with pytest.raises(ConfigError, match="alpha"):
+        RunConfig().replace(alpha="half")
+
+
+def test_unknown_key_lists_the_valid_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_mapping({"learning-rate": 0.1})
+    message = str(err.value)
+    assert "learning-rate" in message and "unknown config key" in message
+    for key in ("lr", "num-clients", "anchor-momentum", "round-timeout"):
+        assert key in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "valid"),
+    [
+        ("tau", "4", "must be an integer"),
+        ("tau", 2.5, "must be an integer"),
+        ("tau", True, "must be an integer"),
+        ("nesterov", "yes", "must be true or false"),
+        ("nesterov", 1, "must be true or false"),
+        ("lr", "0.1", "must be a number"),
+        ("lr", False, "must be a number"),
+        ("algorithm", 3, "must be a string"),
+    ],
+)
+def test_wrong_types_are_refused(key: str, value: object, valid: str) -> None:
+    with pytest.raises(ConfigError, match=valid) as err:
+        RunConfig.from_mapping({key: value})
+    assert err.value.parameter == key
+    assert err.value.value == value
+
+
+@pytest.mark.parametrize(
+    ("changes", "parameter"),
+    [
+        ({"tau": 0}, "tau"),
+        ({"num-clients": 0}, "num-clients"),
+        ({"num-rounds": 0}, "num-rounds"),
+        ({"lr": 0}, "lr"),
+        ({"lr": -0.1}, "lr"),
+        ({"lr": float("nan")}, "lr"),
+        ({"momentum": 1}, "momentum"),
+        ({"momentum": -0.1}, "momentum"),
+        ({"nesterov": True}, "nesterov"),
+        ({"weight-decay": -1e-4}, "weight-decay"),
+        ({"test-fraction": 1}, "test-fraction"),
+        ({"test-fraction": 0}, "test-fraction"),
+        ({"batch-size": -1}, "batch-size"),
+        ({"dirichlet-alpha": 0}, "dirichlet-alpha"),
+        ({"major-fraction": 1.5}, "major-fraction"),
+        ({"round-timeout": 0}, "round-timeout"),
+    ],
+)
+def test_values_out_of_range_are_refused(changes: dict[str, Any], parameter: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_mapping(changes)
+    assert err.value.parameter == parameter
+    assert "is invalid" in str(err.value) and parameter in str(err.value)
+
+
+def test_nesterov_with_momentum_is_fine() -> None:
+    config = RunConfig.from_mapping({"nesterov": True, "momentum": 0.9})
+    assert config.nesterov and config.momentum == 0.9
+
+
+def test_replace_checks_again() -> None:
+    with pytest.raises(ConfigError, match="tau"):
+        RunConfig().replace(tau=0)
+    assert RunConfig().replace(tau=7).tau == 7
+
+
+def test_to_mapping_round_trips() -> None:
+    config = RunConfig.from_mapping(
+        {"algorithm": "overlap", "alpha": 0.3, "momentum": 0.5, "nesterov": True, "tau": 9}
+    )
+    mapping = config.to_mapping()
+    assert all("_" not in key for key in mapping)
+    assert mapping["num-clients"] == config.num_clients
+    assert RunConfig.from_mapping(mapping) == config
+    assert RunConfig.from_mapping(RunConfig().to_mapping()) == RunConfig()
+
+
+def test_pyproject_keys_are_exactly_the_config_fields() -> None:
+    keys = set(pyproject_config())
+    fields = {f.name.replace("_", "-") for f in dataclasses.fields(RunConfig)}
+    assert keys - fields == set(), "pyproject has keys RunConfig does not know"
+    assert fields - keys == set(), "RunConfig has fields pyproject does not list"
+
+
+def test_pyproject_defaults_parse_to_the_dataclass_defaults() -> None:
+    assert RunConfig.from_mapping(pyproject_config()) == RunConfig()
