@@ -171,7 +171,8 @@ class Coordinator:
         if spec.num_aux:
             mixed = spec.w[:, m:].T @ stacked
             self._velocity = spec.anchor_momentum * self._velocity + (mixed - prev)
-            self._aux[round_] = prev + self._velocity
+            # Kept in the model's dtype: a float32 model must not travel as float64.
+            self._aux[round_] = (prev + self._velocity).astype(self.x0.dtype, copy=False)
         else:
             self._aux[round_] = prev
         if spec.client_rule is ClientRule.CORRECTION:
@@ -202,6 +203,8 @@ class Coordinator:
             if source is None:
                 return None
             mix = weight * source if mix is None else mix + weight * source
+        if mix is not None:
+            mix = mix.astype(self.x0.dtype, copy=False)
         return Payload(worker=worker, sync=sync, self_weight=spec.self_weight(worker), mix=mix)
 
     def _forget(self) -> None:
