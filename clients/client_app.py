@@ -10,6 +10,8 @@ worker never needs the matrix itself.
 
 from __future__ import annotations
 
+import uuid
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -26,6 +28,10 @@ from fedcoop.training import LocalSGD, LocalWorker, default_device, evaluate
 
 STATE_ARRAYS = "worker"
 STATE_META = "worker-meta"
+#: Workers kept alive in this process, by (run id, node id): (state token, config, worker).
+#: Bounded so that a process serving many nodes of a large model cannot grow without limit.
+_LIVE: OrderedDict[tuple[int, int], tuple[str, RunConfig, LocalWorker]] = OrderedDict()
+_MAX_LIVE = 64
 
 app = ClientApp()
 
@@ -36,6 +42,7 @@ def _split(dataset: str, seed: int, test_fraction: float) -> tuple[data.ArrayDat
     return data.load_dataset(dataset, seed=seed, test_fraction=test_fraction)
 
 
+@lru_cache(maxsize=256)
 def _partition_of(config: RunConfig, partition_id: int, num_partitions: int) -> data.ArrayDataset:
     """This worker's share of the training set; a function of the config alone."""
     train, _ = _split(config.dataset, config.seed, config.test_fraction)
@@ -101,11 +108,13 @@ def _restore(worker: LocalWorker, state: RecordDict) -> None:
         worker.load_pending(torch.from_numpy(arrays["pending"].numpy()))
 
 
-def _save(worker: LocalWorker, state: RecordDict, round_: int) -> None:
+def _save(worker: LocalWorker, context: Context, config: RunConfig, round_: int) -> None:
+    """Write the worker into context.state (the record of truth) and keep it alive here."""
+
     def cpu(t: torch.Tensor | None) -> np.ndarray | None:
         return None if t is None else t.detach().cpu().numpy()
 
-    state[STATE_ARRAYS] = messages.vector_record(
+    context.state[STATE_ARRAYS] = messages.vector_record(
         **{
             messages.MODEL: cpu(worker.vector()),
             "momentum": cpu(worker.momentum_vector()),
@@ -113,7 +122,32 @@ def _save(worker: LocalWorker, state: RecordDict, round_: int) -> None:
             "pending": cpu(worker.pending_vector()),
         }
     )
-    state[STATE_META] = ConfigRecord({"round": round_})
+    token = uuid.uuid4().hex
+    context.state[STATE_META] = ConfigRecord({"round": round_, "token": token})
+    key = (context.run_id, context.node_id)
+    _LIVE[key] = (token, config, worker)
+    _LIVE.move_to_end(key)
+    while len(_LIVE) > _MAX_LIVE:
+        _LIVE.popitem(last=False)
+
+
+def _current_worker(config: RunConfig, context: Context) -> LocalWorker:
+    """The worker as context.state describes it after its last round.
+
+    When this process ran that round itself, the worker it kept alive (model, optimizer and
+    data already on the device) is used as is, which saves rebuilding the model and copying
+    every tensor back; the token written with the state proves it is the same round's state.
+    Otherwise (another simulation actor ran the last round, or this process restarted) the
+    worker is rebuilt from context.state.
+    """
+    meta = context.state.config_records.get(STATE_META)
+    live = _LIVE.get((context.run_id, context.node_id))
+    if meta is not None and live is not None and live[0] == meta["token"] and live[1] == config:
+        return live[2]
+    worker = _worker(config, context)
+    if meta is not None:
+        _restore(worker, context.state)
+    return worker
 
 
 def _last_round(state: RecordDict) -> int:
@@ -156,15 +190,15 @@ def train(msg: Message, context: Context) -> Message:
             f"(its last round was {last}): a stale, duplicate or out-of-order message"
         )
     update_rule = UpdateRule(str(header["update-rule"]))
-    worker = _worker(config, context)
     if round_ == 1:
         init = messages.read_vector(msg, messages.INIT)
         if init is None:
             raise ValueError("the first round's message carries no initial model")
+        worker = _worker(config, context)
         worker.load_vector(torch.from_numpy(init))
         worker.snapshot = worker.vector()
     else:
-        _restore(worker, context.state)
+        worker = _current_worker(config, context)
         mix = messages.read_vector(msg, messages.MIX)
         worker.apply_sync(
             float(header["self-weight"]),
@@ -175,7 +209,7 @@ def train(msg: Message, context: Context) -> Message:
     seed = np.random.SeedSequence([config.seed, _node_partition(context)[0], round_])
     generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
     loss = worker.run(steps, update_rule, generator)
-    _save(worker, context.state, round_)
+    _save(worker, context, config, round_)
     return Message(
         messages.reply_content(
             messages.vector_record(**{messages.MODEL: worker.vector().cpu().numpy()}),
@@ -189,8 +223,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Loss and accuracy of this worker's own current model on the test set."""
     config = messages.read_config(msg)
-    worker = _worker(config, context)
-    _restore(worker, context.state)
+    worker = _current_worker(config, context)
     _, test = _split(config.dataset, config.seed, config.test_fraction)
     loss, accuracy = evaluate(worker.model, test)
     metrics = {"loss": loss, "num-examples": len(test)}
