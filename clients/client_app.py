@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -20,10 +19,9 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import messages
-from fedcoop import algorithms, data, models, partitions
+from fedcoop import algorithms, models, workload
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import ClientRule, UpdateRule
-from fedcoop.errors import ConfigError
 from fedcoop.training import LocalSGD, LocalWorker, default_device, evaluate
 
 STATE_ARRAYS = "worker"
@@ -34,42 +32,6 @@ _LIVE: OrderedDict[tuple[int, int], tuple[str, RunConfig, LocalWorker]] = Ordere
 _MAX_LIVE = 64
 
 app = ClientApp()
-
-
-@lru_cache(maxsize=4)
-def _split(dataset: str, seed: int, test_fraction: float) -> tuple[data.ArrayDataset, ...]:
-    """Train and test sets, loaded once per process (simulation reuses its workers)."""
-    return data.load_dataset(dataset, seed=seed, test_fraction=test_fraction)
-
-
-@lru_cache(maxsize=256)
-def _partition_of(config: RunConfig, partition_id: int, num_partitions: int) -> data.ArrayDataset:
-    """This worker's share of the training set; a function of the config alone."""
-    train, _ = _split(config.dataset, config.seed, config.test_fraction)
-    parts = _partitions(config, num_partitions)
-    idx = torch.as_tensor(parts[partition_id])
-    return data.ArrayDataset(x=train.x[idx], y=train.y[idx])
-
-
-@lru_cache(maxsize=4)
-def _partitions(config: RunConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
-    train, _ = _split(config.dataset, config.seed, config.test_fraction)
-    labels = train.y.numpy()
-    if train.y.is_floating_point():
-        if config.partition != "iid":
-            raise ConfigError("partition", config.partition, "regression data needs iid")
-        labels = np.zeros(len(labels), dtype=np.int64)
-    return tuple(
-        partitions.partition(
-            labels,
-            num_partitions,
-            config.partition,
-            seed=config.seed,
-            alpha=config.dirichlet_alpha,
-            classes_per_partition=config.classes_per_partition,
-            major_fraction=config.major_fraction,
-        )
-    )
 
 
 def _node_partition(context: Context) -> tuple[int, int]:
@@ -85,7 +47,7 @@ def _node_partition(context: Context) -> tuple[int, int]:
 
 def _worker(config: RunConfig, context: Context) -> LocalWorker:
     partition_id, num_partitions = _node_partition(context)
-    shard = _partition_of(config, partition_id, num_partitions)
+    shard = workload.shard(config, partition_id, num_partitions)
     momentum, nesterov = algorithms.local_optimizer(config)
     sgd = LocalSGD(
         lr=config.lr,
@@ -94,7 +56,14 @@ def _worker(config: RunConfig, context: Context) -> LocalWorker:
         weight_decay=config.weight_decay,
         batch_size=config.batch_size,
     )
-    return LocalWorker(models.build_for(config.model, shard), shard, sgd, default_device())
+    return LocalWorker(
+        models.build_for(config.model, shard),
+        shard,
+        sgd,
+        default_device(),
+        lr_at=workload.schedule(config).lr,
+        augment=workload.augmentation(config),
+    )
 
 
 def _restore(worker: LocalWorker, state: RecordDict) -> None:
@@ -123,7 +92,9 @@ def _save(worker: LocalWorker, context: Context, config: RunConfig, round_: int)
         }
     )
     token = uuid.uuid4().hex
-    context.state[STATE_META] = ConfigRecord({"round": round_, "token": token})
+    context.state[STATE_META] = ConfigRecord(
+        {"round": round_, "token": token, "steps": worker.steps_done}
+    )
     key = (context.run_id, context.node_id)
     _LIVE[key] = (token, config, worker)
     _LIVE.move_to_end(key)
@@ -147,6 +118,7 @@ def _current_worker(config: RunConfig, context: Context) -> LocalWorker:
     worker = _worker(config, context)
     if meta is not None:
         _restore(worker, context.state)
+        worker.steps_done = int(meta["steps"])
     return worker
 
 
@@ -160,7 +132,7 @@ def query(msg: Message, context: Context) -> Message:
     """Handshake: which column of W this node is, and how many samples it holds."""
     config = messages.read_config(msg)
     partition_id, num_partitions = _node_partition(context)
-    shard = _partition_of(config, partition_id, num_partitions)
+    shard = workload.shard(config, partition_id, num_partitions)
     return Message(
         RecordDict(
             {
@@ -206,8 +178,7 @@ def train(msg: Message, context: Context) -> Message:
             ClientRule(str(header["client-rule"])),
             update_rule,
         )
-    seed = np.random.SeedSequence([config.seed, _node_partition(context)[0], round_])
-    generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
+    generator = workload.seeded_generator(config.seed, _node_partition(context)[0], round_)
     loss = worker.run(steps, update_rule, generator)
     _save(worker, context, config, round_)
     return Message(
@@ -224,7 +195,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     """Loss and accuracy of this worker's own current model on the test set."""
     config = messages.read_config(msg)
     worker = _current_worker(config, context)
-    _, test = _split(config.dataset, config.seed, config.test_fraction)
+    _, test = workload.load_split(config)
     loss, accuracy = evaluate(worker.model, test)
     metrics = {"loss": loss, "num-examples": len(test)}
     if not np.isnan(accuracy):

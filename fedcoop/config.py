@@ -17,6 +17,7 @@ from fedcoop.errors import ConfigError
 #: Config values that mean "the algorithm's own default from the papers".
 AUTO = "auto"
 _NUMBER_OR_AUTO = frozenset({"alpha", "anchor_momentum"})
+LR_SCHEDULES = ("constant", "paper")
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,25 @@ class RunConfig:
     matrix_file: str = ""
     num_aux: int = 0
     dataset: str = "mnist-embedded"
+    #: where image data sets live ("" = FEDCOOP_DATA, then the known offline locations)
+    data_root: str = ""
     test_fraction: float = 0.2
+    synthetic_alpha: float = 1.0
+    synthetic_beta: float = 1.0
     model: str = "cnn"
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
     classes_per_partition: int = 2
     major_fraction: float = 0.64
+    shards_per_partition: int = 2
+    #: "constant", or "paper": linear warm-up then step decay (Goyal et al.; overlap paper)
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 5.0
+    #: epochs (comma separated) at which the "paper" schedule multiplies lr by decay-factor
+    decay_epochs: str = "150,250"
+    decay_factor: float = 0.1
+    #: multiply lr by num-clients (the linear scaling rule the papers' schedule uses)
+    scale_lr_by_workers: bool = False
     seed: int = 0
     results_dir: str = "~/fedcoop-runs"
     round_timeout: float = 600.0
@@ -67,6 +81,18 @@ class RunConfig:
                 raise ConfigError(key, value, f"unknown config key; valid keys: {valid}")
             kwargs[name] = _coerce(key, value, known[name])
         return cls(**kwargs).checked()
+
+    def decay_epoch_list(self) -> tuple[float, ...]:
+        """decay-epochs as numbers, ascending."""
+        try:
+            epochs = tuple(float(e) for e in self.decay_epochs.split(",") if e.strip())
+        except ValueError:
+            epochs = (-1.0,)
+        if any(e <= 0 for e in epochs) or list(epochs) != sorted(epochs):
+            raise ConfigError(
+                "decay-epochs", self.decay_epochs, 'ascending positive epochs, e.g. "150,250"'
+            )
+        return epochs
 
     def to_mapping(self) -> dict[str, Any]:
         """The config with Flower's dashed keys, for messages and results on disk."""
@@ -85,6 +111,17 @@ class RunConfig:
         _at_least("groups", self.groups, 1)
         _at_least("num-aux", self.num_aux, 0)
         _at_least("classes-per-partition", self.classes_per_partition, 1)
+        _at_least("shards-per-partition", self.shards_per_partition, 1)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError("lr-schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
+        if not self.warmup_epochs >= 0:
+            raise ConfigError("warmup-epochs", self.warmup_epochs, "must be >= 0")
+        if not 0 < self.decay_factor <= 1:
+            raise ConfigError("decay-factor", self.decay_factor, "must be in (0, 1]")
+        self.decay_epoch_list()
+        for key in ("synthetic_alpha", "synthetic_beta"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(key.replace("_", "-"), getattr(self, key), "must be >= 0")
         if not self.lr > 0:
             raise ConfigError("lr", self.lr, "must be > 0")
         if not 0 <= self.momentum < 1:

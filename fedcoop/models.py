@@ -1,12 +1,25 @@
-"""Models small enough to train many simulated clients on a CPU, looked up by name from configs."""
+"""Models looked up by name from configs: small ones for CPU simulation, and the papers' CNNs.
+
+"cnn", "mlp", "logreg" and "linear" are small enough to train many simulated clients on a CPU;
+"resnet18" (Overlap-Local-SGD's CIFAR-10 model) and "vgg16" (Cooperative SGD's, Figure 3) are
+torchvision's networks adapted to 32 x 32 (or 28 x 28) inputs.
+
+Both of the latter carry BatchNorm. Their running statistics (``running_mean``,
+``running_var``) are floating-point entries of ``state_dict()``, so the code that mixes "every
+floating-point state entry" (``fedcoop.training.model_vector``) averages them along with the
+weights, as FedAvg does; ``num_batches_tracked`` is int64 and is left out, which is harmless
+because it only matters for BatchNorm with ``momentum=None``. Nothing special is needed.
+"""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
 
 from fedcoop.data import ArrayDataset
 from fedcoop.errors import ConfigError
@@ -107,13 +120,105 @@ class LinearRegression(nn.Module):
         return self.linear(x.flatten(1)).squeeze(-1)
 
 
-_MODELS: dict[str, type[nn.Module]] = {
+class ResNet18(ResNet):
+    """ResNet-18 (He et al., 2016) in its CIFAR form: torchvision's network with a 3x3 stem.
+
+    torchvision's ImageNet stem (a 7x7 stride-2 conv, then a stride-2 max-pool) divides the
+    resolution by 4 before the first residual block, so a 32 x 32 image reaches it as 8 x 8 and
+    the last stage as 1 x 1. The usual CIFAR ResNet-18 uses a 3x3 stride-1 conv with 64
+    channels and no max-pool instead, so the four stages see 32, 16, 8 and 4 pixels. Here
+    ``conv1`` is that conv and ``maxpool`` is ``nn.Identity``; the rest (BasicBlocks
+    [2, 2, 2, 2], adaptive average pool, one Linear) is torchvision's. With 10 classes and 3
+    input channels it has 11,173,962 parameters. ``in_channels=1`` takes 1 x 28 x 28 images.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        _check_positive(num_classes=num_classes, in_channels=in_channels)
+        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        # The same initialisation torchvision gives every other conv of the network.
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.maxpool = nn.Identity()
+
+
+# Configuration "D" of Simonyan & Zisserman (2015): 13 3x3 convs, "M" a 2x2 max-pool. The same
+# list as torchvision.models.vgg.cfgs["D"], whose make_layers cannot take in_channels.
+VGG16_LAYERS: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+)  # fmt: skip
+
+
+class VGG16(nn.Module):
+    """VGG-16 with BatchNorm for CIFAR (Cooperative SGD's Figure 3 model), 14,728,266 parameters.
+
+    The 13 conv layers of configuration D, each followed by BatchNorm and ReLU, then an
+    adaptive average pool to 1 x 1 and a classifier on the 512 features: one Linear by default
+    (the common CIFAR VGG, e.g. kuangliu/pytorch-cifar's), or 512-hidden-num_classes
+    with ``hidden``. The max-pools round up (``ceil_mode``), so 28 x 28 inputs shrink to
+    14, 7, 4, 2, 1 instead of reaching 0 at the fifth pool; for 32 x 32 inputs this changes
+    nothing (16, 8, 4, 2, 1). Initialised as torchvision initialises its VGG.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 3, hidden: int | None = None
+    ) -> None:
+        super().__init__()
+        _check_positive(num_classes=num_classes, in_channels=in_channels)
+        if hidden is not None:
+            _check_positive(hidden=hidden)
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for spec in VGG16_LAYERS:
+            if spec == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
+            else:
+                layers += [
+                    nn.Conv2d(channels, int(spec), kernel_size=3, padding=1),
+                    nn.BatchNorm2d(int(spec)),
+                    nn.ReLU(inplace=True),
+                ]
+                channels = int(spec)
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        head: list[nn.Module] = [nn.Flatten()]
+        if hidden is None:
+            head.append(nn.Linear(channels, num_classes))
+        else:
+            head += [
+                nn.Linear(channels, hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(hidden, num_classes),
+            ]
+        self.classifier = nn.Sequential(*head)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (N x num_classes) for images N x in_channels x H x W."""
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": SmallCNN,
     "mlp": MLP,
     "logreg": LogisticRegression,
     "linear": LinearRegression,
+    "resnet18": ResNet18,
+    "vgg16": VGG16,
 }
 MODELS = tuple(_MODELS)
+# Models that take N x C x H x W images (any C, H, W) and are sized by C.
+_IMAGE_MODELS = ("resnet18", "vgg16")
+# Models that flatten their input and are sized by its number of features.
+_FLAT_MODELS = ("mlp", "logreg")
 
 
 def build_model(name: str, **kwargs: object) -> nn.Module:
@@ -131,15 +236,56 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
     return cls(**kwargs)
 
 
-def build_for(name: str, dataset: ArrayDataset) -> nn.Module:
-    """Model ``name`` sized for ``dataset``: its input features and number of classes."""
-    features = int(np.prod(dataset.x.shape[1:]))
+def build_for(name: str, dataset: ArrayDataset, *, num_classes: int | None = None) -> nn.Module:
+    """Model ``name`` sized for ``dataset``, or a ConfigError if the two cannot go together.
+
+    Image models ("resnet18", "vgg16") take N x C x H x W data and get ``in_channels=C``;
+    "cnn" takes only N x 1 x 28 x 28; "mlp" and "logreg" take any shape (flattened, so flat
+    N x d data sets such as FedProx's Synthetic go only with them or "linear") and get
+    ``in_features``; "linear" alone takes regression (float) targets, and only those.
+    ``num_classes`` defaults to the data set's (largest label + 1); pass the global count when
+    ``dataset`` is one client's shard, which may lack the largest labels.
+    """
+    if name not in _MODELS:
+        raise ConfigError("model", name, f"must be one of {', '.join(MODELS)}")
+    shape = tuple(dataset.x.shape[1:])
+    features = int(np.prod(shape))
+    regression = dataset.y.is_floating_point()
     if name == "linear":
+        if not regression:
+            raise ConfigError(
+                "model",
+                name,
+                "linear regression needs float targets but the data set has class labels; "
+                f"use one of {', '.join(('cnn', *_FLAT_MODELS, *_IMAGE_MODELS))}",
+            )
         return build_model(name, in_features=features)
+    if regression:
+        raise ConfigError("model", name, "regression (float) targets need model = linear")
+    if num_classes is None:
+        num_classes = dataset.num_classes
+    elif num_classes < dataset.num_classes:
+        raise ConfigError(
+            "num_classes",
+            num_classes,
+            f"must be at least the data set's {dataset.num_classes} (largest label + 1)",
+        )
     if name == "cnn":
-        if tuple(dataset.x.shape[1:]) != (1, 28, 28):
-            raise ConfigError("model", name, "cnn takes 1 x 28 x 28 images; use mlp or logreg")
-        return build_model(name, num_classes=dataset.num_classes)
-    if dataset.num_classes == 0:
-        raise ConfigError("model", name, "regression targets need model = linear")
-    return build_model(name, in_features=features, num_classes=dataset.num_classes)
+        if shape != (1, 28, 28):
+            raise ConfigError(
+                "model",
+                name,
+                f"cnn takes 1 x 28 x 28 images but the data set has rows of shape {shape}; "
+                f"use one of {', '.join(_FLAT_MODELS + _IMAGE_MODELS)}",
+            )
+        return build_model(name, num_classes=num_classes)
+    if name in _IMAGE_MODELS:
+        if len(shape) != 3:
+            raise ConfigError(
+                "model",
+                name,
+                f"{name} takes C x H x W images but the data set has rows of shape {shape}; "
+                f"use one of {', '.join(_FLAT_MODELS)}",
+            )
+        return build_model(name, num_classes=num_classes, in_channels=shape[0])
+    return build_model(name, in_features=features, num_classes=num_classes)

@@ -3,12 +3,16 @@
 The partitioners run on a local ``datasets.Dataset`` holding only the labels and the row
 indices, so partitioning needs no network and returns plain index arrays that select rows of a
 ``fedcoop.data.ArrayDataset``. Every partition is a function of (labels, num_partitions, scheme,
-scheme parameters, seed) alone, so a run can be reproduced from its config.
+scheme parameters, seed) alone, so a run can be reproduced from its config. ``plot_histogram``
+draws a split's ``class_histogram`` (it needs matplotlib, imported only there).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
+from pathlib import Path
 
 import numpy as np
 from datasets import Dataset
@@ -17,11 +21,12 @@ from flwr_datasets.partitioner import (
     IidPartitioner,
     Partitioner,
     PathologicalPartitioner,
+    ShardPartitioner,
 )
 
 from fedcoop.errors import ConfigError
 
-SCHEMES = ("iid", "dirichlet", "pathological", "skewed")
+SCHEMES = ("iid", "dirichlet", "pathological", "skewed", "shards", "natural")
 
 _INDEX = "index"
 _LABEL = "label"
@@ -156,13 +161,23 @@ def partition(
     alpha: float = 0.5,
     classes_per_partition: int = 2,
     major_fraction: float = 0.64,
+    groups: np.ndarray | None = None,
+    shards_per_partition: int = 2,
 ) -> list[np.ndarray]:
     """One sorted index array per partition; no index appears in two partitions.
 
     Schemes: "iid" (seeded shuffle, then sizes differing by at most one), "dirichlet" (per-class
     Dirichlet(alpha) proportions; small alpha is more skewed), "pathological" (each partition
     holds ``classes_per_partition`` classes, the first one partition_id mod C as in the original
-    paper, the rest drawn with the seed) and "skewed" (``SkewedPartitioner``).
+    paper, the rest drawn with the seed), "skewed" (``SkewedPartitioner``), "shards" (FedAvg's
+    split with flwr-datasets' ``ShardPartitioner``: rows sorted by label are cut into
+    num_partitions x ``shards_per_partition`` shards of floor(N / (num_partitions x
+    shards_per_partition)) rows and each partition gets ``shards_per_partition`` of them at
+    random; the few rows left over belong to no partition) and "natural" (one data-owning
+    device per client for data sets whose rows carry a device id in ``groups``, such as FedProx's
+    Synthetic: the k-th smallest device id goes to partition k mod num_partitions, so
+    num_partitions may not exceed the number of devices; the seed plays no part).
+    Parameters a scheme does not use are ignored.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer):
@@ -179,18 +194,33 @@ def partition(
         )
     if seed < 0:
         raise ConfigError("seed", seed, "must be a non-negative integer")
+    if scheme == "natural":
+        return _natural_indices(groups, num_partitions, len(labels))
 
     dataset = Dataset.from_dict({_INDEX: np.arange(len(labels)), _LABEL: labels})
     partitioner = _make_partitioner(
-        labels, num_partitions, scheme, seed, alpha, classes_per_partition, major_fraction
+        labels,
+        num_partitions,
+        scheme,
+        seed,
+        alpha,
+        classes_per_partition,
+        major_fraction,
+        shards_per_partition,
     )
     # IidPartitioner cuts contiguous shards and never shuffles, so shuffle with our seed first.
-    partitioner.dataset = dataset.shuffle(seed=seed) if scheme == "iid" else dataset
+    # ShardPartitioner sorts by label (stably): shuffling first makes the rows of a class fall
+    # into its shards at random rather than in storage order (which may follow e.g. devices).
+    shuffled = scheme in ("iid", "shards")
+    partitioner.dataset = dataset.shuffle(seed=seed) if shuffled else dataset
     try:
-        parts = [
-            np.sort(np.asarray(partitioner.load_partition(i)[_INDEX][:], dtype=np.int64))
-            for i in range(num_partitions)
-        ]
+        with warnings.catch_warnings():
+            # datasets' sort (used by ShardPartitioner) trips a pyarrow deprecation warning.
+            warnings.filterwarnings("ignore", "Specifying null_placement", FutureWarning)
+            parts = [
+                np.sort(np.asarray(partitioner.load_partition(i)[_INDEX][:], dtype=np.int64))
+                for i in range(num_partitions)
+            ]
     except ConfigError:
         raise
     except ValueError as exc:  # flwr-datasets' own refusals, restated with our parameter names
@@ -220,10 +250,33 @@ def _make_partitioner(
     alpha: float,
     classes_per_partition: int,
     major_fraction: float,
+    shards_per_partition: int,
 ) -> Partitioner:
     """The flwr-datasets partitioner for ``scheme``, seeded with our seed, after checking params."""
     if scheme == "iid":
         return IidPartitioner(num_partitions)
+    if scheme == "shards":
+        if isinstance(shards_per_partition, bool) or not isinstance(
+            shards_per_partition, numbers.Integral
+        ):
+            raise ConfigError("shards_per_partition", shards_per_partition, "must be an integer")
+        # Both limits keep every shard non-empty (ShardPartitioner would divide by zero).
+        most = len(labels) // num_partitions
+        if not 1 <= shards_per_partition <= most:
+            raise ConfigError(
+                "shards_per_partition",
+                shards_per_partition,
+                f"must lie in 1..{most} ({len(labels)} samples // {num_partitions} partitions), "
+                "so that every shard holds at least one sample",
+            )
+        # shuffle=False: it would only reorder rows inside a partition, which we sort anyway.
+        return ShardPartitioner(
+            num_partitions,
+            _LABEL,
+            num_shards_per_partition=int(shards_per_partition),
+            shuffle=False,
+            seed=seed,
+        )
     if scheme == "dirichlet":
         if not alpha > 0:
             raise ConfigError("alpha", alpha, "must be a positive number")
@@ -272,3 +325,88 @@ def format_histogram(hist: np.ndarray) -> str:
         "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
         for row in [header, *rows]
     )
+
+
+def _natural_indices(
+    groups: np.ndarray | None, num_partitions: int, num_samples: int
+) -> list[np.ndarray]:
+    """Row indices of each partition of the "natural" scheme (see ``partition``)."""
+    if groups is None:
+        raise ConfigError(
+            "groups",
+            None,
+            "scheme 'natural' needs a device id per row (a data set with a group field)",
+        )
+    groups = np.asarray(groups)
+    if groups.shape != (num_samples,) or not np.issubdtype(groups.dtype, np.integer):
+        raise ConfigError(
+            "groups",
+            f"{groups.dtype} array of shape {groups.shape}",
+            f"must be 1-D integer device ids, one per label ({num_samples})",
+        )
+    devices, device_of_row = np.unique(groups, return_inverse=True)
+    if num_partitions > len(devices):
+        raise ConfigError(
+            "num_partitions",
+            num_partitions,
+            f"must lie in 1..{len(devices)} (the number of devices) for scheme 'natural'",
+        )
+    client_of_row = device_of_row.reshape(-1) % num_partitions
+    return [np.flatnonzero(client_of_row == i).astype(np.int64) for i in range(num_partitions)]
+
+
+def plot_histogram(hist: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """Draw ``class_histogram`` output as one stacked bar per client, coloured by class.
+
+    Written as PNG or PDF by the suffix of ``path`` (whose folder is created if missing); returns
+    the path. Uses matplotlib's object API on an Agg canvas, so it neither needs a display nor
+    touches pyplot's global state or the process-wide backend.
+    """
+    hist = np.asarray(hist)
+    if (
+        hist.ndim != 2
+        or hist.size == 0
+        or not np.issubdtype(hist.dtype, np.number)
+        or not np.all(np.isfinite(hist))
+        or (hist < 0).any()
+    ):
+        raise ConfigError(
+            "hist",
+            f"{hist.dtype} array of shape {hist.shape}",
+            "must be a non-empty 2-D array of non-negative counts (clients x classes)",
+        )
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ("png", "pdf"):
+        raise ConfigError("path", str(path), "must end in .png or .pdf")
+
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    num_clients, num_classes = hist.shape
+    figure = Figure(figsize=(max(6.0, 2.0 + 0.3 * num_clients), 4.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    if num_classes <= 20:
+        cmap = colormaps["tab10" if num_classes <= 10 else "tab20"]
+        colours = [cmap(c) for c in range(num_classes)]
+    else:
+        colours = list(colormaps["viridis"](np.linspace(0.0, 1.0, num_classes)))
+    clients = np.arange(num_clients)
+    bottom = np.zeros(num_clients)
+    for c, colour in enumerate(colours):
+        axes.bar(clients, hist[:, c], bottom=bottom, width=0.8, color=colour, label=str(c))
+        bottom = bottom + hist[:, c]
+    axes.set_xlabel("client")
+    axes.set_ylabel("samples")
+    if num_clients <= 50:
+        axes.set_xticks(clients)
+    axes.margins(x=0.01)
+    if title:
+        axes.set_title(title)
+    if num_classes <= 20:
+        axes.legend(title="class", loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format=fmt)
+    return path

@@ -8,11 +8,13 @@ gradient taken before a sync (Remark 1) includes the decay of the unmixed model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from fedcoop.augment import Augmentation
 from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.data import ArrayDataset
 
@@ -74,12 +76,24 @@ class LocalWorker:
     """Worker i: its model x_i, momentum buffers, CoCoD snapshot and pending gradient."""
 
     def __init__(
-        self, model: nn.Module, data: ArrayDataset, sgd: LocalSGD, device: torch.device
+        self,
+        model: nn.Module,
+        data: ArrayDataset,
+        sgd: LocalSGD,
+        device: torch.device,
+        *,
+        lr_at: Callable[[int], float] | None = None,
+        augment: Augmentation | None = None,
     ) -> None:
+        # The shard lives on the device for good; batches are drawn by index, no DataLoader.
         self.device = device
         self.data = ArrayDataset(x=data.x.to(device), y=data.y.to(device))
         self.model = model.to(device=device, dtype=data.x.dtype)
         self.sgd = sgd
+        self.lr_at = lr_at or (lambda _: sgd.lr)
+        self.augment = augment
+        #: local steps applied so far; the next one is step `steps_done + 1` of the schedule
+        self.steps_done = 0
         self.loss_fn = loss_function(data)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=sgd.lr, momentum=sgd.momentum, nesterov=sgd.nesterov
@@ -152,7 +166,7 @@ class LocalWorker:
                 raise ValueError("a mix-before-step sync needs the gradient of the last step")
             for p, g in zip(self.model.parameters(), self.pending, strict=True):
                 p.grad = g
-            self.optimizer.step()
+            self._step()
             self.pending = None
 
     def run(self, steps: int, update_rule: UpdateRule, generator: torch.Generator) -> float:
@@ -164,19 +178,29 @@ class LocalWorker:
         losses = []
         batches = self._batches(steps, generator)
         for k, idx in enumerate(batches):
-            losses.append(self._gradient(idx))
+            losses.append(self._gradient(idx, generator))
             if update_rule is UpdateRule.MIX_BEFORE_STEP and k == steps - 1:
                 self.pending = [p.grad.detach().clone() for p in self.model.parameters()]
             else:
-                self.optimizer.step()
+                self._step()
         return float(sum(losses) / len(losses)) if losses else float("nan")
 
-    def _gradient(self, idx: torch.Tensor | None) -> float:
+    def _step(self) -> None:
+        """One optimizer step at the schedule's learning rate for this step."""
+        lr = self.lr_at(self.steps_done + 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.steps_done += 1
+
+    def _gradient(self, idx: torch.Tensor | None, generator: torch.Generator) -> float:
         """Fill p.grad with the mini-batch gradient plus weight decay; return the loss."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=False)
         x = self.data.x if idx is None else self.data.x[idx]
         y = self.data.y if idx is None else self.data.y[idx]
+        if self.augment is not None:
+            x = self.augment(x, generator)
         loss = self.loss_fn(self.model(x), y)
         loss.backward()
         if self.sgd.weight_decay:

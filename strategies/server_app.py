@@ -15,7 +15,7 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedcoop import data, models
+from fedcoop import data, models, workload
 from fedcoop.config import RunConfig
 from fedcoop.training import default_device, evaluate, load_model_vector, model_vector
 from simulations.results import write_results
@@ -46,9 +46,7 @@ def server_evaluator(model: torch.nn.Module, test: data.ArrayDataset) -> Evaluat
 
 def run(grid: Grid, config: RunConfig) -> RunResult:
     """One run of `config` over `grid`, its results written to config.results_dir."""
-    _, test = data.load_dataset(
-        config.dataset, seed=config.seed, test_fraction=config.test_fraction
-    )
+    _, test = workload.load_split(config)
     model = initial_model(config, test)
     x0 = model_vector(model).to(test.x.dtype).numpy()
     strategy = CooperativeStrategy(config, x0, evaluate_fn=server_evaluator(model, test))

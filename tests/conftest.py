@@ -13,7 +13,7 @@ import torch
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-from clients.client_app import _partition_of
+from fedcoop import workload
 from fedcoop.config import RunConfig
 
 LEAST_SQUARES = dict(
@@ -36,7 +36,7 @@ def least_squares_config(**changes: object) -> RunConfig:
 
 def gradient_oracle(config: RunConfig) -> Callable[[int, np.ndarray, int], np.ndarray]:
     """grad(i, x, k) of worker i's local objective (1/2n_i)||A_i x - b_i||^2 + wd/2 ||x||^2."""
-    shards = [_partition_of(config, i, config.num_clients) for i in range(config.num_clients)]
+    shards = [workload.shard(config, i, config.num_clients) for i in range(config.num_clients)]
     data = [(s.x.numpy().astype(np.float64), s.y.numpy().astype(np.float64)) for s in shards]
 
     def grad(i: int, x: np.ndarray, _: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from fedcoop.partitions import (
     class_histogram,
     format_histogram,
     partition,
+    plot_histogram,
 )
 
 
@@ -24,6 +25,12 @@ from fedcoop.partitions import (
 def labels() -> np.ndarray:
     """2000 labels of 10 classes in random order, unequal class sizes."""
     return np.random.default_rng(123).choice(10, size=2000, p=np.linspace(0.05, 0.15, 10))
+
+
+@pytest.fixture(scope="module")
+def groups() -> np.ndarray:
+    """A device id per row of ``labels``: 25 devices with ids 100, 103, ... in random order."""
+    return 100 + 3 * np.random.default_rng(7).integers(0, 25, size=2000)
 
 
 def _assert_valid(parts: list[np.ndarray], num_samples: int, num_partitions: int) -> None:
@@ -41,12 +48,40 @@ def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 @pytest.mark.filterwarnings("ignore:Classes.*will NOT be used:UserWarning")  # 8 parts < 10 classes
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_partitions_are_disjoint_deterministic_and_seeded(labels: np.ndarray, scheme: str) -> None:
-    params = {"major_fraction": 0.3}  # class 0 has ~100 samples: room for 0.3 * 250 = 75
+def test_partitions_are_disjoint_deterministic_and_seeded(
+    labels: np.ndarray, groups: np.ndarray, scheme: str
+) -> None:
+    # class 0 has ~100 samples: room for 0.3 * 250 = 75; groups is used by "natural" alone.
+    params = {"major_fraction": 0.3, "groups": groups, "shards_per_partition": 3}
     first = partition(labels, 8, scheme, seed=5, **params)
     _assert_valid(first, len(labels), 8)
     assert _same(first, partition(labels, 8, scheme, seed=5, **params))
-    assert not _same(first, partition(labels, 8, scheme, seed=6, **params))
+    # "natural" follows the devices, not the seed.
+    assert _same(first, partition(labels, 8, scheme, seed=6, **params)) == (scheme == "natural")
+
+
+PARAMS = [
+    {},
+    {"alpha": 0.2},
+    {"classes_per_partition": 3},
+    {"major_fraction": 0.2},
+    {"shards_per_partition": 1},
+    {"shards_per_partition": 5},
+]
+
+
+@pytest.mark.filterwarnings("ignore:Classes.*will NOT be used:UserWarning")
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("params", PARAMS)
+@pytest.mark.parametrize("num_partitions", [3, 10])
+def test_same_inputs_give_the_same_partition(
+    labels: np.ndarray, groups: np.ndarray, scheme: str, params: dict, num_partitions: int
+) -> None:
+    """Determinism: (labels, m, scheme, params, seed) fix the split, call after call."""
+    kwargs = {"seed": 11, "groups": groups, **params}
+    first = partition(labels.copy(), num_partitions, scheme, **kwargs)
+    _assert_valid(first, len(labels), num_partitions)
+    assert _same(first, partition(labels.copy(), num_partitions, scheme, **kwargs))
 
 
 def test_iid_covers_everything_with_balanced_sizes(labels: np.ndarray) -> None:
@@ -140,8 +175,9 @@ def test_histogram_and_table(labels: np.ndarray) -> None:
 
 
 def test_unknown_scheme_is_refused(labels: np.ndarray) -> None:
-    with pytest.raises(ConfigError, match="iid, dirichlet, pathological, skewed") as info:
-        partition(labels, 4, "shards", seed=0)
+    valid = "iid, dirichlet, pathological, skewed, shards, natural"
+    with pytest.raises(ConfigError, match=valid) as info:
+        partition(labels, 4, "shard", seed=0)
     assert info.value.parameter == "scheme"
 
 
@@ -192,6 +228,12 @@ def test_dirichlet_that_keeps_leaving_partitions_empty_is_refused() -> None:
         ({"scheme": "pathological", "classes_per_partition": 0}, "classes_per_partition"),
         ({"scheme": "skewed", "major_fraction": 1.5}, "major_fraction"),
         ({"scheme": "iid", "seed": -1}, "seed"),
+        ({"scheme": "shards", "shards_per_partition": 0}, "shards_per_partition"),
+        ({"scheme": "shards", "shards_per_partition": 501}, "shards_per_partition"),
+        ({"scheme": "shards", "shards_per_partition": 2.0}, "shards_per_partition"),
+        ({"scheme": "natural"}, "groups"),
+        ({"scheme": "natural", "groups": np.zeros(5, dtype=np.int64)}, "groups"),
+        ({"scheme": "natural", "groups": np.zeros(2000)}, "groups"),
     ],
 )
 def test_bad_parameters_are_refused(
@@ -206,3 +248,107 @@ def test_bad_parameters_are_refused(
 def test_labels_must_be_integers() -> None:
     with pytest.raises(ConfigError, match="labels"):
         partition(np.array([0.5, 1.5]), 1, "iid", seed=0)
+
+
+# -- shards (FedAvg) ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_partition", [1, 2, 4])
+def test_shards_give_each_client_whole_single_class_shards(per_partition: int) -> None:
+    """FedAvg's split: with classes a multiple of the shard size every shard is one class."""
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 200))
+    parts = partition(labels, 10, "shards", seed=0, shards_per_partition=per_partition)
+    _assert_valid(parts, 2000, 10)
+    shard = 2000 // (10 * per_partition)
+    assert [len(p) for p in parts] == [per_partition * shard] * 10
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(2000))
+    hist = class_histogram(labels, parts, 10)
+    assert ((hist % shard) == 0).all()  # whole shards of one class each
+    assert all(np.count_nonzero(row) <= per_partition for row in hist)
+
+
+def test_shards_with_uneven_classes(labels: np.ndarray) -> None:
+    parts = partition(labels, 7, "shards", seed=3, shards_per_partition=3)
+    _assert_valid(parts, len(labels), 7)
+    shard = 2000 // 21  # 95; 5 rows are left out
+    assert [len(p) for p in parts] == [3 * shard] * 7
+    counts = np.bincount(labels, minlength=10)
+    assert counts.min() >= shard  # so a shard straddles at most one class boundary
+    hist = class_histogram(labels, parts, 10)
+    assert all(np.count_nonzero(row) <= 2 * 3 for row in hist)
+    # Far from IID: a client holds few classes.
+    assert np.mean([np.count_nonzero(row) for row in hist]) < 5
+
+
+def test_shards_depend_on_the_seed_alone() -> None:
+    labels = np.repeat(np.arange(5), 40)
+    a = partition(labels, 5, "shards", seed=1)
+    b = partition(labels, 5, "shards", seed=1)
+    assert _same(a, b)
+    assert not _same(a, partition(labels, 5, "shards", seed=2))
+
+
+# -- natural (one device per client) --------------------------------------------------------------
+
+
+def test_natural_gives_device_k_to_client_k_mod_m() -> None:
+    devices = np.array([30, 10, 20, 10, 40, 30, 50, 20, 10])  # sorted ids: 10 20 30 40 50
+    labels = np.zeros(len(devices), dtype=np.int64)
+    parts = partition(labels, 5, "natural", seed=0, groups=devices)
+    assert [p.tolist() for p in parts] == [[1, 3, 8], [2, 7], [0, 5], [4], [6]]
+    parts = partition(labels, 2, "natural", seed=0, groups=devices)
+    # devices 10, 30, 50 -> client 0; 20, 40 -> client 1
+    assert [p.tolist() for p in parts] == [[0, 1, 3, 5, 6, 8], [2, 4, 7]]
+
+
+def test_natural_takes_a_torch_group_column(labels: np.ndarray, groups: np.ndarray) -> None:
+    torch = pytest.importorskip("torch")
+    parts = partition(labels, 25, "natural", seed=0, groups=torch.from_numpy(groups))
+    _assert_valid(parts, len(labels), 25)
+    assert [len(np.unique(groups[p])) for p in parts] == [1] * 25  # one device per client
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(labels)))
+
+
+def test_natural_with_more_clients_than_devices_is_refused(
+    labels: np.ndarray, groups: np.ndarray
+) -> None:
+    with pytest.raises(ConfigError, match=r"1\.\.25 \(the number of devices\)") as info:
+        partition(labels, 26, "natural", seed=0, groups=groups)
+    assert info.value.parameter == "num_partitions"
+
+
+# -- plot_histogram -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pdf"])
+def test_plot_histogram_writes_a_file(labels: np.ndarray, tmp_path, suffix: str) -> None:
+    hist = class_histogram(labels, partition(labels, 6, "dirichlet", seed=0, alpha=0.3), 10)
+    path = plot_histogram(hist, tmp_path / "figures" / f"split{suffix}", title="Dirichlet 0.3")
+    assert path == tmp_path / "figures" / f"split{suffix}"
+    data = path.read_bytes()
+    assert len(data) > 1000
+    assert data.startswith(b"\x89PNG" if suffix == ".png" else b"%PDF")
+
+
+def test_plot_histogram_with_many_classes(tmp_path) -> None:
+    hist = np.random.default_rng(0).integers(0, 9, size=(40, 30))
+    assert plot_histogram(hist, str(tmp_path / "h.png")).stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("hist", "name", "parameter"),
+    [
+        (np.zeros(3), "h.png", "hist"),
+        (np.zeros((0, 3)), "h.png", "hist"),
+        (-np.ones((2, 3)), "h.png", "hist"),
+        (np.ones((2, 3)), "h.svg", "path"),
+        (np.ones((2, 3)), "h", "path"),
+    ],
+)
+def test_plot_histogram_refuses_bad_input(
+    tmp_path, hist: np.ndarray, name: str, parameter: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        plot_histogram(hist, tmp_path / name)
+    assert info.value.parameter == parameter
+    assert not (tmp_path / name).exists()

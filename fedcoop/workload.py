@@ -1,0 +1,108 @@
+"""What a run config asks each worker to train on: the data split, its shard, the schedule.
+
+Everything here is a function of the config alone (and the partition id), so the server, every
+client process and the benchmarks derive the same data and learning rates without exchanging
+them; results are cached per process because clients ask on every message.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from fedcoop import augment, data, partitions, schedules
+from fedcoop.config import RunConfig
+from fedcoop.errors import ConfigError
+
+
+def load_split(config: RunConfig) -> tuple[data.ArrayDataset, data.ArrayDataset]:
+    """(train, test) of the config's data set."""
+    return _load_split(
+        config.dataset,
+        config.seed,
+        config.test_fraction,
+        config.data_root,
+        config.synthetic_alpha,
+        config.synthetic_beta,
+    )
+
+
+@lru_cache(maxsize=8)
+def _load_split(
+    name: str, seed: int, test_fraction: float, root: str, alpha: float, beta: float
+) -> tuple[data.ArrayDataset, data.ArrayDataset]:
+    return data.load_dataset(
+        name,
+        seed=seed,
+        test_fraction=test_fraction,
+        root=root or None,
+        synthetic_alpha=alpha,
+        synthetic_beta=beta,
+    )
+
+
+@lru_cache(maxsize=8)
+def partition_indices(config: RunConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
+    """Every worker's sample indices into the training set."""
+    train, _ = load_split(config)
+    labels = train.y.numpy()
+    if train.y.is_floating_point():
+        if config.partition != "iid":
+            raise ConfigError("partition", config.partition, "regression data needs iid")
+        labels = np.zeros(len(labels), dtype=np.int64)
+    return tuple(
+        partitions.partition(
+            labels,
+            num_partitions,
+            config.partition,
+            seed=config.seed,
+            alpha=config.dirichlet_alpha,
+            classes_per_partition=config.classes_per_partition,
+            major_fraction=config.major_fraction,
+            shards_per_partition=config.shards_per_partition,
+            groups=None if train.group is None else train.group.numpy(),
+        )
+    )
+
+
+@lru_cache(maxsize=256)
+def shard(config: RunConfig, partition_id: int, num_partitions: int) -> data.ArrayDataset:
+    """Worker `partition_id`'s share of the training set."""
+    train, _ = load_split(config)
+    return train.subset(partition_indices(config, num_partitions)[partition_id])
+
+
+def schedule(config: RunConfig) -> schedules.LRSchedule:
+    """The learning rate per global local step (counted from 1) for every worker.
+
+    An epoch is one pass over an average worker's shard, the same for all workers, so that
+    workers holding different amounts of data still share one schedule.
+    """
+    m = config.num_clients
+    if config.lr_schedule == "constant":
+        return schedules.constant(config.lr * (m if config.scale_lr_by_workers else 1))
+    train, _ = load_split(config)
+    batch = config.batch_size or math.ceil(len(train) / m)
+    return schedules.paper_schedule(
+        m,
+        max(1, math.ceil(len(train) / m / batch)),
+        base_lr=config.lr,
+        warmup_epochs=config.warmup_epochs,
+        decay_epochs=config.decay_epoch_list(),
+        decay_factor=config.decay_factor,
+        scale_by_workers=config.scale_lr_by_workers,
+    )
+
+
+def augmentation(config: RunConfig) -> augment.Augmentation | None:
+    """The training-time augmentation of the config's data set, if it has one."""
+    return augment.augmentation_for(config.dataset)
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from several integers (seed, worker, round)."""
+    state = np.random.SeedSequence(list(keys)).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))

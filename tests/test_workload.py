@@ -1,0 +1,115 @@
+"""What each worker trains on, its schedule, the experiment files, and run determinism."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clients.client_app import app as client_app
+from fedcoop import algorithms, workload
+from fedcoop.config import RunConfig
+from fedcoop.cooperative import UpdateRule
+from fedcoop.data import ArrayDataset
+from fedcoop.models import LinearRegression
+from fedcoop.training import LocalSGD, LocalWorker
+from simulations.inprocess import InProcessGrid
+from strategies.server_app import run
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((REPO / "simulations" / "experiments").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_experiment_files_are_valid_configs(path: Path) -> None:
+    config = RunConfig.from_mapping(tomllib.loads(path.read_text()))
+    spec = algorithms.resolve(config)
+    assert spec.num_workers == config.num_clients
+
+
+def test_paper_schedule_from_the_config() -> None:
+    """Warm-up from lr to m * lr over the warm-up epochs, then x decay-factor per boundary."""
+    config = RunConfig.from_mapping(
+        {
+            "lr-schedule": "paper",
+            "lr": 0.1,
+            "num-clients": 4,
+            "batch-size": 100,  # 8000 train images / 4 workers / 100 = 20 steps per epoch
+            "scale-lr-by-workers": True,
+            "warmup-epochs": 1.0,
+            "decay-epochs": "2,3",
+            "decay-factor": 0.5,
+        }
+    )
+    lr = workload.schedule(config).lr
+    assert lr(1) == pytest.approx(0.1)
+    assert lr(11) == pytest.approx(0.25)  # halfway through the 20 warm-up steps
+    assert lr(21) == pytest.approx(0.4)
+    assert lr(40) == pytest.approx(0.4)
+    assert lr(41) == pytest.approx(0.2)
+    assert lr(61) == pytest.approx(0.1)
+
+
+def test_constant_schedule_scales_by_workers_when_asked() -> None:
+    config = RunConfig.from_mapping({"lr": 0.05, "num-clients": 4, "scale-lr-by-workers": True})
+    assert workload.schedule(config).lr(1000) == pytest.approx(0.2)
+
+
+def test_worker_steps_at_the_scheduled_learning_rates() -> None:
+    """f(w) = 0.5 w^2 on one sample x = 1, y = 0: each step multiplies w by (1 - lr_k)."""
+    data = ArrayDataset(
+        x=torch.ones(1, 1, dtype=torch.float64), y=torch.zeros(1, dtype=torch.float64)
+    )
+    model = LinearRegression(1)
+    worker = LocalWorker(
+        model, data, LocalSGD(lr=1.0, batch_size=0), torch.device("cpu"), lr_at=lambda k: 0.1 * k
+    )
+    worker.load_vector(torch.tensor([1.0], dtype=torch.float64))
+    worker.run(3, UpdateRule.MIX_AFTER_STEP, torch.Generator())
+    assert worker.vector().item() == pytest.approx(0.9 * 0.8 * 0.7)
+    assert worker.steps_done == 3
+
+
+def _metrics(rounds: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k != "wall-time"} for row in rounds]
+
+
+DETERMINISM = {"num-rounds": 3, "num-clients": 4, "results-dir": "", "partition": "dirichlet"}
+
+
+def test_same_seed_same_partitions_and_metrics_across_runs() -> None:
+    config = RunConfig.from_mapping({**DETERMINISM, "algorithm": "overlap"})
+    first = run(InProcessGrid(client_app, 4, seed=1), config)
+    workload.partition_indices.cache_clear()
+    workload.shard.cache_clear()
+    second = run(InProcessGrid(client_app, 4, seed=2), config)
+    assert _metrics(first.rounds) == _metrics(second.rounds)
+    np.testing.assert_array_equal(first.workers, second.workers)
+    other = run(InProcessGrid(client_app, 4), config.replace(seed=1))
+    assert _metrics(other.rounds) != _metrics(first.rounds)
+
+
+def test_same_seed_same_metrics_in_another_process() -> None:
+    """Another interpreter (fresh caches, fresh torch state) reproduces the metrics exactly."""
+    config = RunConfig.from_mapping({**DETERMINISM, "algorithm": "dpsgd"})
+    here = _metrics(run(InProcessGrid(client_app, 4), config).rounds)
+    script = (
+        "import json, logging; logging.getLogger('flwr').setLevel(logging.ERROR)\n"
+        "from clients.client_app import app\n"
+        "from fedcoop.config import RunConfig\n"
+        "from simulations.inprocess import InProcessGrid\n"
+        "from strategies.server_app import run\n"
+        f"config = RunConfig.from_mapping({json.dumps({**DETERMINISM, 'algorithm': 'dpsgd'})})\n"
+        "rounds = run(InProcessGrid(app, 4, seed=7), config).rounds\n"
+        "print(json.dumps([{k: v for k, v in r.items() if k != 'wall-time'} for r in rounds]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == here
