@@ -77,15 +77,18 @@ def _restore(worker: LocalWorker, state: RecordDict) -> None:
         worker.load_pending(torch.from_numpy(arrays["pending"].numpy()))
 
 
-def _save(worker: LocalWorker, context: Context, config: RunConfig, round_: int) -> None:
-    """Write the worker into context.state (the record of truth) and keep it alive here."""
+def _save(
+    worker: LocalWorker, x: np.ndarray, context: Context, config: RunConfig, round_: int
+) -> None:
+    """Write the worker (whose model vector is x) into context.state, the record of truth,
+    and keep it alive in this process."""
 
     def cpu(t: torch.Tensor | None) -> np.ndarray | None:
         return None if t is None else t.detach().cpu().numpy()
 
     context.state[STATE_ARRAYS] = messages.vector_record(
         **{
-            messages.MODEL: cpu(worker.vector()),
+            messages.MODEL: x,
             "momentum": cpu(worker.momentum_vector()),
             "snapshot": cpu(worker.snapshot),
             "pending": cpu(worker.pending_vector()),
@@ -180,10 +183,11 @@ def train(msg: Message, context: Context) -> Message:
         )
     generator = workload.seeded_generator(config.seed, _node_partition(context)[0], round_)
     loss = worker.run(steps, update_rule, generator)
-    _save(worker, context, config, round_)
+    x = worker.vector().cpu().numpy()
+    _save(worker, x, context, config, round_)
     return Message(
         messages.reply_content(
-            messages.vector_record(**{messages.MODEL: worker.vector().cpu().numpy()}),
+            messages.vector_record(**{messages.MODEL: x}),
             {"train-loss": loss, "num-examples": len(worker.data), "round": round_},
         ),
         reply_to=msg,
