@@ -26,7 +26,7 @@ import torch
 from flwr.simulation import run_simulation
 
 from clients.client_app import app as client_app
-from fedcoop import models, workload
+from fedcoop import workload
 from fedcoop.config import RunConfig
 from fedcoop.training import evaluate, load_model_vector, model_vector
 from strategies.cooperative import RunResult
@@ -51,8 +51,8 @@ def bare(config: RunConfig) -> float:
     """Seconds for the same Local SGD as a plain loop over m models in one process."""
     _, test = workload.load_split(config)
     shards = [workload.shard(config, i, config.num_clients) for i in range(config.num_clients)]
-    x0 = model_vector(initial_model(config, test))
-    workers = [models.build_for(config.model, shard) for shard in shards]
+    x0 = model_vector(initial_model(config))
+    workers = [workload.build_model(config) for _ in shards]
     optimizers = [torch.optim.SGD(w.parameters(), lr=config.lr) for w in workers]
     loss_fn = torch.nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)

@@ -19,7 +19,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import messages
-from fedcoop import algorithms, models, workload
+from fedcoop import algorithms, workload
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.training import LocalSGD, LocalWorker, default_device, evaluate
@@ -57,7 +57,7 @@ def _worker(config: RunConfig, context: Context) -> LocalWorker:
         batch_size=config.batch_size,
     )
     return LocalWorker(
-        models.build_for(config.model, shard),
+        workload.build_model(config),
         shard,
         sgd,
         default_device(),

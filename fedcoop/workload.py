@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from fedcoop import augment, data, partitions, schedules
+from fedcoop import augment, data, models, partitions, schedules
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
 
@@ -73,6 +73,13 @@ def shard(config: RunConfig, partition_id: int, num_partitions: int) -> data.Arr
     """Worker `partition_id`'s share of the training set."""
     train, _ = load_split(config)
     return train.subset(partition_indices(config, num_partitions)[partition_id])
+
+
+def build_model(config: RunConfig) -> torch.nn.Module:
+    """The config's model, sized by the whole training set (a worker's shard may lack classes,
+    and every worker and the server must hold vectors of one layout)."""
+    train, _ = load_split(config)
+    return models.build_for(config.model, train, num_classes=train.num_classes)
 
 
 def schedule(config: RunConfig) -> schedules.LRSchedule:

@@ -15,7 +15,7 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedcoop import data, models, workload
+from fedcoop import data, workload
 from fedcoop.config import RunConfig
 from fedcoop.training import default_device, evaluate, load_model_vector, model_vector
 from simulations.results import write_results
@@ -24,11 +24,11 @@ from strategies.cooperative import CooperativeStrategy, EvaluateFn, RunResult
 LOG = logging.getLogger("flwr.fedcoop")
 
 
-def initial_model(config: RunConfig, test: data.ArrayDataset) -> torch.nn.Module:
+def initial_model(config: RunConfig) -> torch.nn.Module:
     """x_0, the same for every worker and auxiliary node: the model seeded by config.seed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return models.build_for(config.model, test)
+        return workload.build_model(config)
 
 
 def server_evaluator(model: torch.nn.Module, test: data.ArrayDataset) -> EvaluateFn:
@@ -47,7 +47,7 @@ def server_evaluator(model: torch.nn.Module, test: data.ArrayDataset) -> Evaluat
 def run(grid: Grid, config: RunConfig) -> RunResult:
     """One run of `config` over `grid`, its results written to config.results_dir."""
     _, test = workload.load_split(config)
-    model = initial_model(config, test)
+    model = initial_model(config)
     x0 = model_vector(model).to(test.x.dtype).numpy()
     strategy = CooperativeStrategy(config, x0, evaluate_fn=server_evaluator(model, test))
     result = strategy.start(grid)

@@ -13,7 +13,6 @@ from flwr.app import Context, Message, MessageType
 from clients import messages
 from clients.client_app import STATE_ARRAYS, STATE_META
 from clients.client_app import app as client_app
-from fedcoop import data
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import reference_trajectory
 from fedcoop.errors import ConfigError
@@ -46,10 +45,7 @@ def misbehaving(
 
 
 def x0_of(config: RunConfig) -> np.ndarray:
-    _, test = data.load_dataset(
-        config.dataset, seed=config.seed, test_fraction=config.test_fraction
-    )
-    return model_vector(initial_model(config, test)).double().numpy()
+    return model_vector(initial_model(config)).double().numpy()
 
 
 # --- failing and misbehaving workers ----------------------------------------------------

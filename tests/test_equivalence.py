@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from clients.client_app import app as client_app
-from fedcoop import algorithms, mixing, topology, workload
+from fedcoop import algorithms, mixing, topology
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import reference_trajectory
 from fedcoop.training import model_vector
@@ -31,8 +31,7 @@ def run_in_process(config: RunConfig, seed: int = 0) -> tuple[RunResult, InProce
 
 def reference_final(config: RunConfig, result: RunResult) -> np.ndarray:
     """X_{K+1} of the matrix rule for the spec that the run actually used (d x (m+v))."""
-    _, test = workload.load_split(config)
-    x0 = model_vector(initial_model(config, test)).double().numpy()
+    x0 = model_vector(initial_model(config)).double().numpy()
     momentum, nesterov = algorithms.local_optimizer(config)
     steps = config.num_rounds * result.spec.tau
     return reference_trajectory(

@@ -51,6 +51,8 @@ def test_paper_schedule_options() -> None:
     no_warmup = paper_schedule(4, STEPS, warmup_epochs=0, base_lr=0.05, decay_epochs=(2,))
     assert no_warmup.lr(1) == pytest.approx(0.2)
     assert no_warmup.lr(2 * STEPS + 1) == pytest.approx(0.02)
+    halving = paper_schedule(2, 10, warmup_epochs=0, decay_epochs=(1, 2), decay_factor=0.5)
+    assert [halving.lr(s) for s in (10, 11, 21)] == pytest.approx([0.2, 0.1, 0.05])
 
 
 def test_constant_schedule() -> None:

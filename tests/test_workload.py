@@ -18,9 +18,9 @@ from fedcoop.config import RunConfig
 from fedcoop.cooperative import UpdateRule
 from fedcoop.data import ArrayDataset
 from fedcoop.models import LinearRegression
-from fedcoop.training import LocalSGD, LocalWorker
+from fedcoop.training import LocalSGD, LocalWorker, model_vector
 from simulations.inprocess import InProcessGrid
-from strategies.server_app import run
+from strategies.server_app import initial_model, run
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((REPO / "simulations" / "experiments").glob("*.toml"))
@@ -113,3 +113,21 @@ def test_same_seed_same_metrics_in_another_process() -> None:
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == here
+
+
+def test_workers_missing_classes_still_share_the_model_layout() -> None:
+    """With 1 class per worker, shards lack the top labels; models are sized by the full set."""
+    config = RunConfig.from_mapping(
+        {
+            "partition": "pathological",
+            "classes-per-partition": 1,
+            "num-clients": 4,
+            "num-rounds": 1,
+            "tau": 1,
+            "results-dir": "",
+        }
+    )
+    assert {int(workload.shard(config, i, 4).y.max()) for i in range(4)} != {9}
+    result = run(InProcessGrid(client_app, 4), config)
+    x0 = model_vector(initial_model(config))
+    assert result.workers is not None and result.workers.shape == (4, x0.numel())
