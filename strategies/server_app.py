@@ -47,6 +47,10 @@ def server_evaluator(model: torch.nn.Module, test: data.ArrayDataset) -> Evaluat
 def run(grid: Grid, config: RunConfig) -> RunResult:
     """One run of `config` over `grid`, its results written to config.results_dir."""
     _, test = workload.load_split(config)
+    # The algorithm and the partitions are functions of the config: refuse a bad one here,
+    # before any node is waited for, rather than after the handshake or in every client.
+    algorithms.resolve(config)
+    workload.partition_indices(config, config.num_clients)
     model = initial_model(config)
     x0 = model_vector(model).to(test.x.dtype).numpy()
     strategy = CooperativeStrategy(config, x0, evaluate_fn=server_evaluator(model, test))
