@@ -15,7 +15,7 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedcoop import data, workload
+from fedcoop import algorithms, data, workload
 from fedcoop.config import RunConfig
 from fedcoop.training import default_device, evaluate, load_model_vector, model_vector
 from simulations.results import write_results
