@@ -131,3 +131,24 @@ def test_workers_missing_classes_still_share_the_model_layout() -> None:
     result = run(InProcessGrid(client_app, 4), config)
     x0 = model_vector(initial_model(config))
     assert result.workers is not None and result.workers.shape == (4, x0.numel())
+
+
+def test_histogram_command_prints_the_configs_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulations.histogram import main
+
+    main(
+        [
+            "partition=skewed",
+            "num-clients=4",
+            "major-fraction=0.3",
+            "--plot",
+            str(tmp_path / "h.png"),
+        ]
+    )
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()[1:5]]
+    # 8000 images / 4 = 2000 per client, 600 of its major class (client i -> class i)
+    assert [int(row[1 + i]) for i, row in enumerate(rows)] == [600] * 4
+    assert (tmp_path / "h.png").stat().st_size > 0
