@@ -45,7 +45,8 @@ def _alpha(config: RunConfig, default: float | None) -> float | None:
     return default if config.alpha == AUTO else float(config.alpha)
 
 
-def _graph_w(config: RunConfig, m: int) -> np.ndarray:
+def graph_matrix(config: RunConfig, m: int) -> np.ndarray:
+    """The weighted graph of the config's topology over m workers."""
     return topology.weigh(config.weighting, topology.build(config.topology, m, seed=config.seed))
 
 
@@ -80,14 +81,14 @@ def _easgd(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
 def _dpsgd(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
     return CooperativeSpec(
         tau=config.tau,
-        w=_graph_w(config, m),
+        w=graph_matrix(config, m),
         rule=UpdateRule.MIX_BEFORE_STEP,
         nonnegative=config.weighting != "laplacian",
     )
 
 
 def _generalized_elastic(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
-    w = mixing.generalized_elastic(_graph_w(config, m), _alpha(config, None))
+    w = mixing.generalized_elastic(graph_matrix(config, m), _alpha(config, None))
     return CooperativeSpec(tau=config.tau, w=w, num_aux=1, nonnegative=False)
 
 

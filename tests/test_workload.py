@@ -136,10 +136,11 @@ def test_workers_missing_classes_still_share_the_model_layout() -> None:
 def test_histogram_command_prints_the_configs_split(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from simulations.histogram import main
+    from simulations.cli import main
 
     main(
         [
+            "histogram",
             "partition=skewed",
             "num-clients=4",
             "major-fraction=0.3",
