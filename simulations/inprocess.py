@@ -47,7 +47,6 @@ class InProcessGrid(Grid):
         self._waiting: dict[str, Message] = {}
         self._replies: dict[str, Message] = {}
         self.overlapping_messages = 0
-        self.delivered = 0
         self._run = Run.create_empty(run_id=1)
         # Messages read their run id from the process's task identity, which Flower's
         # runtimes set before a ServerApp runs; this process is that runtime here.
@@ -115,5 +114,4 @@ class InProcessGrid(Grid):
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
             reply = Message(Error(code=CLIENT_APP_RAISED, reason=reason), reply_to=msg)
-        self.delivered += 1
         self._replies[msg.metadata.message_id] = reply

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,9 @@ def flwr_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     for pid in _pids_with(str(home)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(os.getpgid(pid), signal.SIGKILL)
+    deadline = time.monotonic() + 10  # SIGKILL is not instant: wait for the exit
+    while _pids_with(str(home)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not _pids_with(str(home))
 
 
