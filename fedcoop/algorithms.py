@@ -142,7 +142,7 @@ def _cooperative(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec
         tau=config.tau,
         w=w,
         num_aux=config.num_aux,
-        symmetric=square and bool(np.allclose(w, w.T)),
+        symmetric=square and mixing.is_symmetric(w),
         nonnegative=False,
     )
 

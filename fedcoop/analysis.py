@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from fedcoop import algorithms, mixing, theory
 from fedcoop.config import RunConfig
 
@@ -39,8 +37,8 @@ def analyze(
     m, v, tau, w = spec.num_workers, spec.num_aux, spec.tau, spec.w
     out = [Finding("tau", tau, "local steps per round"), Finding("v", v, "auxiliary nodes")]
     if spec.check_spectrum:
-        symmetric = bool(np.allclose(w, w.T))
-        zeta = mixing.zeta(w) if symmetric else mixing.column_zeta(w)
+        symmetric = mixing.is_symmetric(w)
+        zeta = mixing.spectral_gap_zeta(w)
         out.append(
             Finding(
                 "zeta",

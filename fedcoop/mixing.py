@@ -47,7 +47,7 @@ def _square(w: object, name: str) -> np.ndarray:
     return a
 
 
-def _is_symmetric(w: np.ndarray) -> bool:
+def is_symmetric(w: np.ndarray) -> bool:
     """Symmetry up to rounding, since weights like 1/3 are not exact."""
     return bool(np.allclose(w, w.T, rtol=0.0, atol=_TOL))
 
@@ -77,7 +77,7 @@ def _checked(
             float(sums[j]),
             f"every column of {name} must sum to 1 (the new model {j} is a weighted average)",
         )
-    if symmetric and not _is_symmetric(a):
+    if symmetric and not is_symmetric(a):
         i, j = (int(k) for k in np.argwhere(np.abs(a - a.T) > _TOL)[0])
         raise ConfigError(
             f"{name}[{i}, {j}]",
@@ -316,7 +316,7 @@ def zeta(w: object) -> float:
     """max(|lambda_2|, |lambda_n|) of a symmetric W (Assumption 5): how slowly the models
     reach consensus; 0 for J, 1 for a W that does not mix."""
     a = _square(w, "W")
-    if not _is_symmetric(a):
+    if not is_symmetric(a):
         raise ConfigError("W", "non-symmetric matrix", "zeta needs a symmetric W; use column_zeta")
     if a.shape[0] == 1:
         return 0.0
@@ -338,4 +338,4 @@ def column_zeta(w: object, v: np.ndarray | None = None) -> float:
 def spectral_gap_zeta(w: object) -> float:
     """zeta for any mixing matrix: the eigenvalue form when W is symmetric, else the norm form."""
     a = _square(w, "W")
-    return zeta(a) if _is_symmetric(a) else column_zeta(a)
+    return zeta(a) if is_symmetric(a) else column_zeta(a)
