@@ -104,12 +104,15 @@ def test_overlap_starts_the_next_round_before_the_others_report() -> None:
     np.testing.assert_allclose(driver.coordinator.aux, z2[None, :], rtol=0, atol=1e-14)
 
 
-def test_cocod_payload_is_the_stale_mean_and_overlaps_the_next_round() -> None:
-    m = 3
-    spec = spec_of("cocod", m, 2)
-    driver = Driver(Coordinator(spec, X0, num_rounds=4))
+def started(algorithm: str, m: int = 3) -> tuple[Driver, np.ndarray, np.ndarray]:
+    """A 4-round run of `algorithm` (tau 2) with round 1 sent, and the models for rounds 1-2."""
+    driver = Driver(Coordinator(spec_of(algorithm, m, 2), X0, num_rounds=4))
     driver.poll()
-    x1, x2 = models(1, m), models(2, m)
+    return driver, models(1, m), models(2, m)
+
+
+def test_cocod_payload_is_the_stale_mean_and_overlaps_the_next_round() -> None:
+    driver, x1, x2 = started("cocod")
     driver.reply(0, x1[0])
     ready = driver.poll()
     assert set(ready) == {0}
@@ -125,11 +128,7 @@ def test_cocod_payload_is_the_stale_mean_and_overlaps_the_next_round() -> None:
 
 
 def test_full_averaging_is_a_barrier() -> None:
-    m = 3
-    spec = spec_of("local-sgd", m, 2)
-    driver = Driver(Coordinator(spec, X0, num_rounds=4))
-    driver.poll()
-    x1, x2 = models(1, m), models(2, m)
+    driver, x1, x2 = started("local-sgd")
     driver.reply(0, x1[0])
     driver.reply(1, x1[1])
     assert driver.poll() == {}
@@ -145,7 +144,7 @@ def test_full_averaging_is_a_barrier() -> None:
     assert set(ready) == {0, 1, 2}
     for i, d in ready.items():
         assert d.round == 3 and d.payload.sync == 2
-        assert d.payload.self_weight == pytest.approx(1 / m)
+        assert d.payload.self_weight == pytest.approx(1 / 3)
         mixed = d.payload.self_weight * x2[i] + d.payload.mix
         np.testing.assert_allclose(mixed, x2.mean(axis=0), rtol=0, atol=1e-15)
 
