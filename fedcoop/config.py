@@ -18,6 +18,7 @@ from fedcoop.errors import ConfigError
 AUTO = "auto"
 _NUMBER_OR_AUTO = frozenset({"alpha", "anchor_momentum"})
 LR_SCHEDULES = ("constant", "paper")
+STEP_TIME_DISTRIBUTIONS = ("constant", "exponential", "lognormal")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,26 @@ class RunConfig:
     seed: int = 0
     results_dir: str = "~/fedcoop-runs"
     round_timeout: float = 600.0
+    #: virtual clock: mean seconds of one local step on one worker, its distribution
+    #: ("constant", "exponential", "lognormal") and the log-normal's sigma (stragglers)
+    step_time: float = 0.05
+    step_time_distribution: str = "constant"
+    step_time_sigma: float = 0.5
+    #: virtual clock: a link preset (fedcoop.clock.LINK_PRESETS) or "<ms>ms/<mbit>mbit"
+    link: str = "datacenter-10g"
+    #: share of the workers sampled (seeded) to train in each round
+    participation: float = 1.0
+    #: seconds a worker may take to answer a round before it is left out of it (0 = no limit)
+    round_deadline: float = 0.0
+    #: share of a round's sampled workers that must answer, else the run stops
+    quorum: float = 0.5
+    #: reject a model farther than this many times the round's median distance from the
+    #: round's median model (0 = off)
+    update_norm_bound: float = 0.0
+    #: write a checkpoint after every this many rounds (0 = never)
+    checkpoint_every: int = 1
+    #: a run directory whose checkpoint this run continues ("" = start afresh)
+    resume: str = ""
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -138,6 +159,25 @@ class RunConfig:
             raise ConfigError("major-fraction", self.major_fraction, "must be in (0, 1]")
         if not self.round_timeout > 0:
             raise ConfigError("round-timeout", self.round_timeout, "must be > 0 seconds")
+        if not self.step_time >= 0:
+            raise ConfigError("step-time", self.step_time, "must be >= 0 seconds")
+        if self.step_time_distribution not in STEP_TIME_DISTRIBUTIONS:
+            raise ConfigError(
+                "step-time-distribution",
+                self.step_time_distribution,
+                f"one of {', '.join(STEP_TIME_DISTRIBUTIONS)}",
+            )
+        if not self.step_time_sigma >= 0:
+            raise ConfigError("step-time-sigma", self.step_time_sigma, "must be >= 0")
+        if not 0 < self.participation <= 1:
+            raise ConfigError("participation", self.participation, "must be in (0, 1]")
+        if not self.round_deadline >= 0:
+            raise ConfigError("round-deadline", self.round_deadline, "seconds >= 0 (0 = none)")
+        if not 0 < self.quorum <= 1:
+            raise ConfigError("quorum", self.quorum, "must be in (0, 1]")
+        if not self.update_norm_bound >= 0:
+            raise ConfigError("update-norm-bound", self.update_norm_bound, "must be >= 0 (0 = off)")
+        _at_least("checkpoint-every", self.checkpoint_every, 0)
         for key in _NUMBER_OR_AUTO:
             value = getattr(self, key)
             if isinstance(value, str) and value != AUTO:
