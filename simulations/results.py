@@ -1,7 +1,8 @@
 """Results on disk: one directory per run, enough to redraw any plot or table from files.
 
 config.json holds the full resolved config and the spec actually run (tau, W, v, rules);
-metrics.jsonl and metrics.csv one row per round; final.json the end state's metrics.
+metrics.jsonl and metrics.csv one row per round; final.json the end state's metrics;
+final-models.npz the workers' (m x d) and auxiliary nodes' (v x d) final models.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def write_results(result: RunResult, root: str | Path) -> Path:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(result.rounds)
+    if result.workers is not None:
+        models = {"workers": result.workers}
+        if result.aux is not None:
+            models["aux"] = result.aux
+        np.savez(path / "final-models.npz", **models)
     final = {"last-round": result.rounds[-1] if result.rounds else {}, **result.client_evaluation}
     (path / "final.json").write_text(json.dumps(final, indent=2))
     return path

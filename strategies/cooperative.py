@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,8 @@ class RunResult:
     workers: np.ndarray | None = None
     aux: np.ndarray | None = None
     client_evaluation: dict[str, float] = field(default_factory=dict)
+    #: the run directory its results were written to, if any
+    directory: Path | None = None
 
 
 class CooperativeStrategy:

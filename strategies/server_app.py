@@ -56,8 +56,8 @@ def run(grid: Grid, config: RunConfig) -> RunResult:
     strategy = CooperativeStrategy(config, x0, evaluate_fn=server_evaluator(model, test))
     result = strategy.start(grid)
     if config.results_dir:
-        path = write_results(result, Path(config.results_dir).expanduser().resolve())
-        LOG.info("fedcoop: results in %s", path)
+        result.directory = write_results(result, Path(config.results_dir).expanduser().resolve())
+        LOG.info("fedcoop: results in %s", result.directory)
     LOG.info("fedcoop: workers' own final models: %s", result.client_evaluation)
     return result
 
