@@ -1,72 +1,145 @@
-"""The `fedcoop` command line: run a config, its theory, and its data split.
+"""The `fedcoop` command line: run or compare configs, plot results, theory, data split.
 
     fedcoop run algorithm=overlap tau=2 num-clients=8
+    fedcoop run --engine inprocess dataset=least-squares model=linear num-rounds=5
+    fedcoop compare --grid algorithm=overlap,local-sgd --grid tau=2,8 --target 0.85 --out cmp
+    fedcoop plot cmp
     fedcoop run --config simulations/experiments/fedprox-synthetic.toml num-rounds=10
     fedcoop analyze algorithm=easgd num-clients=8
     fedcoop analyze algorithm=overlap tau=2 --t-comm 0.3 --t-step 0.05
     fedcoop histogram partition=skewed num-clients=16 --plot split.png
 
 Arguments are run-config keys as `key=value`, exactly as `flwr run --run-config` takes them;
-`--config FILE.toml` reads them from a file first.
+`--config FILE.toml` reads them from a file first. `compare` sweeps the keys given with
+`--grid key=v1,v2` (or `key=[TOML array]` for values that hold commas, such as decay-epochs)
+over the fixed ones; in its TOML file a `[grid]` table holds the swept keys' arrays and a
+`[compare]` table its options (target, out, engine, quiet, cpus-per-client, gpus-per-client).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
-import torch
-from flwr.simulation import run_simulation
 from rich.console import Console
 from rich.table import Table
 
-from clients.client_app import app as client_app
 from fedcoop.analysis import analyze
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
-from simulations import histogram
-from strategies.cooperative import RunResult
-from strategies.server_app import make_server_app
+from simulations import compare, histogram, plots
+from simulations.runner import ENGINES, RunFailed, default_gpus_per_client, run_config
+
+#: `compare` options and their defaults when neither the command line nor [compare] sets them.
+COMPARE_OPTIONS: dict[str, Any] = {
+    "target": None,
+    "out": None,
+    "engine": "simulation",
+    "quiet": False,
+    "cpus-per-client": 1.0,
+    "gpus-per-client": None,
+}
+
+
+def _value(raw: str) -> Any:
+    """A value in TOML syntax, so numbers and booleans keep their types; bare strings too."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _pairs(pairs: list[str]) -> dict[str, str]:
+    """key=value arguments as raw strings by key."""
+    parsed = {}
+    for pair in pairs:
+        key, equals, raw = pair.partition("=")
+        if not equals:
+            raise ConfigError("argument", pair, "must be written key=value")
+        parsed[key] = raw
+    return parsed
+
+
+def _file(args: argparse.Namespace) -> dict[str, Any]:
+    """The --config TOML file's contents (empty without one)."""
+    return tomllib.loads(Path(args.config).read_text()) if args.config else {}
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
     """The config a command line describes: the --config file, then key=value overrides."""
-    values = tomllib.loads(Path(args.config).read_text()) if args.config else {}
-    for pair in args.overrides:
-        key, _, raw = pair.partition("=")
-        try:  # TOML syntax, so numbers and booleans keep their types; bare strings too
-            values[key] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            values[key] = raw
-    return RunConfig.from_mapping(values)
+    overrides = {k: _value(raw) for k, raw in _pairs(args.overrides).items()}
+    return RunConfig.from_mapping({**_file(args), **overrides})
+
+
+def _grid_values(raw: str) -> list[Any]:
+    """A swept key's values: v1,v2,... or a TOML array, for strings that hold commas."""
+    value = _value(raw)
+    return value if isinstance(value, list) else [_value(v) for v in raw.split(",")]
 
 
 def _run(args: argparse.Namespace) -> None:
-    """One config through Flower's simulation engine, as many SuperNodes as num-clients."""
+    """One config on the chosen engine, as many nodes as num-clients."""
     config = _config(args)
-    if args.quiet:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
-    results: list[RunResult] = []
-    run_simulation(
-        server_app=make_server_app(config, on_result=results.append),
-        client_app=client_app,
-        num_supernodes=config.num_clients,
-        backend_config={
-            "client_resources": {
-                "num_cpus": args.cpus_per_client,
-                "num_gpus": args.gpus_per_client,
-            }
-        },
+    result = run_config(
+        config,
+        engine=args.engine,
+        quiet=args.quiet,
+        cpus_per_client=args.cpus_per_client,
+        gpus_per_client=args.gpus_per_client,
     )
-    if not results:
-        raise SystemExit("error: the run did not finish; see the log above")
-    last = results[0].rounds[-1]
+    last = result.rounds[-1]
     summary = ", ".join(
         f"{k} {last[k]:.4f}" for k in ("train-loss", "test-loss", "test-accuracy") if k in last
     )
     print(f"{config.algorithm}: round {last['round']}: {summary}")
+
+
+def _compare_options(args: argparse.Namespace, table: dict[str, Any]) -> dict[str, Any]:
+    """compare's options: the command line's, else the [compare] table's, else the defaults."""
+    for key in table:
+        if key not in COMPARE_OPTIONS:
+            raise ConfigError(f"compare.{key}", table[key], f"one of {', '.join(COMPARE_OPTIONS)}")
+    given = {k: getattr(args, k.replace("-", "_")) for k in COMPARE_OPTIONS}
+    options = {
+        k: given[k] if given[k] is not None else table.get(k, COMPARE_OPTIONS[k]) for k in given
+    }
+    target = options["target"]
+    if target is not None and not (isinstance(target, (int, float)) and 0 < target <= 1):
+        raise ConfigError("target", target, "a test accuracy in (0, 1]")
+    return options
+
+
+def _compare(args: argparse.Namespace) -> None:
+    """Run the grid over the fixed keys, then summarize and plot from the files written."""
+    file = _file(args)
+    grid = {
+        **file.pop("grid", {}),
+        **{k: _grid_values(raw) for k, raw in _pairs(args.grid).items()},
+    }
+    options = _compare_options(args, file.pop("compare", {}))
+    fixed = {**file, **{k: _value(raw) for k, raw in _pairs(args.overrides).items()}}
+    configs = compare.expand(fixed, grid)
+    root = Path(configs[0].results_dir or RunConfig().results_dir).expanduser()
+    out = compare.sweep(
+        configs,
+        options["out"] or root / f"compare-{time.strftime('%Y%m%d-%H%M%S')}",
+        engine=options["engine"],
+        quiet=options["quiet"],
+        cpus_per_client=options["cpus-per-client"],
+        gpus_per_client=options["gpus-per-client"],
+    )
+    summary = compare.summarize(compare.load_runs(out), options["target"])
+    written = compare.write_summary(out, summary, options["target"])
+    Console(width=140).print(compare.summary_table(summary, options["target"]))
+    _print_written(written + plots.plot_directory(out))
+
+
+def _print_written(paths: list[Path]) -> None:
+    for path in paths:
+        print(f"wrote {path}")
 
 
 def _analyze(args: argparse.Namespace) -> None:
@@ -80,20 +153,40 @@ def _analyze(args: argparse.Namespace) -> None:
     Console(width=120).print(table)
 
 
+def _engine_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """The engine options of run and compare; compare's default to None so that its
+    [compare] table can set them."""
+    parser.add_argument("--engine", choices=ENGINES, default=defaults["engine"])
+    parser.add_argument(
+        "--quiet", action="store_true", default=defaults["quiet"], help="no per-round log"
+    )
+    parser.add_argument("--cpus-per-client", type=float, default=defaults["cpus-per-client"])
+    parser.add_argument(
+        "--gpus-per-client",
+        type=float,
+        default=defaults["gpus-per-client"],
+        help=f"GPU share per simulated client (here {default_gpus_per_client()})",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fedcoop", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    simulate = commands.add_parser("run", help="run a config in Flower's simulation engine")
+    simulate = commands.add_parser("run", help="run a config (Flower's simulation engine)")
     simulate.add_argument("overrides", nargs="*", help="run-config key=value pairs")
     simulate.add_argument("--config", help="a TOML file of run-config keys")
-    simulate.add_argument("--quiet", action="store_true", help="no per-round log")
-    simulate.add_argument("--cpus-per-client", type=float, default=1.0)
-    simulate.add_argument(
-        "--gpus-per-client",
-        type=float,
-        default=0.25 if torch.cuda.is_available() else 0.0,
-        help="GPU share per simulated client (0.25 when a GPU is present)",
+    _engine_arguments(simulate, COMPARE_OPTIONS)
+    sweep = commands.add_parser("compare", help="run a grid of configs, summarize and plot them")
+    sweep.add_argument("overrides", nargs="*", help="fixed run-config key=value pairs")
+    sweep.add_argument("--config", help="TOML: run-config keys, [grid] and [compare] tables")
+    sweep.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2", help="a swept key"
     )
+    sweep.add_argument("--target", type=float, help="test accuracy to time (default: none)")
+    sweep.add_argument("--out", help="new compare directory (default: results-dir/compare-TIME)")
+    _engine_arguments(sweep, dict.fromkeys(COMPARE_OPTIONS))
+    figures = commands.add_parser("plot", help="draw every figure of a run or compare directory")
+    figures.add_argument("directory", type=Path)
     theory = commands.add_parser("analyze", help="what the papers predict for a config")
     theory.add_argument("overrides", nargs="*", help="run-config key=value pairs")
     theory.add_argument("--config", help="a TOML file of run-config keys")
@@ -109,12 +202,18 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "run":
             _run(args)
+        elif args.command == "compare":
+            _compare(args)
+        elif args.command == "plot":
+            _print_written(plots.plot_directory(args.directory))
         elif args.command == "analyze":
             _analyze(args)
         else:
             histogram.show(_config(args), args.plot)
     except ConfigError as error:
         parser.exit(2, f"error: {error}\n")
+    except RunFailed as error:
+        parser.exit(1, f"error: {error}\n")
 
 
 if __name__ == "__main__":
