@@ -154,27 +154,41 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Apply the previous round's sync, run the round's local steps, reply with x_i."""
+    """Apply the sync the message carries, run the round's local steps, reply with x_i."""
+    try:
+        return _train(msg, context)
+    except Exception:
+        # The worker kept alive may be half-way through the round: the next message must
+        # start again from context.state, which still holds the last completed round.
+        _LIVE.pop((context.run_id, context.node_id), None)
+        raise
+
+
+def _train(msg: Message, context: Context) -> Message:
     config = messages.read_config(msg)
     header = msg.content.config_records[messages.HEADER]
     round_, steps = int(header["round"]), int(header["local-steps"])
     last = _last_round(context.state)
-    if round_ != last + 1:
+    if round_ <= last:
         raise ValueError(
-            f"round {round_} sent to a worker that expects round {last + 1} "
-            f"(its last round was {last}): a stale, duplicate or out-of-order message"
+            f"round {round_} sent to a worker whose last round was {last}: a stale, "
+            "duplicate or out-of-order message"
         )
     update_rule = UpdateRule(str(header["update-rule"]))
-    if round_ == 1:
-        init = messages.read_vector(msg, messages.INIT)
-        if init is None:
-            raise ValueError("the first round's message carries no initial model")
-        worker = _worker(config, context)
+    worker = _current_worker(config, context)
+    init = messages.read_vector(msg, messages.INIT)
+    mix = messages.read_vector(msg, messages.MIX)
+    adopt = bool(header.get("adopt", False))
+    if init is not None:
         worker.load_vector(torch.from_numpy(init))
         worker.snapshot = worker.vector()
-    else:
-        worker = _current_worker(config, context)
-        mix = messages.read_vector(msg, messages.MIX)
+    elif adopt:
+        if mix is None:
+            raise ValueError(f"round {round_} asks to adopt a model it does not carry")
+        worker.adopt(torch.from_numpy(mix), reset=bool(header.get("reset", False)))
+    elif last == 0:
+        raise ValueError(f"round {round_} is this worker's first and carries no model")
+    elif "sync" in header:
         worker.apply_sync(
             float(header["self-weight"]),
             None if mix is None else torch.from_numpy(mix),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedcoop import mixing, topology
+from fedcoop import mixing, participation, topology
 from fedcoop.config import AUTO, RunConfig
 from fedcoop.cooperative import ClientRule, CooperativeSpec, UpdateRule
 from fedcoop.errors import ConfigError
@@ -75,6 +75,7 @@ def _easgd(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
         num_aux=1,
         rule=UpdateRule.MIX_BEFORE_STEP,
         nonnegative=False,
+        reweight=participation.keep_self,
     )
 
 
@@ -84,19 +85,24 @@ def _dpsgd(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
         w=graph_matrix(config, m),
         rule=UpdateRule.MIX_BEFORE_STEP,
         nonnegative=config.weighting != "laplacian",
+        reweight=participation.graph_reweight(config.weighting),
     )
 
 
 def _generalized_elastic(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
     w = mixing.generalized_elastic(graph_matrix(config, m), _alpha(config, None))
-    return CooperativeSpec(tau=config.tau, w=w, num_aux=1, nonnegative=False)
+    return CooperativeSpec(
+        tau=config.tau, w=w, num_aux=1, nonnegative=False, reweight=participation.keep_self
+    )
 
 
 def _hierarchical(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
     if not 1 <= config.groups <= m:
         raise ConfigError("groups", config.groups, f"must be between 1 and num-clients={m}")
     w = mixing.hierarchical(mixing.even_groups(m, config.groups), _alpha(config, None))
-    return CooperativeSpec(tau=config.tau, w=w, num_aux=config.groups)
+    return CooperativeSpec(
+        tau=config.tau, w=w, num_aux=config.groups, reweight=participation.keep_self
+    )
 
 
 def _overlap(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
@@ -138,12 +144,15 @@ def _cooperative(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec
     w = load_matrix(config.matrix_file)
     # A non-square W cannot be compared with its transpose; validate() names its shape.
     square = w.ndim == 2 and w.shape[0] == w.shape[1]
+    symmetric = square and mixing.is_symmetric(w)
     return CooperativeSpec(
         tau=config.tau,
         w=w,
         num_aux=config.num_aux,
-        symmetric=square and mixing.is_symmetric(w),
+        symmetric=symmetric,
         nonnegative=False,
+        # A symmetric W stays symmetric and doubly stochastic when dropped weight stays home.
+        reweight=participation.keep_self if symmetric else participation.renormalize,
     )
 
 

@@ -9,13 +9,13 @@ the rule that the tests hold the distributed implementation to.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
 
-from fedcoop import mixing
+from fedcoop import mixing, participation
 from fedcoop.errors import ConfigError
 
 
@@ -60,6 +60,8 @@ class CooperativeSpec:
     symmetric: bool = True
     nonnegative: bool = True
     check_spectrum: bool = True
+    #: how a round's sync re-weights W when some workers did not answer (fedcoop.participation)
+    reweight: participation.Reweight = participation.renormalize
 
     @property
     def num_workers(self) -> int:
@@ -129,6 +131,7 @@ def reference_trajectory(
     *,
     momentum: float = 0.0,
     nesterov: bool = False,
+    participants: Callable[[int], Collection[int]] | None = None,
 ) -> np.ndarray:
     """Run the dense matrix rule for `num_steps` steps from all nodes at x0.
 
@@ -138,6 +141,11 @@ def reference_trajectory(
     gradients when `momentum` > 0, as the overlap paper's workers use); the aux nodes carry
     the spec's anchor momentum. CoCoD-SGD (the correction rule) is not a matrix rule and has
     its own literal reference, with the same output layout.
+
+    With `participants`, round r (steps (r-1) tau + 1 ... r tau) is trained only by the
+    workers participants(r) names (sampled and answering): the others take no step and
+    keep their momentum, and the round's sync uses `participation.round_matrix` (the
+    literal CoCoD-SGD reference has every worker in every round).
     """
     m, v = spec.num_workers, spec.num_aux
     local = _LocalDirections(grad, m, momentum, nesterov)
@@ -147,12 +155,14 @@ def reference_trajectory(
     velocity = np.zeros((x.shape[0], v))
     out = [x.copy()]
     for k in range(1, num_steps + 1):
+        active = frozenset(participants(-(-k // spec.tau)) if participants else range(m))
         g = np.zeros_like(x)
-        g[:, :m] = local(x[:, :m], k)
+        g[:, :m] = local(x[:, :m], k, active)
         if k % spec.tau:
             x = x - eta * g
         else:
-            mixed = (x - eta * g) @ spec.w if spec.rule is UpdateRule.MIX_AFTER_STEP else x @ spec.w
+            w = participation.round_matrix(spec.w, m, active, spec.reweight)
+            mixed = (x - eta * g) @ w if spec.rule is UpdateRule.MIX_AFTER_STEP else x @ w
             if v:
                 velocity = spec.anchor_momentum * velocity + (mixed[:, m:] - x[:, m:])
                 mixed[:, m:] = x[:, m:] + velocity
@@ -171,12 +181,20 @@ class _LocalDirections:
         self.grad, self.m, self.momentum, self.nesterov = grad, m, momentum, nesterov
         self.buffers: np.ndarray | None = None
 
-    def __call__(self, x: np.ndarray, k: int) -> np.ndarray:
-        g = np.stack([self.grad(i, x[:, i], k) for i in range(self.m)], axis=1)
+    def __call__(self, x: np.ndarray, k: int, active: frozenset[int] | None = None) -> np.ndarray:
+        """Step k's directions; workers outside `active` take no step and keep their buffer."""
+        on = np.array([active is None or i in active for i in range(self.m)])
+        g = np.stack(
+            [self.grad(i, x[:, i], k) if on[i] else np.zeros(x.shape[0]) for i in range(self.m)],
+            axis=1,
+        )
         if not self.momentum:
             return g
-        self.buffers = g if self.buffers is None else self.momentum * self.buffers + g
-        return g + self.momentum * self.buffers if self.nesterov else self.buffers
+        if self.buffers is None:
+            self.buffers = np.zeros_like(g)
+        self.buffers[:, on] = self.momentum * self.buffers[:, on] + g[:, on]
+        direction = g + self.momentum * self.buffers if self.nesterov else self.buffers.copy()
+        return np.where(on, direction, 0.0)
 
 
 def _cocod_reference(

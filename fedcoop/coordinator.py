@@ -1,27 +1,36 @@
 """The server side of A(tau, W, v) as an event-driven state machine, free of any framework.
 
-A round is tau local steps on every worker followed by one sync. The coordinator holds the
-auxiliary variables and the workers' latest reports, and releases worker i's next message as
-soon as everything its column of W needs is known: for a dense W (J) that is every worker's
-report, a barrier; for a sparse W only the neighbours'; for columns that read only auxiliary
-nodes (EASGD, Overlap-Local-SGD, hierarchical, CoCoD-SGD) it is the auxiliary value of the
-previous sync, which is already there, so the next round starts while the averaging of this
+A round is tau local steps on every sampled worker followed by one sync. The coordinator
+holds the auxiliary variables and the workers' reports, and releases worker i's next message
+as soon as everything its column of W needs is known. A column that reads other workers
+waits until the round is settled (every sampled worker reported, failed, was late or was
+rejected), which for J is the barrier it has to be. A column that reads only auxiliary nodes
+(EASGD, Overlap-Local-SGD, hierarchical, CoCoD-SGD) needs the auxiliary value of the previous
+sync, which is already there, so the worker's next round starts while the averaging of this
 one is still being computed (the overlap of the papers, without any special case).
 
-Message r (r >= 1) to worker i carries the payload of sync r-1 (none for r = 1) and asks for
-tau local steps; the reply carries the model after them. After the last round, message R+1
-carries the payload of sync R and asks for no steps: it leaves every worker in its final,
-mixed state. A worker never has two messages in flight.
+Message r (r >= 1) to worker i carries the payload of the last sync before round r that
+concerns i (none before its first round) and asks for tau local steps; the reply carries the
+model after them. After the last round, message R+1 carries the payload of sync R and asks
+for no steps: it leaves every worker in its final, mixed state. A worker never has two
+messages in flight. Workers that miss a round follow `fedcoop.participation`: the sync uses
+W re-weighted over the survivors, and a worker that missed it adopts the survivors' mix.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedcoop import participation
 from fedcoop.cooperative import ClientRule, CooperativeSpec
 from fedcoop.errors import ConfigError
+
+
+class QuorumLost(RuntimeError):
+    """Too few workers answered a round to continue; the message lists why each did not."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,11 @@ class Payload:
     sync: int
     self_weight: float
     mix: np.ndarray | None
+    #: the worker missed the sync: its model becomes `mix`, and what it held back for the
+    #: sync it missed (a pending gradient, a CoCoD snapshot) is dropped
+    adopt: bool = False
+    #: its last update was rejected: its momentum buffers are cleared too
+    reset: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,8 @@ class Dispatch:
     round: int
     local_steps: int
     payload: Payload | None
+    #: the worker holds no model yet and nothing to adopt: the message carries x0
+    init: bool = False
 
     @property
     def final(self) -> bool:
@@ -55,162 +71,361 @@ class Dispatch:
 
 @dataclass
 class RoundSummary:
-    """What the server knows once every worker has reported a round."""
+    """What the server knows once a round is settled."""
 
     round: int
-    #: the workers' average after this round's sync (for Remark-1 rules: before the pending
-    #: gradient step, which only the workers hold)
+    #: the surviving workers' average after this round's sync (for Remark-1 rules: before
+    #: the pending gradient step, which only the workers hold)
     average: np.ndarray
     aux: np.ndarray
-    #: (1/m) sum_i ||x_i - mean x||^2 over the reported (pre-sync) models
+    #: (1/|S|) sum_{i in S} ||x_i - mean x||^2 over the survivors' reported (pre-sync) models
     consensus_distance: float
+    sampled: list[int]
+    survivors: list[int]
+    #: worker -> why it is not among the survivors
+    missing: dict[int, str]
+    rejected: list[int]
+    #: parts the survivors mix in (> 1: the surviving graph split this round)
+    components: int = 1
 
 
 @dataclass
 class Coordinator:
-    """Server state of one run of `spec` over `num_rounds` rounds from the model x0."""
+    """Server state of one run of `spec` over `num_rounds` rounds from the model x0.
+
+    ``participation`` samples that share of the workers per round (seeded by ``seed``);
+    ``quorum`` is the share of a round's sampled workers that must answer; ``norm_bound``
+    (0 = off) rejects models farther than that many times the round's median distance from
+    the round's median model.
+    """
 
     spec: CooperativeSpec
     x0: np.ndarray
     num_rounds: int
-    _next_round: list[int] = field(init=False)
-    _in_flight: set[int] = field(init=False, default_factory=set)
+    participation: float = 1.0
+    seed: int = 0
+    quorum: float = 0.0
+    norm_bound: float = 0.0
+    _last: list[int] = field(init=False)
+    _busy: dict[int, int] = field(init=False, default_factory=dict)
+    _late: dict[int, int] = field(init=False, default_factory=dict)
+    _trained: set[int] = field(init=False, default_factory=set)
     _reports: dict[int, dict[int, np.ndarray]] = field(init=False, default_factory=dict)
+    _missing: dict[int, dict[int, str]] = field(init=False, default_factory=dict)
+    _rejected: dict[int, set[int]] = field(init=False, default_factory=dict)
+    _early: set[tuple[int, int]] = field(init=False, default_factory=set)
+    _pending: dict[int, Payload] = field(init=False, default_factory=dict)
+    _settled: int = field(init=False, default=0)
     _aux: dict[int, np.ndarray] = field(init=False, default_factory=dict)
     _velocity: np.ndarray = field(init=False)
     _summaries: list[RoundSummary] = field(init=False, default_factory=list)
+    _sampled: dict[int, frozenset[int]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
             raise ConfigError("num-rounds", self.num_rounds, "must be >= 1")
         m, v = self.spec.num_workers, self.spec.num_aux
         self.x0 = np.asarray(self.x0)
-        self._next_round = [1] * m
+        self._last = [0] * m
         self._aux[0] = np.repeat(self.x0[None, :], v, axis=0)
         self._velocity = np.zeros_like(self._aux[0])
 
+    # -- what the strategy asks ----------------------------------------------------------
     @property
     def done(self) -> bool:
-        """Every worker has answered its final message."""
-        return all(r > self.num_rounds + 1 for r in self._next_round)
+        """The final message has been answered (or given up on) by every worker."""
+        return self._settled > self.num_rounds
+
+    @property
+    def aux(self) -> np.ndarray:
+        """The auxiliary variables after the latest settled sync (v x d)."""
+        return self._aux[max(self._aux)]
+
+    def sampled(self, round_: int) -> frozenset[int]:
+        """The workers that train round `round_`; everyone gets the final message."""
+        if round_ not in self._sampled:
+            m = self.spec.num_workers
+            self._sampled[round_] = (
+                frozenset(range(m))
+                if round_ > self.num_rounds
+                else participation.sample(self.seed, round_, m, self.participation)
+            )
+        return self._sampled[round_]
 
     def take_summaries(self) -> list[RoundSummary]:
-        """The summaries of rounds completed since the last call, in order (then dropped, so
+        """The summaries of rounds settled since the last call, in order (then dropped, so
         a long run does not keep a model per round)."""
         out, self._summaries = self._summaries, []
         return out
 
-    @property
-    def aux(self) -> np.ndarray:
-        """The auxiliary variables after the latest completed sync (v x d)."""
-        return self._aux[max(self._aux)]
-
     def next_round(self, worker: int) -> int:
-        """The round the next message to `worker` starts (num_rounds + 1: the final sync)."""
-        return self._next_round[worker]
+        """The round worker is running, or the one its next message starts (num_rounds + 1:
+        the final sync; num_rounds + 2: nothing left)."""
+        if worker in self._busy:
+            return self._busy[worker]
+        upcoming = self._next_round(worker)
+        return self.num_rounds + 2 if upcoming is None else upcoming
 
     def describe(self) -> str:
         """Where each worker stands, for error messages."""
-        return f"next round per worker {self._next_round}, syncs known {sorted(self._aux)}"
+        return (
+            f"last round per worker {self._last}, in flight {self._busy}, late {self._late}, "
+            f"rounds settled up to {self._settled}"
+        )
 
     def ready(self) -> list[Dispatch]:
         """Messages that can be sent now; each is marked in flight."""
         out = []
-        for i, r in enumerate(self._next_round):
-            if i in self._in_flight or r > self.num_rounds + 1:
+        for i in range(self.spec.num_workers):
+            if i in self._busy or i in self._late:
                 continue
-            payload = None if r == 1 else self._payload(i, r - 1)
-            if r > 1 and payload is None:
+            r = self._next_round(i)
+            if r is None:
                 continue
+            known, payload = self._payload_for(i, r)
+            if not known:
+                continue
+            self._busy[i] = r
+            self._last[i] = r
             steps = self.spec.tau if r <= self.num_rounds else 0
-            self._in_flight.add(i)
-            out.append(Dispatch(worker=i, round=r, local_steps=steps, payload=payload))
+            init = i not in self._trained and payload is None
+            out.append(Dispatch(i, r, steps, payload, init=init))
+            if init or (payload is not None and payload.adopt):
+                self._trained.add(i)
         return out
 
-    def record(self, worker: int, round_: int, model: np.ndarray) -> None:
-        """Take worker's model after its tau steps of `round_` (or its final model)."""
-        if not 0 <= worker < len(self._next_round):
+    # -- what the workers answer ---------------------------------------------------------
+    def record(self, worker: int, round_: int, model: np.ndarray) -> str | None:
+        """Take worker's model after its tau steps of `round_` (or its final model).
+
+        Returns None if accepted, else why the model was rejected (it is then left out of
+        the round, like a worker that failed, and told to reset at its next message).
+        """
+        self._check_in_flight(worker, round_)
+        problem = self._problem(model)
+        if problem is not None:
+            self.reject(worker, round_, problem)
+            return problem
+        del self._busy[worker]
+        self._trained.add(worker)
+        self._reports.setdefault(round_, {})[worker] = np.array(model, copy=True)
+        self._settle()
+        return None
+
+    def reject(self, worker: int, round_: int, reason: str) -> None:
+        """Worker's reply to `round_` is unusable: leave it out of the round, reset it."""
+        self._check_in_flight(worker, round_)
+        del self._busy[worker]
+        self._trained.add(worker)
+        self._rejected.setdefault(round_, set()).add(worker)
+        self._missing.setdefault(round_, {})[worker] = f"rejected: {reason}"
+        self._settle()
+
+    def drop(self, worker: int, round_: int, reason: str, *, still_running: bool) -> None:
+        """Worker did not answer `round_` usably (it failed, or the deadline passed).
+
+        ``still_running``: its reply may still come (a deadline); it gets no new message
+        until `release` says the late reply arrived, and it is left out of the rounds it
+        misses meanwhile.
+        """
+        self._check_in_flight(worker, round_)
+        del self._busy[worker]
+        if still_running:
+            self._late[worker] = round_
+        self._missing.setdefault(round_, {})[worker] = reason
+        self._settle()
+
+    def release(self, worker: int) -> int:
+        """The late reply of `worker` arrived (and is discarded); returns its round."""
+        if worker not in self._late:
+            raise ConfigError(f"late reply from worker {worker}", "", "it was not late")
+        round_ = self._late.pop(worker)
+        self._settle()
+        return round_
+
+    # -- internals -----------------------------------------------------------------------
+    def _check_in_flight(self, worker: int, round_: int) -> None:
+        if not 0 <= worker < self.spec.num_workers:
             # A negative index would otherwise read another worker's round.
             raise ConfigError(
                 f"reply from worker {worker}", f"round {round_}", f"no worker {worker} in this run"
             )
-        expected = self._next_round[worker]
-        if worker not in self._in_flight:
+        if worker not in self._busy:
             # A duplicate or unsolicited reply: "round 2, expected round 2" would not say why.
             raise ConfigError(
                 f"reply from worker {worker}",
                 f"round {round_}",
-                f"no message is in flight to worker {worker} (its next one starts round "
-                f"{expected})",
+                f"no message is in flight to worker {worker} (its last round was "
+                f"{self._last[worker]})",
             )
-        if round_ != expected:
+        if round_ != self._busy[worker]:
             raise ConfigError(
-                f"reply from worker {worker}", f"round {round_}", f"expected round {expected}"
+                f"reply from worker {worker}",
+                f"round {round_}",
+                f"expected round {self._busy[worker]}",
             )
-        if model.shape != self.x0.shape or not np.all(np.isfinite(model)):
-            raise ConfigError(
-                f"model from worker {worker} in round {round_}",
-                f"shape {model.shape}" if model.shape != self.x0.shape else "NaN/Inf values",
-                f"must be a finite vector of shape {self.x0.shape}",
-            )
-        self._in_flight.discard(worker)
-        self._next_round[worker] = round_ + 1
-        if round_ > self.num_rounds:
-            return
-        self._reports.setdefault(round_, {})[worker] = np.array(model, copy=True)
-        if len(self._reports[round_]) == self.spec.num_workers:
-            self._complete(round_)
-        self._forget()
 
-    def _complete(self, round_: int) -> None:
-        """All reports of `round_` are in: update the auxiliary nodes and summarise."""
+    def _problem(self, model: np.ndarray) -> str | None:
+        """Why a reported model cannot be used, or None."""
+        if model.shape != self.x0.shape:
+            return f"shape {model.shape}, expected {self.x0.shape}"
+        if model.dtype != self.x0.dtype:
+            return f"dtype {model.dtype}, expected {self.x0.dtype}"
+        if not np.all(np.isfinite(model)):
+            return "NaN or Inf values"
+        return None
+
+    def _next_round(self, worker: int) -> int | None:
+        """The next round after its last one that `worker` is sampled for and not out of."""
+        for r in range(max(self._last[worker], self._settled) + 1, self.num_rounds + 2):
+            if worker in self.sampled(r) and worker not in self._missing.get(r, {}):
+                return r
+        return None
+
+    def _reads_workers(self, worker: int) -> bool:
+        return any(j < self.spec.num_workers for j in self.spec.incoming(worker))
+
+    def _payload_for(self, worker: int, round_: int) -> tuple[bool, Payload | None]:
+        """(known, payload): the sync payload message `round_` to `worker` carries."""
+        sync = round_ - 1
+        if self._settled >= sync:
+            return True, self._pending.pop(worker, None)
+        # Early: the worker trained that very sync's round, its report stands, and its
+        # column reads only itself and auxiliary values of the sync before (overlap).
+        early = (
+            self._last[worker] == sync
+            and worker in self._reports.get(sync, {})
+            and not self.norm_bound
+            and not self._reads_workers(worker)
+            and sync - 1 in self._aux
+        )
+        if not early:
+            return False, None
+        self._early.add((worker, sync))
+        return True, self._payload(worker, sync, self.spec.w, {}, adopt=False)
+
+    def _payload(
+        self,
+        worker: int,
+        sync: int,
+        w: np.ndarray,
+        reports: dict[int, np.ndarray],
+        *,
+        adopt: bool,
+    ) -> Payload | None:
+        """Worker's column of `w` at `sync` (`adopt`: it missed the sync); None for the
+        identity column of a missed sync, which changes nothing."""
+        m = self.spec.num_workers
+        mix: np.ndarray | None = None
+        for j in np.flatnonzero(w[:, worker]):
+            if j == worker:
+                continue
+            source = reports[j] if j < m else self._aux[sync - 1][j - m]
+            mix = w[j, worker] * source if mix is None else mix + w[j, worker] * source
+        reset = worker in self._rejected.get(sync, set())
+        if adopt and mix is None:
+            if not reset:
+                return None
+            # A rejected model with no surviving source must not be kept: take the
+            # survivors' average instead.
+            mix = np.mean(list(reports.values()), axis=0)
+        if mix is not None:
+            mix = mix.astype(self.x0.dtype, copy=False)
+        self_weight = 0.0 if adopt else float(w[worker, worker])
+        return Payload(worker, sync, self_weight, mix, adopt=adopt, reset=reset)
+
+    def _settle(self) -> None:
+        """Settle every round, in order, whose sampled workers have all been heard of."""
+        while not self.done:
+            r = self._settled + 1
+            heard = self._reports.get(r, {}).keys() | self._missing.get(r, {}).keys()
+            for i in self.sampled(r) - heard:
+                if i in self._late:
+                    self._missing.setdefault(r, {})[i] = f"still running round {self._late[i]}"
+            heard = self._reports.get(r, {}).keys() | self._missing.get(r, {}).keys()
+            if self.sampled(r) - heard:
+                return
+            if r <= self.num_rounds:
+                self._sync(r)
+            self._settled = r
+            self._forget()
+
+    def _sync(self, round_: int) -> None:
+        """Round `round_` is settled: check quorum, mix, update the auxiliary nodes."""
         spec, m = self.spec, self.spec.num_workers
-        reports = np.stack([self._reports[round_][i] for i in range(m)])
+        reports = self._reports.get(round_, {})
+        self._apply_norm_bound(round_, reports)
+        sampled = self.sampled(round_)
+        missing = self._missing.get(round_, {})
+        needed = max(1, math.ceil(self.quorum * len(sampled) - 1e-9))
+        if len(reports) < needed:
+            reasons = "; ".join(f"worker {i}: {why}" for i, why in sorted(missing.items()))
+            raise QuorumLost(
+                f"round {round_}: {len(reports)} of {len(sampled)} sampled workers answered, "
+                f"quorum needs {needed} ({reasons})"
+            )
+        survivors = frozenset(reports)
+        w = participation.round_matrix(spec.w, m, survivors, spec.reweight)
+        stacked = np.zeros((m + spec.num_aux, self.x0.size), dtype=np.float64)
+        for i, x in reports.items():
+            stacked[i] = x
         prev = self._aux[round_ - 1]
-        stacked = np.concatenate([reports, prev]) if spec.num_aux else reports
+        stacked[m:] = prev
         if spec.num_aux:
-            mixed = spec.w[:, m:].T @ stacked
+            mixed = w[:, m:].T @ stacked
             self._velocity = spec.anchor_momentum * self._velocity + (mixed - prev)
             # Kept in the model's dtype: a float32 model must not travel as float64.
             self._aux[round_] = (prev + self._velocity).astype(self.x0.dtype, copy=False)
         else:
             self._aux[round_] = prev
+        for i in range(m):
+            if (i, round_) in self._early:
+                self._early.discard((i, round_))
+                continue
+            payload = self._payload(i, round_, w, reports, adopt=i not in survivors)
+            if payload is not None:
+                self._pending[i] = payload
+        alive = sorted(survivors)
         if spec.client_rule is ClientRule.CORRECTION:
-            average = reports.mean(axis=0)
+            average = stacked[alive].mean(axis=0)
         else:
-            average = (spec.w[:, :m].T @ stacked).mean(axis=0)
-        spread = reports - reports.mean(axis=0)
+            average = (w[:, alive].T @ stacked).mean(axis=0)
+        spread = stacked[alive] - stacked[alive].mean(axis=0)
         self._summaries.append(
             RoundSummary(
                 round=round_,
                 average=average,
                 aux=self._aux[round_],
                 consensus_distance=float(np.mean(np.sum(spread * spread, axis=1))),
+                sampled=sorted(sampled),
+                survivors=alive,
+                missing=dict(sorted(missing.items())),
+                rejected=sorted(self._rejected.get(round_, set())),
+                components=participation.components(w, m, survivors),
             )
         )
 
-    def _payload(self, worker: int, sync: int) -> Payload | None:
-        """Worker's part of sync `sync`, or None while something it needs is missing."""
-        spec, m = self.spec, self.spec.num_workers
-        reports = self._reports.get(sync, {})
-        mix: np.ndarray | None = None
-        for j, weight in spec.incoming(worker).items():
-            if j < m:
-                source = reports.get(j)
-            else:
-                aux = self._aux.get(sync - 1)
-                source = None if aux is None else aux[j - m]
-            if source is None:
-                return None
-            mix = weight * source if mix is None else mix + weight * source
-        if mix is not None:
-            mix = mix.astype(self.x0.dtype, copy=False)
-        return Payload(worker=worker, sync=sync, self_weight=spec.self_weight(worker), mix=mix)
+    def _apply_norm_bound(self, round_: int, reports: dict[int, np.ndarray]) -> None:
+        """Reject models far from the round's median model (norm-bound defence)."""
+        if not self.norm_bound or len(reports) < 3:
+            return
+        workers = sorted(reports)
+        models = np.stack([reports[i] for i in workers])
+        distance = np.linalg.norm(models - np.median(models, axis=0), axis=1)
+        scale = float(np.median(distance))
+        for i, d in zip(workers, distance, strict=True):
+            if scale > 0 and d > self.norm_bound * scale:
+                del reports[i]
+                self._rejected.setdefault(round_, set()).add(i)
+                self._missing.setdefault(round_, {})[i] = (
+                    f"rejected: distance {d:.4g} from the median model exceeds "
+                    f"update-norm-bound {self.norm_bound} x median distance {scale:.4g}"
+                )
 
     def _forget(self) -> None:
-        """Drop reports and auxiliary values that no future payload can read."""
-        oldest = min(self._next_round) - 1
-        for r in [r for r in self._reports if r < oldest and r in self._aux]:
-            del self._reports[r]
-        for c in [c for c in self._aux if c < oldest - 1 and c < max(self._aux)]:
+        """Drop what no future payload can read: settled reports, old auxiliary values."""
+        for table in (self._reports, self._missing, self._rejected, self._sampled):
+            for r in [r for r in table if r <= self._settled]:
+                del table[r]
+        for c in [c for c in self._aux if c < self._settled - 1]:
             del self._aux[c]

@@ -169,6 +169,17 @@ class LocalWorker:
             self._step()
             self.pending = None
 
+    def adopt(self, x: torch.Tensor, *, reset: bool) -> None:
+        """Take `x` as this worker's model after a sync it missed: what it held back for
+        that sync (a pending gradient, a CoCoD snapshot) no longer applies; `reset` (its
+        last update was rejected) also clears the momentum buffers it was made with."""
+        self.load_vector(x)
+        self.pending = None
+        self.snapshot = self.vector()
+        if reset:
+            for state in self.optimizer.state.values():
+                state.pop("momentum_buffer", None)
+
     def run(self, steps: int, update_rule: UpdateRule, generator: torch.Generator) -> float:
         """The local steps of one round; the mean training loss over them.
 

@@ -26,7 +26,7 @@ from clients import messages
 from fedcoop import algorithms
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import CooperativeSpec
-from fedcoop.coordinator import Coordinator, Dispatch, RoundSummary
+from fedcoop.coordinator import Coordinator, Dispatch, QuorumLost, RoundSummary
 from fedcoop.errors import ConfigError
 
 LOG = logging.getLogger("flwr.fedcoop")
@@ -53,6 +53,10 @@ class RunResult:
     client_evaluation: dict[str, float] = field(default_factory=dict)
     #: the run directory its results were written to, if any
     directory: Path | None = None
+    #: every fault the run survived: {round, worker, node, kind, reason}; kind is one of
+    #: failed, deadline (left out of the round), late (its discarded reply came), busy (left
+    #: out of a round while a late reply was still outstanding), rejected, split
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 class CooperativeStrategy:
@@ -88,10 +92,22 @@ class CooperativeStrategy:
             spec.tau,
             self.config.num_rounds,
         )
-        coordinator = Coordinator(spec, self.x0, self.config.num_rounds)
-        self._loop(grid, coordinator, node_of, result)
+        coordinator = Coordinator(
+            spec,
+            self.x0,
+            self.config.num_rounds,
+            participation=self.config.participation,
+            seed=self.config.seed,
+            quorum=self.config.quorum,
+            norm_bound=self.config.update_norm_bound,
+        )
+        try:
+            self._loop(grid, coordinator, node_of, result)
+        except QuorumLost as lost:
+            raise RunFailed(str(lost)) from None
         result.aux = coordinator.aux
-        result.client_evaluation = self._evaluate_clients(grid, node_of)
+        alive = [node_of[i] for i in range(len(node_of)) if np.all(np.isfinite(result.workers[i]))]
+        result.client_evaluation = self._evaluate_clients(grid, alive)
         return result
 
     def _await_nodes(self, grid: Grid) -> list[int]:
@@ -138,8 +154,9 @@ class CooperativeStrategy:
         ordered = [by_partition[i] for i in range(self.config.num_clients)]
         return [n for n, _ in ordered], [c for _, c in ordered]
 
-    def _gather(self, grid: Grid, out: list[Message]) -> list[Message]:
-        """Push `out` and wait for one reply each (used outside the pipelined loop)."""
+    def _gather(self, grid: Grid, out: list[Message], *, tolerant: bool = False) -> list[Message]:
+        """Push `out` and wait for one reply each (used outside the pipelined loop);
+        `tolerant`: leave out (and log) nodes that fail or time out instead of raising."""
         ids = list(grid.push_messages(out))
         pending = set(ids)
         replies: list[Message] = []
@@ -147,9 +164,19 @@ class CooperativeStrategy:
         while pending:
             for reply in grid.pull_messages(list(pending)):
                 pending.discard(reply.metadata.reply_to_message_id)
+                if tolerant and reply.has_error():
+                    LOG.warning(
+                        "fedcoop: node %d failed: %s",
+                        reply.metadata.src_node_id,
+                        reply.error.reason,
+                    )
+                    continue
                 self._raise_if_error(reply, f"node {reply.metadata.src_node_id}")
                 replies.append(reply)
             if pending and time.monotonic() > deadline:
+                if tolerant:
+                    LOG.warning("fedcoop: %d node(s) did not answer in time", len(pending))
+                    return replies
                 raise RunFailed(f"{len(pending)} node(s) did not answer within the round timeout")
             if pending:
                 time.sleep(self.pull_interval)
@@ -159,53 +186,122 @@ class CooperativeStrategy:
         self, grid: Grid, coordinator: Coordinator, node_of: list[int], result: RunResult
     ) -> None:
         """Push what is ready, take what arrives, until every worker had its final sync."""
-        in_flight: dict[str, Dispatch] = {}
+        in_flight: dict[str, tuple[Dispatch, float]] = {}
+        late: dict[str, Dispatch] = {}
         losses: dict[int, list[float]] = {}
         traffic: dict[int, list[int]] = {}
         final: dict[int, np.ndarray] = {}
         started = time.monotonic()
         last_progress = started
+
+        def event(d: Dispatch, kind: str, reason: str) -> None:
+            node = node_of[d.worker]
+            result.events.append(
+                {"round": d.round, "worker": d.worker, "node": node, "kind": kind, "reason": reason}
+            )
+            LOG.warning(
+                "fedcoop: round %d, worker %d (node %d) %s: %s",
+                d.round,
+                d.worker,
+                node,
+                kind,
+                reason,
+            )
+
         while not coordinator.done:
             ready = coordinator.ready()
-            if not ready and not in_flight:
+            if not ready and not in_flight and not late:
                 raise RunFailed(f"nothing in flight and nothing ready: {coordinator.describe()}")
             if ready:
                 out = [self._message(d, node_of[d.worker], coordinator.spec) for d in ready]
                 for d, msg in zip(ready, out, strict=True):
                     traffic.setdefault(d.round, [0, 0])[1] += _nbytes(msg)
+                now = time.monotonic()
                 for msg_id, d in zip(grid.push_messages(out), ready, strict=True):
-                    in_flight[msg_id] = d
-            replies = list(grid.pull_messages(list(in_flight)))
+                    in_flight[msg_id] = (d, now)
+            replies = list(grid.pull_messages([*in_flight, *late]))
             for reply in replies:
-                d = in_flight.pop(reply.metadata.reply_to_message_id)
-                self._raise_if_error(reply, f"worker {d.worker} (node {node_of[d.worker]})")
-                x = messages.read_vector(reply, messages.MODEL)
-                if x is None:
-                    raise RunFailed(f"worker {d.worker} replied to round {d.round} without a model")
-                coordinator.record(d.worker, d.round, x.astype(self.x0.dtype, copy=False))
+                msg_id = reply.metadata.reply_to_message_id
+                if msg_id in late:
+                    d = late.pop(msg_id)
+                    coordinator.release(d.worker)
+                    event(d, "late", "its reply came after the round deadline and was discarded")
+                    continue
+                d, _ = in_flight.pop(msg_id)
+                if reply.has_error():
+                    event(d, "failed", reply.error.reason)
+                    coordinator.drop(d.worker, d.round, reply.error.reason, still_running=False)
+                    continue
                 traffic.setdefault(d.round, [0, 0])[0] += _nbytes(reply)
-                if d.final:
+                x, problem = _read_reply(reply, d)
+                if problem is None:
+                    problem = coordinator.record(d.worker, d.round, x)
+                else:
+                    coordinator.reject(d.worker, d.round, problem)
+                if problem is not None:
+                    event(d, "rejected", problem)
+                elif d.final:
                     final[d.worker] = x
                 else:
                     metrics = reply.content.metric_records[messages.METRICS]
                     losses.setdefault(d.round, []).append(float(metrics["train-loss"]))
+            self._drop_late(coordinator, in_flight, late, event)
             for summary in coordinator.take_summaries():
+                noted = {(e["round"], e.get("worker")) for e in result.events}
+                for worker, reason in summary.missing.items():
+                    if (summary.round, worker) not in noted:  # left out while still busy
+                        event(Dispatch(worker, summary.round, 0, None), "busy", reason)
+                if summary.components > 1:
+                    LOG.warning(
+                        "fedcoop: round %d: the surviving workers %s mix in %d separate parts",
+                        summary.round,
+                        summary.survivors,
+                        summary.components,
+                    )
+                    result.events.append(
+                        {
+                            "round": summary.round,
+                            "kind": "split",
+                            "reason": f"{summary.components} parts",
+                        }
+                    )
                 row = self._round_row(
-                    summary, coordinator.spec.tau, losses.pop(summary.round), started
+                    summary, coordinator.spec.tau, losses.pop(summary.round, []), started
                 )
-                row["bytes-up"], row["bytes-down"] = traffic.pop(summary.round)
+                row["bytes-up"], row["bytes-down"] = traffic.pop(summary.round, [0, 0])
                 result.rounds.append(row)
                 LOG.info("fedcoop: %s", _format_row(row))
             if replies:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > self.config.round_timeout:
-                waiting = sorted(d.worker for d in in_flight.values())
+                waiting = sorted(d.worker for d, _ in in_flight.values())
                 raise RunFailed(
                     f"no reply for {self.config.round_timeout}s; waiting on workers {waiting}"
                 )
             else:
                 time.sleep(self.pull_interval)
-        result.workers = np.stack([final[i] for i in range(len(node_of))])
+        missing = np.full_like(self.x0, np.nan)
+        result.workers = np.stack([final.get(i, missing) for i in range(len(node_of))])
+
+    def _drop_late(
+        self,
+        coordinator: Coordinator,
+        in_flight: dict[str, tuple[Dispatch, float]],
+        late: dict[str, Dispatch],
+        event: Callable[[Dispatch, str, str], None],
+    ) -> None:
+        """Leave out of their round the workers that passed the round deadline."""
+        deadline = self.config.round_deadline
+        if not deadline:
+            return
+        now = time.monotonic()
+        for msg_id, (d, sent) in list(in_flight.items()):
+            if now - sent > deadline:
+                del in_flight[msg_id]
+                late[msg_id] = d
+                reason = f"no reply within round-deadline={deadline}s"
+                event(d, "deadline", reason)
+                coordinator.drop(d.worker, d.round, reason, still_running=True)
 
     def _message(self, d: Dispatch, node: int, spec: CooperativeSpec) -> Message:
         """The train message that carries dispatch `d` to its node."""
@@ -215,12 +311,14 @@ class CooperativeStrategy:
             "update-rule": spec.rule.value,
             "client-rule": spec.client_rule.value,
         }
-        if d.payload is None:
-            arrays = messages.vector_record(**{messages.INIT: self.x0})
-        else:
+        vectors: dict[str, np.ndarray | None] = {messages.INIT: self.x0 if d.init else None}
+        if d.payload is not None:
             header["sync"] = d.payload.sync
             header["self-weight"] = d.payload.self_weight
-            arrays = messages.vector_record(**{messages.MIX: d.payload.mix})
+            header["adopt"] = d.payload.adopt
+            header["reset"] = d.payload.reset
+            vectors[messages.MIX] = d.payload.mix
+        arrays = messages.vector_record(**vectors)
         content = messages.train_content(self.config, header, arrays)
         return Message(content, node, MessageType.TRAIN, group_id=str(d.round))
 
@@ -231,19 +329,24 @@ class CooperativeStrategy:
         row: dict[str, Any] = {
             "round": summary.round,
             "local-steps": summary.round * tau,
-            "train-loss": float(np.mean(losses)),
+            "train-loss": float(np.mean(losses)) if losses else float("nan"),
             "consensus-distance": summary.consensus_distance,
+            "participants": len(summary.survivors),
+            "dropped": len(summary.missing) - len(summary.rejected),
+            "rejected": len(summary.rejected),
         }
         if self.evaluate_fn is not None:
             row.update({f"test-{k}": v for k, v in self.evaluate_fn(summary.average).items()})
         row["wall-time"] = time.monotonic() - started
         return row
 
-    def _evaluate_clients(self, grid: Grid, node_of: list[int]) -> dict[str, float]:
-        """Each worker evaluates its own final model; the mean over workers."""
+    def _evaluate_clients(self, grid: Grid, nodes: list[int]) -> dict[str, float]:
+        """Each worker that ended the run evaluates its own final model; the mean over them."""
         content = RecordDict({messages.CONFIG: messages.config_record(self.config)})
-        out = [Message(content, node, MessageType.EVALUATE, group_id="final") for node in node_of]
-        replies = self._gather(grid, out)
+        out = [Message(content, node, MessageType.EVALUATE, group_id="final") for node in nodes]
+        replies = self._gather(grid, out, tolerant=True)
+        if not replies:
+            return {}
         rows = [dict(r.content.metric_records[messages.METRICS]) for r in replies]
         keys = [k for k in rows[0] if k != "num-examples"]
         return {f"worker-{k}": float(np.mean([row[k] for row in rows])) for k in keys}
@@ -252,6 +355,20 @@ class CooperativeStrategy:
     def _raise_if_error(reply: Message, who: str) -> None:
         if reply.has_error():
             raise RunFailed(f"{who} failed: {reply.error.reason}")
+
+
+def _read_reply(reply: Message, d: Dispatch) -> tuple[np.ndarray, str | None]:
+    """The model a reply carries, or why the reply is unusable (checked before the
+    coordinator sees the model: the arrays and the round the worker says it ran)."""
+    arrays = reply.content.array_records.get(messages.ARRAYS)
+    keys = sorted(arrays) if arrays is not None else []
+    if keys != [messages.MODEL]:
+        return np.empty(0), f"arrays {keys}, expected exactly ['{messages.MODEL}']"
+    metrics = reply.content.metric_records.get(messages.METRICS)
+    said = None if metrics is None else metrics.get("round")
+    if said != d.round:
+        return np.empty(0), f"reply says round {said}, the message was round {d.round}"
+    return arrays[messages.MODEL].numpy(), None
 
 
 def _nbytes(msg: Message) -> int:

@@ -8,6 +8,7 @@ whole run against `reference_trajectory`.
 from __future__ import annotations
 
 import gc
+import re
 import weakref
 
 import numpy as np
@@ -149,27 +150,25 @@ def test_full_averaging_is_a_barrier() -> None:
         np.testing.assert_allclose(mixed, x2.mean(axis=0), rtol=0, atol=1e-15)
 
 
-def test_a_sparse_column_waits_for_its_neighbours_only() -> None:
+def test_a_sparse_column_waits_for_the_round_to_settle() -> None:
+    """A column that reads neighbours waits for every report of the round: had a worker
+    failed, the surviving graph's weights would change the column."""
     m = 5
     w = topology.weigh("metropolis-hastings", topology.ring(m))
     spec = CooperativeSpec(tau=1, w=w, rule=UpdateRule.MIX_BEFORE_STEP).validate(m)
     driver = Driver(Coordinator(spec, X0, num_rounds=3))
     driver.poll()
     x = models(1, m)
-    driver.reply(0, x[0])
-    driver.reply(1, x[1])
-    assert driver.poll() == {}  # worker 0 still needs worker 4, worker 1 needs worker 2
-    driver.reply(4, x[4])
+    for i in (0, 1, 4, 3):
+        driver.reply(i, x[i])
+        assert driver.poll() == {}  # worker 2 has not reported round 1
+    driver.reply(2, x[2])
     ready = driver.poll()
-    assert set(ready) == {0}  # workers 2 and 3 have not reported; 1 and 4 need them
+    assert set(ready) == set(range(m))
     expected = w[1, 0] * x[1] + w[4, 0] * x[4]
     np.testing.assert_allclose(ready[0].payload.mix, expected, rtol=0, atol=1e-15)
     assert ready[0].payload.self_weight == pytest.approx(w[0, 0])
     assert w[1, 0] == pytest.approx(1 / 3)
-    driver.reply(3, x[3])
-    assert set(driver.poll()) == {4}  # 4 needs 0 and 3; 2 and 3 still need 2's report
-    driver.reply(2, x[2])
-    assert set(driver.poll()) == {1, 2, 3}
 
 
 # --- one message in flight per worker, and bad replies --------------------------------------
@@ -204,7 +203,7 @@ def test_a_reply_from_a_worker_with_nothing_in_flight_is_refused() -> None:
     coordinator.record(0, 1, X0.copy())
     with pytest.raises(ConfigError, match="worker 0") as err:
         coordinator.record(0, 1, X0.copy())  # a duplicate reply
-    assert "round 2" in str(err.value) and "in flight" in str(err.value)
+    assert "last round was 1" in str(err.value) and "in flight" in str(err.value)
     for stranger in (7, -1):
         with pytest.raises(ConfigError, match=f"no worker {stranger}"):
             coordinator.record(stranger, 1, X0.copy())
@@ -217,16 +216,29 @@ def test_a_reply_from_a_worker_with_nothing_in_flight_is_refused() -> None:
         (np.array([1.0, np.inf, 0.0]), "Inf"),
         (np.zeros(4), r"shape \(4,\)"),
         (np.zeros((1, 3)), r"shape \(1, 3\)"),
+        (np.zeros(3, dtype=np.float32), "dtype float32"),
     ],
 )
-def test_a_bad_model_is_refused_and_the_worker_can_still_reply(model: np.ndarray, what: str):
-    coordinator = Coordinator(spec_of("local-sgd", 2, 1), X0, num_rounds=2)
-    coordinator.ready()
-    with pytest.raises(ConfigError, match=what) as err:
-        coordinator.record(1, 1, model)
-    assert "worker 1" in str(err.value) and "round 1" in str(err.value)
-    coordinator.record(1, 1, X0.copy())
-    assert coordinator.next_round(1) == 2
+def test_a_bad_model_is_left_out_and_its_worker_reset(model: np.ndarray, what: str) -> None:
+    coordinator = Coordinator(spec_of("local-sgd", 3, 1), X0, num_rounds=2)
+    driver = Driver(coordinator)
+    driver.poll()
+    x = models(2, 3)
+    driver.reply(0, x[0])
+    driver.sent.pop(1)
+    assert re.search(what, coordinator.record(1, 1, model))
+    driver.reply(2, x[2])
+    ready = driver.poll()
+    (summary,) = coordinator.take_summaries()
+    assert summary.survivors == [0, 2] and summary.rejected == [1]
+    assert re.search(what, summary.missing[1])
+    # Everyone gets the survivors' average; the rejected worker adopts it and resets.
+    for i, d in ready.items():
+        mixed = d.payload.self_weight * x[i] + d.payload.mix
+        np.testing.assert_allclose(mixed, x[[0, 2]].mean(axis=0), rtol=0, atol=1e-15)
+    assert ready[1].payload.adopt and ready[1].payload.reset
+    assert ready[1].payload.self_weight == 0.0
+    assert not ready[0].payload.adopt and not ready[0].payload.reset
 
 
 # --- the final message, summaries and memory ----------------------------------------------

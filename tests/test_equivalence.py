@@ -10,11 +10,13 @@ to 1e-6.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
 from clients.client_app import app as client_app
-from fedcoop import algorithms, mixing, topology
+from fedcoop import algorithms, mixing, participation, topology
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import reference_trajectory
 from fedcoop.training import model_vector
@@ -29,11 +31,15 @@ def run_in_process(config: RunConfig, seed: int = 0) -> tuple[RunResult, InProce
     return run(grid, config), grid
 
 
-def reference_final(config: RunConfig, result: RunResult) -> np.ndarray:
-    """X_{K+1} of the matrix rule for the spec that the run actually used (d x (m+v))."""
+def reference_final(
+    config: RunConfig, result: RunResult, participants: Callable[[int], set[int]] | None = None
+) -> np.ndarray:
+    """X_{K+1} of the matrix rule for the spec that the run actually used (d x (m+v)), with
+    the config's seeded sample of workers per round unless `participants` says who trained."""
     x0 = model_vector(initial_model(config)).double().numpy()
     momentum, nesterov = algorithms.local_optimizer(config)
     steps = config.num_rounds * result.spec.tau
+    m = result.spec.num_workers
     return reference_trajectory(
         result.spec,
         x0,
@@ -42,6 +48,8 @@ def reference_final(config: RunConfig, result: RunResult) -> np.ndarray:
         steps,
         momentum=momentum,
         nesterov=nesterov,
+        participants=participants
+        or (lambda r: participation.sample(config.seed, r, m, config.participation)),
     )[-1]
 
 
@@ -72,6 +80,17 @@ CASES = {
     "overlap-tau1-momentum": dict(algorithm="overlap", tau=1, momentum=0.9, nesterov=True),
     "cocod": dict(algorithm="cocod", tau=2),
 }
+#: Partial participation: round r is trained by the seeded sample of the workers; the sync
+#: re-weights W over them (fedcoop.participation) and the others adopt the survivors' mix.
+PARTIAL = {
+    "local-sgd": dict(algorithm="local-sgd", num_rounds=6),
+    "fedavg-momentum": dict(algorithm="fedavg", num_rounds=6, momentum=0.9),
+    "easgd": dict(algorithm="easgd", tau=2, num_rounds=6),
+    "dpsgd-ring": dict(algorithm="dpsgd", tau=1, num_clients=6, num_rounds=8),
+    "generalized-elastic": dict(algorithm="generalized-elastic", tau=2, num_clients=6),
+    "hierarchical": dict(algorithm="hierarchical", tau=2, num_clients=6, groups=2),
+    "overlap": dict(algorithm="overlap", tau=2, num_rounds=6),
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -88,6 +107,22 @@ def test_flower_path_equals_matrix_rule(case: str) -> None:
     x0 = model_vector(initial_model(config)).double().numpy()
     assert np.abs(result.workers - x0).max(axis=1).min() > 1e-2
     assert len(result.rounds) == config.num_rounds
+
+
+@pytest.mark.parametrize("case", list(PARTIAL))
+def test_partial_participation_equals_the_reweighted_matrix_rule(case: str) -> None:
+    config = least_squares_config(**PARTIAL[case], participation=0.6, seed=3)
+    result, grid = run_in_process(config)
+    ref = reference_final(config, result)
+    m = result.spec.num_workers
+    np.testing.assert_allclose(result.workers, ref[:, :m].T, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.aux, ref[:, m:].T, rtol=0, atol=1e-6)
+    assert grid.overlapping_messages == 0
+    sizes = [row["participants"] for row in result.rounds]
+    assert sizes == [round(0.6 * m)] * config.num_rounds
+    # the sample changes from round to round, so workers missed syncs and adopted
+    samples = {participation.sample(3, r, m, 0.6) for r in range(1, config.num_rounds + 1)}
+    assert len(samples) > 1
 
 
 def test_cooperative_takes_any_matrix_from_a_file(tmp_path) -> None:
