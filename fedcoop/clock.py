@@ -1,0 +1,269 @@
+"""A virtual clock: the wall-clock time a run would take on a given network, in simulation.
+
+The papers plot error against *runtime* (overlap paper Fig. 1), and a simulation on one
+machine has no meaningful wall clock. `VirtualClock` gives every round a virtual time from an
+event computation over per-worker times, with no framework and no real waiting:
+
+- Compute: worker i's round r takes tau step durations drawn from `StepTime`. One generator
+  seeded by `seed` draws m * tau durations per round (row i for worker i, non-participants'
+  rows drawn and dropped), so a worker's durations never depend on who else took part.
+- Links: every worker has one link, a serial channel (the paper's communication thread, and
+  Flower's one message in flight): it carries one transfer at a time, each taking
+  `Link.transfer` (latency + bytes / bandwidth).
+- Star pattern (a server or auxiliary node, or a dense W): each worker uploads its model to
+  the server and downloads its payload (the model size, or nothing for a column without
+  sources). The server's link is the bottleneck shared by the n workers of the round, so
+  each transfer gets 1/n of its bandwidth: up = down = latency + n * bytes / bandwidth, and
+  n concurrent uploads take exactly that, as a parameter server's would.
+- Peer pattern (no auxiliary node and a sparse W, e.g. D-PSGD): worker i sends its model to
+  its deg(i) neighbours (nonzero off-diagonal entries of its row of W) over its own
+  full-duplex link, latency + deg(i) * bytes / bandwidth, receiving theirs meanwhile; there
+  is no download.
+- Payload of sync s for worker i (the column i of W, as `fedcoop.coordinator` builds it) is
+  available when every worker source of that column that took part in round s has arrived,
+  and, for auxiliary sources, when the auxiliary nodes of sync s-1 exist; a column without
+  sources is available at once. Auxiliary nodes of sync s exist once every report of round s
+  is in (server compute is free).
+- Round r of worker i starts when it has finished its previous round and holds the payload
+  of sync r-1. A column that reads only auxiliary nodes (EASGD, Overlap-Local-SGD,
+  hierarchical, CoCoD-SGD) can fetch sync r's payload (it reads the anchor of sync r-1)
+  while computing round r, before uploading round r (sync 1 reads the initial anchor x0,
+  which every worker holds): that is how Overlap-Local-SGD hides its communication behind
+  the next tau steps, at max(compute, up + down) per round in steady state, where Local SGD
+  pays compute + up + down plus the wait for the slowest. docs/virtual-clock.md has the
+  closed forms for constant step times.
+
+Not modelled: server compute time, asymmetric up/down bandwidth, per-worker link or speed
+differences other than the step-time distribution, packet loss, retries and stragglers that
+fail (a missed round is a non-participant here), and contention between rounds on the
+server link beyond the per-round share.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedcoop.config import STEP_TIME_DISTRIBUTIONS, RunConfig
+from fedcoop.cooperative import CooperativeSpec
+from fedcoop.errors import ConfigError
+
+_BITS = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+_SECONDS = {"ms": 1e-3, "s": 1.0}
+_CUSTOM_LINK = re.compile(
+    r"^\s*(?P<lat>\d+(?:\.\d*)?)\s*(?P<lat_unit>ms|s)\s*/"
+    r"\s*(?P<bw>\d+(?:\.\d*)?)\s*(?P<bw_unit>kbit|mbit|gbit)\s*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Link:
+    """One link: one-way latency in seconds, bandwidth in bytes per second."""
+
+    latency: float
+    bandwidth: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.latency) and self.latency >= 0):
+            raise ConfigError("link latency", self.latency, "seconds >= 0")
+        if not (math.isfinite(self.bandwidth) and self.bandwidth > 0):
+            raise ConfigError("link bandwidth", self.bandwidth, "bytes per second > 0")
+
+    def transfer(self, nbytes: int) -> float:
+        """Seconds to move `nbytes` over this link: latency + nbytes / bandwidth."""
+        return self.latency + nbytes / self.bandwidth
+
+    @classmethod
+    def of(cls, latency_ms: float, mbit: float) -> Link:
+        """A link from the units people quote: milliseconds and Mbit/s."""
+        return cls(latency=latency_ms * 1e-3, bandwidth=mbit * 1e6 / 8)
+
+
+#: Typical one-way latencies and bandwidths, round numbers rather than measurements:
+#: datacenter Ethernet (the overlap paper's cluster is 40 Gbit/s; it names 10 Gbit/s as the
+#: slow case) with ~0.1 ms intra-datacenter latency; Wi-Fi as a home 802.11ac link plus
+#: broadband to a cloud server (tens of ms, ~50 Mbit/s); LTE as mobile-network reports give
+#: it (~50 ms, ~20 Mbit/s); congested wireless as a crowded cell or shared hotspot
+#: (~200 ms, ~1 Mbit/s), the regime of cross-device federated learning.
+LINK_PRESETS: dict[str, Link] = {
+    "datacenter-40g": Link.of(0.1, 40_000),
+    "datacenter-10g": Link.of(0.1, 10_000),
+    "wifi": Link.of(20, 50),
+    "lte": Link.of(50, 20),
+    "congested-wireless": Link.of(200, 1),
+}
+
+
+def parse_link(text: str) -> Link:
+    """A preset name, or "<latency><ms|s>/<bandwidth><kbit|mbit|gbit>" like "50ms/20mbit"."""
+    key = text.strip().lower() if isinstance(text, str) else ""
+    if key in LINK_PRESETS:
+        return LINK_PRESETS[key]
+    match = _CUSTOM_LINK.match(key)
+    if match is None or float(match["bw"]) == 0:
+        raise ConfigError("link", text, f"{', '.join(LINK_PRESETS)} or '<ms>ms/<mbit>mbit'")
+    latency = float(match["lat"]) * _SECONDS[match["lat_unit"]]
+    return Link(latency=latency, bandwidth=float(match["bw"]) * _BITS[match["bw_unit"]] / 8)
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """The duration of one local step: its mean (seconds), distribution and log-normal sigma.
+
+    Exponential and log-normal durations keep the mean `mean`, so only the spread (the
+    stragglers) changes with the distribution.
+    """
+
+    mean: float
+    distribution: str = "constant"
+    sigma: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mean) and self.mean >= 0):
+            raise ConfigError("step-time", self.mean, "seconds >= 0")
+        if self.distribution not in STEP_TIME_DISTRIBUTIONS:
+            valid = f"one of {', '.join(STEP_TIME_DISTRIBUTIONS)}"
+            raise ConfigError("step-time-distribution", self.distribution, valid)
+        if not (math.isfinite(self.sigma) and self.sigma >= 0):
+            raise ConfigError("step-time-sigma", self.sigma, "must be >= 0")
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n step durations with mean `mean` (constant ones draw nothing from rng)."""
+        if self.distribution == "constant" or self.mean == 0:
+            return np.full(n, float(self.mean))
+        if self.distribution == "exponential":
+            return rng.exponential(self.mean, n)
+        # E[exp(N(mu, s^2))] = exp(mu + s^2 / 2) = mean
+        return rng.lognormal(math.log(self.mean) - self.sigma**2 / 2, self.sigma, n)
+
+
+class VirtualClock:
+    """Virtual times of the rounds of one run of `spec` (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: CooperativeSpec,
+        *,
+        model_bytes: int,
+        step_time: StepTime,
+        link: Link,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(model_bytes, (int, np.integer)) or model_bytes < 0:
+            raise ConfigError("model_bytes", model_bytes, "an integer >= 0")
+        m = spec.num_workers
+        self.spec, self.model_bytes, self.step_time, self.link = spec, model_bytes, step_time, link
+        self._rng = np.random.default_rng(seed)
+        self.peer = spec.num_aux == 0 and np.count_nonzero(spec.w) < spec.w.size
+        sources = [spec.incoming(i) for i in range(m)]
+        #: worker sources of each column, and whether it reads any auxiliary node
+        self._worker_sources = [[j for j in s if j < m] for s in sources]
+        self._reads_aux = [any(j >= m for j in s) for s in sources]
+        #: columns that read only auxiliary nodes: sync r's payload exists before round r ends
+        self._prefetch = [
+            a and not w for a, w in zip(self._reads_aux, self._worker_sources, strict=True)
+        ]
+        self._payload_bytes = [model_bytes if s else 0 for s in sources]
+        off_diagonal = spec.w[:m, :m] != 0
+        np.fill_diagonal(off_diagonal, False)
+        #: deg(i): the workers whose columns read worker i's model
+        self.degree = off_diagonal.sum(axis=1)
+        self._done = np.zeros(m)  # when each worker finished its last local steps
+        self._channel = np.zeros(m)  # when each worker's link is free
+        #: the latest sync whose payload each worker holds; an auxiliary-only column's sync 1
+        #: reads the initial anchor x0, which every worker starts with
+        self._held = np.array(self._prefetch, dtype=int)
+        self._held_at = np.zeros(m)  # when that payload arrived
+        self._arrivals = np.full(m, np.nan)  # the last round's report arrivals (NaN: absent)
+        self._synced = [0.0]  # sync s complete at the server (auxiliary nodes updated)
+
+    @classmethod
+    def from_config(
+        cls, config: RunConfig, spec: CooperativeSpec, model_bytes: int
+    ) -> VirtualClock:
+        """The clock of the config's step-time keys, link and seed."""
+        step_time = StepTime(
+            config.step_time, config.step_time_distribution, config.step_time_sigma
+        )
+        return cls(
+            spec,
+            model_bytes=model_bytes,
+            step_time=step_time,
+            link=parse_link(config.link),
+            seed=config.seed,
+        )
+
+    @property
+    def rounds(self) -> int:
+        """The rounds advanced through so far."""
+        return len(self._synced) - 1
+
+    def round(self, round_: int, participants: Collection[int] | None = None) -> float:
+        """Advance through round `round_` (called for 1, 2, ... in order) in which
+        `participants` (worker indices; None = all m) ran tau local steps; return the virtual
+        time (s since the start) at which that round's sync is complete at the server (all
+        its reports in, auxiliary nodes updated)."""
+        m, tau = self.spec.num_workers, self.spec.tau
+        if round_ != self.rounds + 1:
+            raise ValueError(f"round {round_} out of order: the clock is at round {self.rounds}")
+        workers = sorted(set(range(m) if participants is None else participants))
+        if not workers or not all(isinstance(i, (int, np.integer)) and 0 <= i < m for i in workers):
+            raise ValueError(f"participants {participants!r}: a non-empty subset of 0..{m - 1}")
+        # Drawn for every worker in a fixed order, so no worker's times depend on the others.
+        steps = self.step_time.sample(self._rng, m * tau).reshape(m, tau)
+        arrivals = np.full(m, np.nan)
+        share = len(workers)
+        for i in workers:
+            if round_ > 1 and self._held[i] < round_ - 1:
+                self._fetch(i, round_ - 1, share)
+            self._done[i] = max(self._done[i], self._held_at[i]) + steps[i].sum()
+            if self._prefetch[i] and self._held[i] < round_:
+                self._fetch(i, round_, share)
+            copies = self.degree[i] if self.peer else share
+            upload = self.link.transfer(self.model_bytes * copies)
+            arrivals[i] = self._channel[i] = max(self._done[i], self._channel[i]) + upload
+        self._arrivals = arrivals
+        self._synced.append(max(self._synced[-1], float(np.nanmax(arrivals))))
+        return self._synced[-1]
+
+    def finish(self) -> float:
+        """The time at which every worker has applied its last sync (the end of the run)."""
+        last = self.rounds
+        if last == 0:
+            return 0.0
+        missing = [i for i in range(self.spec.num_workers) if self._held[i] < last]
+        delivered = [self._delivery(i, last, len(missing)) for i in missing]
+        return max(self._synced[-1], *self._done, *delivered)
+
+    def _available(self, worker: int, sync: int) -> float:
+        """When the server (or, peer to peer, the worker) has all that payload `sync` reads.
+
+        Only the last round's reports are kept: a column that reads workers is fetched for
+        the last sync only, one that reads only auxiliary nodes possibly for the next.
+        """
+        reports = self._arrivals
+        times = [reports[j] for j in self._worker_sources[worker] if not np.isnan(reports[j])]
+        if self._reads_aux[worker]:
+            times.append(self._synced[sync - 1])
+        return max(times, default=0.0)
+
+    def _delivery(self, worker: int, sync: int, share: int) -> float:
+        """When payload `sync` arrives at `worker`, the server's link split `share` ways; peer
+        to peer the neighbours' models are already there."""
+        ready = self._available(worker, sync)
+        if self.peer:
+            return ready
+        start = max(ready, float(self._channel[worker]))
+        return start + self.link.transfer(self._payload_bytes[worker] * share)
+
+    def _fetch(self, worker: int, sync: int, share: int) -> None:
+        """Deliver payload `sync` to `worker` over its link."""
+        at = self._delivery(worker, sync, share)
+        self._held[worker], self._held_at[worker] = sync, at
+        if not self.peer:
+            self._channel[worker] = at
