@@ -125,9 +125,15 @@ def pareto(runs: Sequence[RecordedRun], group_keys: Sequence[str]) -> Figure | N
         (line,) = ax.plot(best[:, 0], best[:, 1], marker="o", label=name)
         ax.scatter(*points[~front].T, facecolors="none", edgecolors=line.get_color())
         for (x, y), run in zip(points, members, strict=True):
-            ax.annotate(f"tau={run.config['tau']}", (x, y), fontsize="x-small")
+            ax.annotate(
+                f"tau={run.config['tau']}",
+                (x, y),
+                xytext=(4, 4),
+                textcoords="offset points",
+                fontsize="x-small",
+            )
     _style(ax, "virtual time (s)", "final test loss")
-    ax.set_title("error-runtime front over tau (filled: non-dominated)")
+    ax.set_title("error-runtime front over tau (filled: non-dominated)", fontsize="medium")
     ax.legend(fontsize="small")
     return figure
 

@@ -1,0 +1,99 @@
+"""The fedcoop command line: how compare tells swept keys from fixed ones, its TOML file, and
+exit code 2 with the bad key named for every refused key or value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from simulations import cli
+from simulations.runner import run_config
+from tests.conftest import least_squares_config
+
+LEAST_SQUARES = ["dataset=least-squares", "model=linear", "num-clients=2", "num-rounds=2"]
+
+
+def test_grid_values_split_on_commas_or_read_a_toml_array() -> None:
+    assert cli._grid_values("2,8") == [2, 8]
+    assert cli._grid_values("overlap,local-sgd") == ["overlap", "local-sgd"]
+    assert cli._grid_values('["150,250", "100,200"]') == ["150,250", "100,200"]
+    assert cli._value('"150,250"') == "150,250" and cli._value("true") is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [
+        (["run", "taux=2"], "taux"),
+        (["run", "tau"], "argument"),
+        (["compare", "--grid", "tau=2,zero"], "tau"),
+        (["compare", "--grid", "topologyy=ring,torus"], "topologyy"),
+        (["compare", "--grid", "algorithm=overlap,bogus"], "algorithm"),
+        (["compare", "lr=-1", "--grid", "tau=1,2"], "lr"),
+        (["compare", "--target", "1.5"], "target"),
+        (["plot", "/nonexistent/fedcoop-runs"], "directory"),
+    ],
+)
+def test_refused_input_exits_2_naming_the_key(
+    argv: list[str], key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert f"error: {key}=" in capsys.readouterr().err
+
+
+def test_compare_reads_grid_and_options_from_its_toml_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmp"
+    config = tmp_path / "compare.toml"
+    config.write_text(
+        f"""
+        dataset = "least-squares"
+        model = "linear"
+        num-clients = 2
+        num-rounds = 2
+        [grid]
+        algorithm = ["local-sgd", "easgd"]
+        tau = [1, 2]
+        [compare]
+        out = "{out}"
+        engine = "inprocess"
+        quiet = true
+        """
+    )
+    cli.main(["compare", "--config", str(config), "--grid", "tau=3"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["target-accuracy"] is None
+    assert sorted((r["algorithm"], r.get("tau", 3)) for r in summary["runs"]) == [
+        ("easgd", 3),
+        ("local-sgd", 3),
+    ]
+    assert all(r["rounds-to-target"] is None for r in summary["runs"])
+    assert "n/a" in capsys.readouterr().out
+
+
+def test_compare_refuses_unknown_options_in_its_toml_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "compare.toml"
+    config.write_text("[compare]\ntargett = 0.9\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["compare", "--config", str(config)])
+    assert exit_.value.code == 2 and "compare.targett=" in capsys.readouterr().err
+
+
+def test_run_on_the_inprocess_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli.main(["run", *LEAST_SQUARES, f"results-dir={tmp_path}", "--engine", "inprocess"])
+    assert "local-sgd: round 2: train-loss" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.glob("*/metrics.jsonl")] == ["metrics.jsonl"]
+
+
+@pytest.mark.slow
+def test_run_config_on_the_simulation_engine_matches_inprocess() -> None:
+    config = least_squares_config(num_clients=2, num_rounds=1)
+    simulated = run_config(config, engine="simulation", quiet=True)
+    inprocess = run_config(config, engine="inprocess", quiet=True)
+    assert simulated.rounds[-1]["test-loss"] == pytest.approx(inprocess.rounds[-1]["test-loss"])
