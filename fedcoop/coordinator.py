@@ -339,12 +339,13 @@ class Coordinator:
         while not self.done:
             r = self._settled + 1
             heard = self._reports.get(r, {}).keys() | self._missing.get(r, {}).keys()
-            for i in self.sampled(r) - heard:
-                if i in self._late:
-                    self._missing.setdefault(r, {})[i] = f"still running round {self._late[i]}"
-            heard = self._reports.get(r, {}).keys() | self._missing.get(r, {}).keys()
-            if self.sampled(r) - heard:
+            unheard = self.sampled(r) - heard
+            if not unheard <= self._late.keys():
                 return
+            # Only workers still busy with a round they were late for hold this one up:
+            # leave them out (they may still have come back while the others trained).
+            for i in unheard:
+                self._missing.setdefault(r, {})[i] = f"still running round {self._late[i]}"
             if r <= self.num_rounds:
                 self._sync(r)
             self._settled = r

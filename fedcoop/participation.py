@@ -96,8 +96,9 @@ def graph_reweight(weighting: str) -> Reweight:
 
 
 def components(w_s: np.ndarray, m: int, survivors: Collection[int]) -> int:
-    """How many separately mixing parts the survivors form under W_S (1 = still mixes)."""
-    alive = sorted(survivors)
+    """How many separately mixing parts the survivors and auxiliary nodes form under W_S
+    (1 = everything still mixes)."""
+    alive = [*sorted(survivors), *range(m, w_s.shape[0])]
     links = (w_s[np.ix_(alive, alive)] != 0) | (w_s[np.ix_(alive, alive)].T != 0)
     return nx.number_connected_components(nx.from_numpy_array(links.astype(np.int8)))
 

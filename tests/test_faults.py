@@ -1,0 +1,268 @@
+"""Faults a run survives, through the real strategy and ClientApp on InProcessGrid.
+
+A worker that raises, misses the round deadline, or sends an unusable reply (NaN/Inf, a
+wrong shape or dtype, a missing or extra tensor, a wrong round number, a model far from the
+rest) is left out of that round, logged with node and reason, and counted; the run goes on
+and ends with the models of the matrix rule run over the workers that did answer. Only a
+round that loses its quorum stops the run, naming every reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, MessageType
+
+from clients import messages
+from clients.client_app import app as client_app
+from fedcoop import participation
+from fedcoop.config import RunConfig
+from simulations.inprocess import InProcessGrid
+from strategies.cooperative import RunFailed, RunResult
+from strategies.server_app import run
+from tests.conftest import least_squares_config
+from tests.test_equivalence import reference_final
+
+ClientAppLike = Callable[[Message, Context], Message]
+
+
+def round_of(msg: Message) -> int | None:
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return None
+    return int(msg.content.config_records[messages.HEADER]["round"])
+
+
+def misbehaving(
+    partition: int, rounds: Iterable[int], action: Callable[[Message, Context], Message]
+) -> ClientAppLike:
+    """The real ClientApp, except that `partition`'s `rounds` go through `action`."""
+    rounds = set(rounds)
+
+    def app(msg: Message, context: Context) -> Message:
+        if context.node_config["partition-id"] == partition and round_of(msg) in rounds:
+            return action(msg, context)
+        return client_app(msg, context)
+
+    return app
+
+
+def explode(msg: Message, context: Context) -> Message:
+    raise RuntimeError("disk full on the device")
+
+
+def tamper(change: Callable[[Message], None]) -> Callable[[Message, Context], Message]:
+    """Run the round for real, then corrupt the reply with `change`."""
+
+    def action(msg: Message, context: Context) -> Message:
+        reply = client_app(msg, context)
+        change(reply)
+        return reply
+
+    return action
+
+
+def set_model(x_of: Callable[[np.ndarray], np.ndarray]) -> Callable[[Message], None]:
+    def change(reply: Message) -> None:
+        x = messages.read_vector(reply, messages.MODEL)
+        reply.content.array_records[messages.ARRAYS] = messages.vector_record(
+            **{messages.MODEL: x_of(x)}
+        )
+
+    return change
+
+
+def answered(result: RunResult, m: int) -> Callable[[int], set[int]]:
+    """Who trained each round, as the run's fault events tell it."""
+    left_out: dict[int, set[int]] = {}
+    for e in result.events:
+        if e["kind"] in ("failed", "deadline", "rejected", "busy"):
+            left_out.setdefault(e["round"], set()).add(e["worker"])
+    return lambda r: set(range(m)) - left_out.get(r, set())
+
+
+def assert_matches_reference(config: RunConfig, result: RunResult) -> None:
+    m = result.spec.num_workers
+    ref = reference_final(config, result, answered(result, m))
+    np.testing.assert_allclose(result.workers, ref[:, :m].T, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.aux, ref[:, m:].T, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["local-sgd", "overlap", "dpsgd"])
+def test_a_client_that_raises_is_left_out_of_its_round(algorithm: str) -> None:
+    config = least_squares_config(algorithm=algorithm, num_clients=6)
+    grid = InProcessGrid(misbehaving(2, [2], explode), config.num_clients)
+    result = run(grid, config)
+    (failed,) = result.events
+    assert (failed["round"], failed["worker"], failed["kind"]) == (2, 2, "failed")
+    assert failed["node"] == result.node_of_worker[2]
+    assert "RuntimeError: disk full on the device" in failed["reason"]
+    counts = [(row["participants"], row["dropped"]) for row in result.rounds]
+    assert counts == [(6, 0), (5, 1), (6, 0), (6, 0)]
+    assert_matches_reference(config, result)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (set_model(lambda x: np.where(np.arange(x.size) == 0, np.nan, x)), "NaN or Inf"),
+        (set_model(lambda x: np.full_like(x, np.inf)), "NaN or Inf"),
+        (set_model(lambda x: x[:-1]), "shape"),
+        (set_model(lambda x: x.astype(np.float32)), "dtype float32"),
+        (set_model(lambda x: np.empty(0)), "shape"),
+        (
+            lambda reply: reply.content.array_records.__setitem__(
+                messages.ARRAYS, messages.vector_record()
+            ),
+            "arrays [], expected exactly ['x']",
+        ),
+        (
+            lambda reply: reply.content.array_records[messages.ARRAYS].__setitem__(
+                "extra", reply.content.array_records[messages.ARRAYS][messages.MODEL]
+            ),
+            "arrays ['extra', 'x']",
+        ),
+        (
+            lambda reply: reply.content.metric_records[messages.METRICS].__setitem__("round", 3),
+            "reply says round 3, the message was round 2",
+        ),
+    ],
+)
+def test_a_bad_update_is_rejected_counted_and_the_run_goes_on(
+    change: Callable[[Message], None], reason: str
+) -> None:
+    config = least_squares_config(algorithm="overlap", tau=2)
+    grid = InProcessGrid(misbehaving(1, [2], tamper(change)), config.num_clients)
+    result = run(grid, config)
+    (rejected,) = result.events
+    assert (rejected["round"], rejected["worker"], rejected["kind"]) == (2, 1, "rejected")
+    assert reason in rejected["reason"]
+    assert [row["rejected"] for row in result.rounds] == [0, 1, 0, 0]
+    assert np.all(np.isfinite(result.workers)) and np.all(np.isfinite(result.aux))
+    assert np.isfinite(result.rounds[-1]["test-loss"])
+
+
+@pytest.mark.parametrize("algorithm", ["local-sgd", "easgd", "dpsgd"])
+def test_a_rejected_nan_worker_adopts_the_survivors_mix_and_rejoins(algorithm: str) -> None:
+    """The run ends exactly where the matrix rule without worker 3's round-2 update ends."""
+    config = least_squares_config(algorithm=algorithm, num_clients=6)
+    nan = set_model(lambda x: np.full_like(x, np.nan))
+    grid = InProcessGrid(misbehaving(3, [2], tamper(nan)), config.num_clients)
+    result = run(grid, config)
+    assert [e["kind"] for e in result.events] == ["rejected"]
+    assert_matches_reference(config, result)
+
+
+def test_the_norm_bound_rejects_a_far_away_model() -> None:
+    config = least_squares_config(algorithm="local-sgd", update_norm_bound=3.0)
+    far = set_model(lambda x: x + 100.0)
+    grid = InProcessGrid(misbehaving(0, [3], tamper(far)), config.num_clients)
+    result = run(grid, config)
+    (rejected,) = result.events
+    assert (rejected["round"], rejected["worker"]) == (3, 0)
+    assert "update-norm-bound 3.0" in rejected["reason"]
+    assert_matches_reference(config, result)
+
+
+def test_a_round_that_loses_its_quorum_stops_the_run_with_every_reason() -> None:
+    config = least_squares_config(algorithm="local-sgd", quorum=1.0)
+    grid = InProcessGrid(misbehaving(4, [2], explode), config.num_clients)
+    with pytest.raises(RunFailed) as err:
+        run(grid, config)
+    message = str(err.value)
+    assert "round 2: 4 of 5 sampled workers answered, quorum needs 5" in message
+    assert "worker 4: RuntimeError: disk full on the device" in message
+
+
+def test_a_client_broken_everywhere_stops_the_run() -> None:
+    """A deterministic bug on every client is not a fault to ride out."""
+    config = least_squares_config(algorithm="overlap")
+
+    def app(msg: Message, context: Context) -> Message:
+        if round_of(msg) is not None:
+            raise KeyError("missing-config-key")
+        return client_app(msg, context)
+
+    with pytest.raises(RunFailed, match="round 1: 0 of 5 sampled workers answered"):
+        run(InProcessGrid(app, config.num_clients), config)
+
+
+def test_a_worker_dead_from_round_3_ends_without_a_final_model() -> None:
+    config = least_squares_config(algorithm="easgd", tau=1)
+    grid = InProcessGrid(misbehaving(1, range(3, 10), explode), config.num_clients)
+    result = run(grid, config)
+    assert [(e["round"], e["kind"]) for e in result.events] == [
+        (3, "failed"),
+        (4, "failed"),
+        (5, "failed"),
+    ]
+    assert np.all(np.isnan(result.workers[1]))
+    alive = [0, 2, 3, 4]
+    assert np.all(np.isfinite(result.workers[alive]))
+    assert "worker-loss" in result.client_evaluation
+    assert_matches_reference_alive(config, result, alive)
+
+
+def assert_matches_reference_alive(config: RunConfig, result: RunResult, alive: list[int]):
+    m = result.spec.num_workers
+    ref = reference_final(config, result, answered(result, m))
+    np.testing.assert_allclose(result.workers[alive], ref[:, alive].T, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.aux, ref[:, m:].T, rtol=0, atol=1e-6)
+
+
+class SlowNodeGrid(InProcessGrid):
+    """Holds back one node's reply to round `slow_round` until the server has moved on to
+    round `release_round`, like a device that is far too slow for one round."""
+
+    def __init__(self, partition: int, slow_round: int, release_round: int, num_nodes: int):
+        super().__init__(client_app, num_nodes)
+        by_partition = {c.node_config["partition-id"]: n for n, c in self.contexts.items()}
+        self.node = by_partition[partition]
+        self.slow_round, self.release_round = slow_round, release_round
+        self.slow_id: str | None = None
+        self.moved_on = False
+        self.held: Message | None = None
+
+    def push_messages(self, messages_: Iterable[Message]) -> Iterable[str]:
+        messages_ = list(messages_)
+        ids = list(super().push_messages(messages_))
+        for msg, msg_id in zip(messages_, ids, strict=True):
+            if msg.metadata.dst_node_id == self.node and round_of(msg) == self.slow_round:
+                self.slow_id = msg_id
+            self.moved_on |= (round_of(msg) or 0) >= self.release_round
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        wanted = list(message_ids)
+        out = []
+        for reply in super().pull_messages(wanted):
+            if reply.metadata.reply_to_message_id == self.slow_id:
+                self.held = reply
+            else:
+                out.append(reply)
+        if self.held is not None and self.moved_on and self.slow_id in wanted:
+            out.append(self.held)
+            self.held = None
+        return out
+
+
+def test_a_late_worker_misses_rounds_and_its_late_reply_is_discarded() -> None:
+    config = least_squares_config(algorithm="local-sgd", num_rounds=6, round_deadline=0.2)
+    grid = SlowNodeGrid(2, slow_round=2, release_round=4, num_nodes=config.num_clients)
+    result = run(grid, config)
+    kinds = [(e["round"], e["kind"], e["worker"]) for e in result.events]
+    # left out of round 2 at the deadline and of round 3 while still busy; its round-2
+    # reply arrives while round 4 runs, is discarded, and it joins round 4 in time
+    assert kinds == [(2, "deadline", 2), (3, "busy", 2), (2, "late", 2)]
+    assert [row["participants"] for row in result.rounds] == [5, 4, 4, 5, 5, 5]
+    assert result.rounds[-1]["participants"] == 5
+    assert grid.overlapping_messages == 0
+    assert_matches_reference(config, result)
+
+
+def test_sampling_participation_draws_the_configured_share() -> None:
+    draws = [participation.sample(7, r, 10, 0.3) for r in range(1, 50)]
+    assert all(len(d) == 3 for d in draws)
+    assert len(set(draws)) > 10
+    assert participation.sample(7, 5, 10, 0.3) == draws[4]
