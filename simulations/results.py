@@ -2,7 +2,9 @@
 
 config.json holds the full resolved config and the spec actually run (tau, W, v, rules);
 metrics.jsonl and metrics.csv one row per round; final.json the end state's metrics;
-final-models.npz the workers' (m x d) and auxiliary nodes' (v x d) final models.
+final-models.npz the workers' (m x d; NaN rows for workers that never came back) and
+auxiliary nodes' (v x d) final models; events.jsonl every fault the run rode out (failed,
+late, rejected workers, ...) with round, worker, node and reason, counted in final.json.
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ def write_results(result: RunResult, root: str | Path) -> Path:
         if result.aux is not None:
             models["aux"] = result.aux
         np.savez(path / "final-models.npz", **models)
-    final = {"last-round": result.rounds[-1] if result.rounds else {}, **result.client_evaluation}
+    with (path / "events.jsonl").open("w") as f:
+        for event in result.events:
+            f.write(json.dumps(event) + "\n")
+    faults: dict[str, int] = {}
+    for event in result.events:
+        faults[event["kind"]] = faults.get(event["kind"], 0) + 1
+    final = {
+        "last-round": result.rounds[-1] if result.rounds else {},
+        **result.client_evaluation,
+        "faults": faults,
+    }
     (path / "final.json").write_text(json.dumps(final, indent=2))
     return path

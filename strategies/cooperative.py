@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 
 from clients import messages
 from fedcoop import algorithms
+from fedcoop.clock import VirtualClock
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import CooperativeSpec
 from fedcoop.coordinator import Coordinator, Dispatch, QuorumLost, RoundSummary
@@ -101,8 +102,9 @@ class CooperativeStrategy:
             quorum=self.config.quorum,
             norm_bound=self.config.update_norm_bound,
         )
+        clock = VirtualClock.from_config(self.config, spec, model_bytes=self.x0.nbytes)
         try:
-            self._loop(grid, coordinator, node_of, result)
+            self._loop(grid, coordinator, clock, node_of, result)
         except QuorumLost as lost:
             raise RunFailed(str(lost)) from None
         result.aux = coordinator.aux
@@ -183,7 +185,12 @@ class CooperativeStrategy:
         return replies
 
     def _loop(
-        self, grid: Grid, coordinator: Coordinator, node_of: list[int], result: RunResult
+        self,
+        grid: Grid,
+        coordinator: Coordinator,
+        clock: VirtualClock,
+        node_of: list[int],
+        result: RunResult,
     ) -> None:
         """Push what is ready, take what arrives, until every worker had its final sync."""
         in_flight: dict[str, tuple[Dispatch, float]] = {}
@@ -269,6 +276,7 @@ class CooperativeStrategy:
                     summary, coordinator.spec.tau, losses.pop(summary.round, []), started
                 )
                 row["bytes-up"], row["bytes-down"] = traffic.pop(summary.round, [0, 0])
+                row["virtual-time"] = clock.round(summary.round, summary.survivors)
                 result.rounds.append(row)
                 LOG.info("fedcoop: %s", _format_row(row))
             if replies:

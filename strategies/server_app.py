@@ -16,6 +16,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedcoop import algorithms, data, workload
+from fedcoop.clock import VirtualClock
 from fedcoop.config import RunConfig
 from fedcoop.training import default_device, evaluate, load_model_vector, model_vector
 from simulations.results import write_results
@@ -49,10 +50,11 @@ def run(grid: Grid, config: RunConfig) -> RunResult:
     _, test = workload.load_split(config)
     # The algorithm and the partitions are functions of the config: refuse a bad one here,
     # before any node is waited for, rather than after the handshake or in every client.
-    algorithms.resolve(config)
+    spec = algorithms.resolve(config)
     workload.partition_indices(config, config.num_clients)
     model = initial_model(config)
     x0 = model_vector(model).to(test.x.dtype).numpy()
+    VirtualClock.from_config(config, spec, model_bytes=x0.nbytes)  # refuses a bad link
     strategy = CooperativeStrategy(config, x0, evaluate_fn=server_evaluator(model, test))
     result = strategy.start(grid)
     if config.results_dir:
