@@ -73,7 +73,7 @@ def varying_keys(configs: Sequence[Mapping[str, Any]]) -> list[str]:
 def label(config: Mapping[str, Any], keys: Sequence[str]) -> str:
     """A run's name in tables and legends: its algorithm and its values of the swept keys."""
     return " ".join(
-        [str(config["algorithm"])] + [f"{k}={config[k]}" for k in keys if k != "algorithm"]
+        [str(config["algorithm"])] + [f"{k}={config.get(k)}" for k in keys if k != "algorithm"]
     )
 
 
@@ -144,8 +144,9 @@ def time_to_target(
 
 
 def summarize(runs: Sequence[RecordedRun], target: float | None) -> list[dict[str, Any]]:
-    """One summary row per run: its swept values, final and best metrics, time to target and
-    bytes sent; None wherever the run's metrics lack the quantity."""
+    """One summary row per run: its swept values, final and best metrics, time to target,
+    bytes sent and workers dropped or rejected over all rounds; None wherever the run's
+    metrics lack the quantity."""
     keys = varying_keys([r.config for r in runs])
     summary = []
     for run in runs:
@@ -166,10 +167,18 @@ def summarize(runs: Sequence[RecordedRun], target: float | None) -> list[dict[st
                 "virtual-time": last.get("virtual-time"),
                 "rounds-to-target": rounds_to_target,
                 "virtual-time-to-target": time_to,
-                "bytes-total": sum(r.get("bytes-up", 0) + r.get("bytes-down", 0) for r in run.rows),
+                "bytes-total": _total(run, "bytes-up", "bytes-down"),
+                "dropped": _total(run, "dropped"),
+                "rejected": _total(run, "rejected"),
             }
         )
     return summary
+
+
+def _total(run: RecordedRun, *keys: str) -> float | None:
+    """The sum of these metrics over all rounds; None if the run did not record them."""
+    columns = [run.column(k) for k in keys]
+    return None if None in columns else sum(sum(c) for c in columns)
 
 
 def write_summary(

@@ -78,6 +78,7 @@ def test_compare_summary_rows_are_the_runs_metrics(compared: Path) -> None:
         assert row["final-test-loss"] == run.rows[-1]["test-loss"]
         assert row["final-train-loss"] == run.rows[-1]["train-loss"]
         assert row["bytes-total"] == sum(r["bytes-up"] + r["bytes-down"] for r in run.rows) > 0
+        assert row["dropped"] == sum(r.get("dropped", 0) for r in run.rows) == 0
         reached = [r["round"] for r in run.rows if r["test-accuracy"] >= 0.3]
         assert row["rounds-to-target"] == (reached[0] if reached else None)
     csv_lines = (compared / "summary.csv").read_text().splitlines()
@@ -128,6 +129,7 @@ def test_time_to_target_from_hand_written_metrics(tmp_path: Path) -> None:
     assert summary[0]["virtual-time"] == 7.0 and summary[0]["best-accuracy"] == 0.9
     assert summary[1]["virtual-time-to-target"] is None and summary[1]["rounds-to-target"] == 2
     assert summary[2]["best-accuracy"] is None and summary[2]["rounds-to-target"] is None
+    assert summary[2]["bytes-total"] is None and summary[2]["dropped"] is None
     table = compare.summary_table(summary, 0.85)
     cells = [list(column.cells) for column in table.columns]
     assert cells[6] == ["4.50", "n/a", "n/a"] and cells[5] == ["2", "2", "n/a"]
