@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import messages
@@ -164,9 +164,44 @@ def train(msg: Message, context: Context) -> Message:
         raise
 
 
+def _state_content(context: Context) -> dict[str, ArrayRecord | ConfigRecord]:
+    """This worker's saved state as message records (an untrained worker: round 0)."""
+    meta = context.state.config_records.get(STATE_META)
+    if meta is None:
+        return {messages.STATE_META: ConfigRecord({"round": 0, "steps": 0})}
+    return {
+        messages.STATE: context.state.array_records[STATE_ARRAYS],
+        messages.STATE_META: ConfigRecord({"round": meta["round"], "steps": meta["steps"]}),
+    }
+
+
+def _restore_state(msg: Message, context: Context) -> None:
+    """Replace this node's state with the one a resumed run sends (round 0: no state)."""
+    _LIVE.pop((context.run_id, context.node_id), None)
+    meta = msg.content.config_records[messages.STATE_META]
+    for records, key in (
+        (context.state.array_records, STATE_ARRAYS),
+        (context.state.config_records, STATE_META),
+    ):
+        records.pop(key, None)
+    if int(meta["round"]):
+        context.state[STATE_ARRAYS] = msg.content.array_records[messages.STATE]
+        context.state[STATE_META] = ConfigRecord(
+            {"round": meta["round"], "steps": meta["steps"], "token": uuid.uuid4().hex}
+        )
+
+
+@app.query("state")
+def query_state(msg: Message, context: Context) -> Message:
+    """This worker's whole state, for the server's checkpoint."""
+    return Message(RecordDict(_state_content(context)), reply_to=msg)
+
+
 def _train(msg: Message, context: Context) -> Message:
     config = messages.read_config(msg)
     header = msg.content.config_records[messages.HEADER]
+    if messages.STATE_META in msg.content.config_records:
+        _restore_state(msg, context)
     round_, steps = int(header["round"]), int(header["local-steps"])
     last = _last_round(context.state)
     if round_ <= last:
@@ -199,13 +234,14 @@ def _train(msg: Message, context: Context) -> Message:
     loss = worker.run(steps, update_rule, generator)
     x = worker.vector().cpu().numpy()
     _save(worker, x, context, config, round_)
-    return Message(
-        messages.reply_content(
-            messages.vector_record(**{messages.MODEL: x}),
-            {"train-loss": loss, "num-examples": len(worker.data), "round": round_},
-        ),
-        reply_to=msg,
+    content = messages.reply_content(
+        messages.vector_record(**{messages.MODEL: x}),
+        {"train-loss": loss, "num-examples": len(worker.data), "round": round_},
     )
+    if bool(header.get("send-state", False)):
+        for key, record in _state_content(context).items():
+            content[key] = record
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()

@@ -21,6 +21,11 @@ ARRAYS = "arrays"
 METRICS = "metrics"
 #: ArrayRecord keys
 INIT, MIX, MODEL = "init", "mix", "x"
+#: a worker's whole state (model, momentum, snapshot, pending gradient) and its round and
+#: step count: in replies for a checkpoint, and in the first message after a resume
+STATE, STATE_META = "state", "state-meta"
+#: message type of the query for a worker's state (Flower routes "query.state")
+QUERY_STATE = "query.state"
 
 
 def config_record(config: RunConfig) -> ConfigRecord:

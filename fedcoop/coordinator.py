@@ -19,8 +19,10 @@ W re-weighted over the survivors, and a worker that missed it adopts the survivo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -106,6 +108,8 @@ class Coordinator:
     seed: int = 0
     quorum: float = 0.0
     norm_bound: float = 0.0
+    #: keep the state of every this many settled rounds for `take_cut` (0 = never)
+    checkpoint_every: int = 0
     _last: list[int] = field(init=False)
     _busy: dict[int, int] = field(init=False, default_factory=dict)
     _late: dict[int, int] = field(init=False, default_factory=dict)
@@ -113,13 +117,15 @@ class Coordinator:
     _reports: dict[int, dict[int, np.ndarray]] = field(init=False, default_factory=dict)
     _missing: dict[int, dict[int, str]] = field(init=False, default_factory=dict)
     _rejected: dict[int, set[int]] = field(init=False, default_factory=dict)
-    _early: set[tuple[int, int]] = field(init=False, default_factory=set)
+    #: payloads sent before their round settled, by (worker, sync)
+    _early: dict[tuple[int, int], Payload] = field(init=False, default_factory=dict)
     _pending: dict[int, Payload] = field(init=False, default_factory=dict)
     _settled: int = field(init=False, default=0)
     _aux: dict[int, np.ndarray] = field(init=False, default_factory=dict)
     _velocity: np.ndarray = field(init=False)
     _summaries: list[RoundSummary] = field(init=False, default_factory=list)
     _sampled: dict[int, frozenset[int]] = field(init=False, default_factory=dict)
+    _cut: dict[str, Any] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -165,6 +171,12 @@ class Coordinator:
             return self._busy[worker]
         upcoming = self._next_round(worker)
         return self.num_rounds + 2 if upcoming is None else upcoming
+
+    def idle_since(self, worker: int, round_: int) -> bool:
+        """Worker has had no message since the one for `round_` and is not running it."""
+        return (
+            worker not in self._busy and worker not in self._late and (self._last[worker] == round_)
+        )
 
     def describe(self) -> str:
         """Where each worker stands, for error messages."""
@@ -243,6 +255,43 @@ class Coordinator:
         self._settle()
         return round_
 
+    # -- checkpoints ---------------------------------------------------------------------
+    def take_cut(self) -> dict[str, Any] | None:
+        """The server state as of the end of the latest checkpoint round settled since the
+        last call (plain data for `fedcoop.checkpoint`), or None."""
+        cut, self._cut = self._cut, None
+        return cut
+
+    def _export(self, round_: int) -> dict[str, Any]:
+        """Everything needed to go on from the end of settled round `round_`: a worker
+        already running round_ + 1 (overlap) is put back to before it, with the payload it
+        was sent counted as not yet delivered."""
+        pending = dict(self._pending)
+        last = list(self._last)
+        for (i, sync), payload in self._early.items():
+            if sync == round_:
+                pending[i], last[i] = payload, round_
+        return {
+            "settled": round_,
+            "last": last,
+            "trained": sorted(self._trained),
+            "late": dict(self._late),
+            "aux": self._aux[round_].copy(),
+            "velocity": self._velocity.copy(),
+            "pending": {i: dataclasses.asdict(p) for i, p in pending.items()},
+        }
+
+    def restore(self, cut: dict[str, Any]) -> None:
+        """Continue from a state `_export` made (a fresh coordinator of the same run)."""
+        if self._settled or self._busy:
+            raise RuntimeError("restore() needs a coordinator that has not started")
+        self._settled = int(cut["settled"])
+        self._last = [int(r) for r in cut["last"]]
+        self._trained = set(cut["trained"])
+        self._aux = {self._settled: np.asarray(cut["aux"])}
+        self._velocity = np.asarray(cut["velocity"])
+        self._pending = {int(i): Payload(**p) for i, p in cut["pending"].items()}
+
     # -- internals -----------------------------------------------------------------------
     def _check_in_flight(self, worker: int, round_: int) -> None:
         if not 0 <= worker < self.spec.num_workers:
@@ -301,8 +350,9 @@ class Coordinator:
         )
         if not early:
             return False, None
-        self._early.add((worker, sync))
-        return True, self._payload(worker, sync, self.spec.w, {}, adopt=False)
+        payload = self._payload(worker, sync, self.spec.w, {}, adopt=False)
+        self._early[worker, sync] = payload
+        return True, payload
 
     def _payload(
         self,
@@ -349,6 +399,8 @@ class Coordinator:
             if r <= self.num_rounds:
                 self._sync(r)
             self._settled = r
+            if self.checkpoint_every and r <= self.num_rounds and r % self.checkpoint_every == 0:
+                self._cut = self._export(r)
             self._forget()
 
     def _sync(self, round_: int) -> None:
@@ -381,7 +433,6 @@ class Coordinator:
             self._aux[round_] = prev
         for i in range(m):
             if (i, round_) in self._early:
-                self._early.discard((i, round_))
                 continue
             payload = self._payload(i, round_, w, reports, adopt=i not in survivors)
             if payload is not None:
@@ -425,6 +476,8 @@ class Coordinator:
 
     def _forget(self) -> None:
         """Drop what no future payload can read: settled reports, old auxiliary values."""
+        for key in [k for k in self._early if k[1] <= self._settled]:
+            del self._early[key]
         for table in (self._reports, self._missing, self._rejected, self._sampled):
             for r in [r for r in table if r <= self._settled]:
                 del table[r]

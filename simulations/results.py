@@ -20,13 +20,14 @@ import flwr
 import numpy as np
 import torch
 
+from fedcoop.config import RunConfig
 from strategies.cooperative import RunResult
 
 
-def run_directory(root: str | Path, result: RunResult) -> Path:
+def run_directory(root: str | Path, config: RunConfig) -> Path:
     """A fresh directory under root named by algorithm, seed and time."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{result.config.algorithm}-seed{result.config.seed}-{stamp}"
+    base = Path(root).expanduser().resolve() / f"{config.algorithm}-seed{config.seed}-{stamp}"
     path, n = base, 1
     while path.exists():
         path, n = Path(f"{base}-{n}"), n + 1
@@ -34,9 +35,8 @@ def run_directory(root: str | Path, result: RunResult) -> Path:
     return path
 
 
-def write_results(result: RunResult, root: str | Path) -> Path:
-    """Write config, per-round metrics and final metrics; returns the run directory."""
-    path = run_directory(root, result)
+def write_results(result: RunResult, path: Path) -> Path:
+    """Write config, per-round metrics and final metrics into the run directory `path`."""
     spec = result.spec
     config: dict[str, Any] = {
         "config": result.config.to_mapping(),

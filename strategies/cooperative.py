@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from clients import messages
-from fedcoop import algorithms
+from fedcoop import algorithms, checkpoint
 from fedcoop.clock import VirtualClock
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import CooperativeSpec
@@ -71,12 +71,23 @@ class CooperativeStrategy:
         spec: CooperativeSpec | None = None,
         evaluate_fn: EvaluateFn | None = None,
         pull_interval: float = 0.01,
+        run_dir: Path | None = None,
+        resume: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.x0 = np.asarray(x0)
         self.spec = spec
         self.evaluate_fn = evaluate_fn
         self.pull_interval = pull_interval
+        #: where checkpoints go (None: no checkpoints), and the checkpoint to continue from
+        self.run_dir = run_dir
+        self.resume = resume
+        #: per worker and round: (round, steps, arrays) of its state as its reply carried it
+        self._states: dict[int, dict[int, tuple[int, int, dict[str, np.ndarray]]]] = {}
+        #: per worker: the state its next message must restore (resume); None = none yet
+        self._to_restore: dict[int, tuple[int, int, dict[str, np.ndarray]] | None] = {}
+        self._survivors: list[list[int]] = []
+        self._elapsed = 0.0
 
     # -- the run ------------------------------------------------------------------------
     def start(self, grid: Grid) -> RunResult:
@@ -101,8 +112,11 @@ class CooperativeStrategy:
             seed=self.config.seed,
             quorum=self.config.quorum,
             norm_bound=self.config.update_norm_bound,
+            checkpoint_every=self.config.checkpoint_every if self.run_dir else 0,
         )
         clock = VirtualClock.from_config(self.config, spec, model_bytes=self.x0.nbytes)
+        if self.resume is not None:
+            self._continue(self.resume, coordinator, clock, result)
         try:
             self._loop(grid, coordinator, clock, node_of, result)
         except QuorumLost as lost:
@@ -198,8 +212,8 @@ class CooperativeStrategy:
         losses: dict[int, list[float]] = {}
         traffic: dict[int, list[int]] = {}
         final: dict[int, np.ndarray] = {}
-        started = time.monotonic()
-        last_progress = started
+        started = time.monotonic() - self._elapsed
+        last_progress = time.monotonic()
 
         def event(d: Dispatch, kind: str, reason: str) -> None:
             node = node_of[d.worker]
@@ -240,6 +254,8 @@ class CooperativeStrategy:
                     coordinator.drop(d.worker, d.round, reply.error.reason, still_running=False)
                     continue
                 traffic.setdefault(d.round, [0, 0])[0] += _nbytes(reply)
+                if messages.STATE_META in reply.content.config_records:
+                    self._states.setdefault(d.worker, {})[d.round] = _read_state(reply.content)
                 x, problem = _read_reply(reply, d)
                 if problem is None:
                     problem = coordinator.record(d.worker, d.round, x)
@@ -278,7 +294,11 @@ class CooperativeStrategy:
                 row["bytes-up"], row["bytes-down"] = traffic.pop(summary.round, [0, 0])
                 row["virtual-time"] = clock.round(summary.round, summary.survivors)
                 result.rounds.append(row)
+                self._survivors.append(summary.survivors)
                 LOG.info("fedcoop: %s", _format_row(row))
+            cut = coordinator.take_cut()
+            if cut is not None:
+                self._checkpoint(grid, coordinator, cut, node_of, result)
             if replies:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > self.config.round_timeout:
@@ -290,6 +310,82 @@ class CooperativeStrategy:
                 time.sleep(self.pull_interval)
         missing = np.full_like(self.x0, np.nan)
         result.workers = np.stack([final.get(i, missing) for i in range(len(node_of))])
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _checkpoint(
+        self,
+        grid: Grid,
+        coordinator: Coordinator,
+        cut: dict[str, Any],
+        node_of: list[int],
+        result: RunResult,
+    ) -> None:
+        """Write the checkpoint of settled round cut["settled"], with every worker's state
+        as of that cut: from its round reply, or asked now from a worker that has been
+        idle since. A cut no worker state can be had for is skipped (the next one counts)."""
+        r = cut["settled"]
+        states: dict[int, tuple[int, int, dict[str, np.ndarray]] | None] = {}
+        ask: list[int] = []
+        kept = {i: by_round.pop(cut["last"][i], None) for i, by_round in self._states.items()}
+        for by_round in self._states.values():
+            for old in [k for k in by_round if k <= r]:
+                del by_round[old]
+        for i, last in enumerate(cut["last"]):
+            have = kept.get(i)
+            if last == 0:
+                states[i] = None
+            elif have is not None and have[0] == last:
+                states[i] = have
+            elif coordinator.idle_since(i, last):
+                ask.append(i)
+            else:
+                LOG.info("fedcoop: no checkpoint after round %d: worker %d is busy", r, i)
+                return
+        content = RecordDict({messages.CONFIG: messages.config_record(self.config)})
+        queries = [
+            Message(content, node_of[i], messages.QUERY_STATE, group_id=f"checkpoint-{r}")
+            for i in ask
+        ]
+        replies = self._gather(grid, queries, tolerant=True) if queries else []
+        worker_of = {node: i for i, node in enumerate(node_of)}
+        for reply in replies:
+            i = worker_of[reply.metadata.src_node_id]
+            state = _read_state(reply.content)
+            states[i] = state if state[0] else None
+        if len(states) < len(node_of):
+            LOG.warning("fedcoop: no checkpoint after round %d: a worker's state is missing", r)
+            return
+        checkpoint.write(
+            self.run_dir,
+            {
+                "round": r,
+                "config": self.config.to_mapping(),
+                "coordinator": cut,
+                "workers": states,
+                "rounds": result.rounds[:r],
+                "events": [e for e in result.events if e["round"] <= r],
+                "survivors": self._survivors[:r],
+                "wall-time": result.rounds[r - 1]["wall-time"],
+            },
+        )
+
+    def _continue(
+        self,
+        saved: dict[str, Any],
+        coordinator: Coordinator,
+        clock: VirtualClock,
+        result: RunResult,
+    ) -> None:
+        """Pick up a checkpoint: server state, metrics so far, the clock replayed, and each
+        worker's state to restore with its first message."""
+        coordinator.restore(saved["coordinator"])
+        result.rounds = list(saved["rounds"])
+        result.events = list(saved["events"])
+        self._survivors = [list(s) for s in saved["survivors"]]
+        for r, survivors in enumerate(self._survivors, start=1):
+            clock.round(r, survivors)
+        self._to_restore = dict(saved["workers"])
+        self._elapsed = float(saved["wall-time"])
 
     def _drop_late(
         self,
@@ -326,8 +422,16 @@ class CooperativeStrategy:
             header["adopt"] = d.payload.adopt
             header["reset"] = d.payload.reset
             vectors[messages.MIX] = d.payload.mix
+        every = self.config.checkpoint_every
+        if self.run_dir is not None and every and d.round % every == 0 and not d.final:
+            header["send-state"] = True
         arrays = messages.vector_record(**vectors)
         content = messages.train_content(self.config, header, arrays)
+        if d.worker in self._to_restore:
+            state = self._to_restore.pop(d.worker)
+            round_, steps, saved = state if state is not None else (0, 0, {})
+            content[messages.STATE] = messages.vector_record(**saved)
+            content[messages.STATE_META] = ConfigRecord({"round": round_, "steps": steps})
         return Message(content, node, MessageType.TRAIN, group_id=str(d.round))
 
     def _round_row(
@@ -379,9 +483,19 @@ def _read_reply(reply: Message, d: Dispatch) -> tuple[np.ndarray, str | None]:
     return arrays[messages.MODEL].numpy(), None
 
 
+def _read_state(content: RecordDict) -> tuple[int, int, dict[str, np.ndarray]]:
+    """(round, steps, arrays) of a worker state a message carries (round 0: none)."""
+    meta = content.config_records[messages.STATE_META]
+    arrays = content.array_records.get(messages.STATE)
+    saved = {} if arrays is None else {k: a.numpy().copy() for k, a in arrays.items()}
+    return int(meta["round"]), int(meta["steps"]), saved
+
+
 def _nbytes(msg: Message) -> int:
-    """Bytes of the arrays a message carries (what dominates the traffic)."""
-    return sum(rec.count_bytes() for rec in msg.content.array_records.values())
+    """Bytes of the model arrays a message carries (what dominates the algorithm's
+    traffic; checkpoint state is not the algorithm's)."""
+    arrays = msg.content.array_records.get(messages.ARRAYS)
+    return 0 if arrays is None else arrays.count_bytes()
 
 
 def _format_row(row: dict[str, Any]) -> str:

@@ -15,11 +15,11 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedcoop import algorithms, data, workload
+from fedcoop import algorithms, checkpoint, data, workload
 from fedcoop.clock import VirtualClock
 from fedcoop.config import RunConfig
 from fedcoop.training import default_device, evaluate, load_model_vector, model_vector
-from simulations.results import write_results
+from simulations.results import run_directory, write_results
 from strategies.cooperative import CooperativeStrategy, EvaluateFn, RunResult
 
 LOG = logging.getLogger("flwr.fedcoop")
@@ -46,7 +46,16 @@ def server_evaluator(model: torch.nn.Module, test: data.ArrayDataset) -> Evaluat
 
 
 def run(grid: Grid, config: RunConfig) -> RunResult:
-    """One run of `config` over `grid`, its results written to config.results_dir."""
+    """One run of `config` over `grid`, its results written to config.results_dir.
+
+    With `resume` set to a run directory, the run continues from that directory's
+    checkpoint, under the config it was started with, and writes its results there.
+    """
+    resumed = None
+    if config.resume:
+        resumed = checkpoint.read(config.resume)
+        config = RunConfig.from_mapping({**resumed["config"], "resume": config.resume})
+        LOG.info("fedcoop: resuming %s after round %d", config.resume, resumed["round"])
     _, test = workload.load_split(config)
     # The algorithm and the partitions are functions of the config: refuse a bad one here,
     # before any node is waited for, rather than after the handshake or in every client.
@@ -55,10 +64,21 @@ def run(grid: Grid, config: RunConfig) -> RunResult:
     model = initial_model(config)
     x0 = model_vector(model).to(test.x.dtype).numpy()
     VirtualClock.from_config(config, spec, model_bytes=x0.nbytes)  # refuses a bad link
-    strategy = CooperativeStrategy(config, x0, evaluate_fn=server_evaluator(model, test))
+    directory = None
+    if config.resume:
+        directory = Path(config.resume).expanduser().resolve()
+    elif config.results_dir:
+        directory = run_directory(config.results_dir, config)
+    strategy = CooperativeStrategy(
+        config,
+        x0,
+        evaluate_fn=server_evaluator(model, test),
+        run_dir=directory,
+        resume=resumed,
+    )
     result = strategy.start(grid)
-    if config.results_dir:
-        result.directory = write_results(result, Path(config.results_dir).expanduser().resolve())
+    if directory is not None:
+        result.directory = write_results(result, directory)
         LOG.info("fedcoop: results in %s", result.directory)
     LOG.info("fedcoop: workers' own final models: %s", result.client_evaluation)
     return result
