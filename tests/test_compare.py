@@ -79,8 +79,10 @@ def test_compare_summary_rows_are_the_runs_metrics(compared: Path) -> None:
         assert row["final-train-loss"] == run.rows[-1]["train-loss"]
         assert row["bytes-total"] == sum(r["bytes-up"] + r["bytes-down"] for r in run.rows) > 0
         assert row["dropped"] == sum(r.get("dropped", 0) for r in run.rows) == 0
-        reached = [r["round"] for r in run.rows if r["test-accuracy"] >= 0.3]
-        assert row["rounds-to-target"] == (reached[0] if reached else None)
+        assert row["virtual-time"] == run.rows[-1]["virtual-time"] > 0
+        reached = [r for r in run.rows if r["test-accuracy"] >= 0.3]
+        assert row["rounds-to-target"] == (reached[0]["round"] if reached else None)
+        assert row["virtual-time-to-target"] == (reached[0]["virtual-time"] if reached else None)
     csv_lines = (compared / "summary.csv").read_text().splitlines()
     assert csv_lines[0].startswith("run,label,algorithm,tau,") and len(csv_lines) == 5
 
@@ -95,7 +97,7 @@ def test_compared_runs_share_one_partition(compared: Path) -> None:
 
 
 def test_compare_plots_from_its_files(compared: Path) -> None:
-    for name in ("rounds", "consensus", "partition"):
+    for name in ("rounds", "virtual-time", "pareto", "consensus", "partition"):
         for suffix in ("png", "pdf"):
             assert (compared / "figures" / f"{name}.{suffix}").stat().st_size > 0
 
