@@ -44,6 +44,7 @@ def run_config(
         raise ConfigError("engine", engine, f"one of {', '.join(ENGINES)}")
     if quiet:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    config, _ = server_app.with_checkpoint(config)  # a resumed run keeps its node count
     if engine == "inprocess":
         grid = InProcessGrid(client_app, config.num_clients, seed=config.seed)
         return server_app.run(grid, config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,16 +46,23 @@ def server_evaluator(model: torch.nn.Module, test: data.ArrayDataset) -> Evaluat
     return evaluate_vector
 
 
+def with_checkpoint(config: RunConfig) -> tuple[RunConfig, dict[str, Any] | None]:
+    """(the config to run, the checkpoint): a resumed run runs under the config it was
+    started with (the caller needs it too, e.g. for the number of nodes to start)."""
+    if not config.resume:
+        return config, None
+    saved = checkpoint.read(config.resume)
+    return RunConfig.from_mapping({**saved["config"], "resume": config.resume}), saved
+
+
 def run(grid: Grid, config: RunConfig) -> RunResult:
     """One run of `config` over `grid`, its results written to config.results_dir.
 
     With `resume` set to a run directory, the run continues from that directory's
     checkpoint, under the config it was started with, and writes its results there.
     """
-    resumed = None
-    if config.resume:
-        resumed = checkpoint.read(config.resume)
-        config = RunConfig.from_mapping({**resumed["config"], "resume": config.resume})
+    config, resumed = with_checkpoint(config)
+    if resumed is not None:
         LOG.info("fedcoop: resuming %s after round %d", config.resume, resumed["round"])
     _, test = workload.load_split(config)
     # The algorithm and the partitions are functions of the config: refuse a bad one here,

@@ -1,0 +1,220 @@
+"""Checkpoint and resume: a run killed at any point continues to the same models and metrics.
+
+The in-process tests crash the server between rounds and resume on a fresh grid (new node
+ids, new client processes' worth of state); the kill test (slow suite) SIGKILLs a `fedcoop run`
+process mid-run and resumes its run directory from the command line. Either way the final models
+and every per-round metric but wall time equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Message
+
+from clients import messages
+from clients.client_app import app as client_app
+from fedcoop import checkpoint
+from fedcoop.config import RunConfig
+from fedcoop.errors import ConfigError
+from simulations.inprocess import InProcessGrid
+from strategies.cooperative import RunResult
+from strategies.server_app import run
+from tests.conftest import least_squares_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Crash(Exception):
+    """The server process dying, as far as the run can tell."""
+
+
+class CrashingGrid(InProcessGrid):
+    """Dies the moment the server tries to start round `at`."""
+
+    def __init__(self, num_nodes: int, at: int) -> None:
+        super().__init__(client_app, num_nodes, seed=5)
+        self.at = at
+
+    def push_messages(self, out: Iterable[Message]) -> Iterable[str]:
+        out = list(out)
+        for msg in out:
+            header = msg.content.config_records.get(messages.HEADER)
+            if header is not None and int(header["round"]) >= self.at:
+                raise Crash
+        return super().push_messages(out)
+
+
+def assert_same_rows(got: list[dict], want: list[dict]) -> None:
+    """Every metric of every round equal, except the wall time."""
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert {k for k in a if k != "wall-time"} == {k for k in b if k != "wall-time"}
+        assert {k: v for k, v in a.items() if k != "wall-time"} == pytest.approx(
+            {k: v for k, v in b.items() if k != "wall-time"}, abs=1e-6
+        )
+
+
+def assert_same_run(a: RunResult, b: RunResult) -> None:
+    np.testing.assert_allclose(b.workers, a.workers, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(b.aux, a.aux, rtol=0, atol=1e-6)
+    assert_same_rows(b.rounds, a.rounds)
+    assert b.events == a.events
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(algorithm="local-sgd", momentum=0.9),
+        dict(algorithm="overlap", momentum=0.9, nesterov=True),
+        dict(algorithm="easgd", tau=1),
+        dict(algorithm="dpsgd", participation=0.6, checkpoint_every=2),
+        dict(algorithm="cocod"),
+    ],
+    ids=["local-sgd", "overlap", "easgd", "dpsgd-partial", "cocod"],
+)
+def test_a_crashed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, changes: dict) -> None:
+    config = least_squares_config(num_rounds=6, **changes)
+    whole = run(InProcessGrid(client_app, config.num_clients), config)
+    crashing = config.replace(results_dir=str(tmp_path))
+    with pytest.raises(Crash):
+        run(CrashingGrid(config.num_clients, at=5), crashing)
+    (directory,) = tmp_path.iterdir()
+    saved = checkpoint.read(directory)
+    # round 5 may start before round 4 settles (overlap): then round 3 is the last cut
+    assert saved["round"] in (3, 4) and len(saved["rounds"]) == saved["round"]
+    resumed = run(
+        InProcessGrid(client_app, config.num_clients, seed=9),
+        crashing.replace(resume=str(directory)),
+    )
+    assert_same_run(whole, resumed)
+    assert resumed.directory == directory
+    assert len((directory / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_resume_takes_the_config_the_run_was_started_with(tmp_path: Path) -> None:
+    config = least_squares_config(algorithm="overlap", num_rounds=4, results_dir=str(tmp_path))
+    with pytest.raises(Crash):
+        run(CrashingGrid(config.num_clients, at=3), config)
+    (directory,) = tmp_path.iterdir()
+    other = least_squares_config(algorithm="local-sgd", resume=str(directory))
+    resumed = run(InProcessGrid(client_app, config.num_clients), other)
+    assert resumed.config.algorithm == "overlap" and resumed.config.num_rounds == 4
+
+
+def test_the_checkpoint_is_replaced_atomically(tmp_path: Path) -> None:
+    checkpoint.write(tmp_path, {"round": 1, "x": np.arange(3.0)})
+    checkpoint.write(tmp_path, {"round": 2, "x": np.arange(4.0)})
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.FILENAME]
+    saved = checkpoint.read(tmp_path)
+    assert saved["round"] == 2
+    np.testing.assert_array_equal(saved["x"], np.arange(4.0))
+
+
+class Unpicklable:
+    def __reduce__(self) -> tuple:
+        raise pickle.PicklingError("cannot be written")
+
+
+def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    checkpoint.write(tmp_path, {"round": 1})
+    with pytest.raises(pickle.PicklingError):
+        checkpoint.write(tmp_path, {"round": 2, "bad": Unpicklable()})
+    assert checkpoint.read(tmp_path)["round"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.FILENAME]
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(None, "no checkpoint.pkl"), (b"garbage", "unreadable"), (b"", "unreadable")],
+)
+def test_resuming_without_a_good_checkpoint_is_a_config_error(
+    tmp_path: Path, content: bytes | None, why: str
+) -> None:
+    if content is not None:
+        (tmp_path / checkpoint.FILENAME).write_bytes(content)
+    with pytest.raises(ConfigError, match=why) as err:
+        checkpoint.read(tmp_path)
+    assert "resume" in str(err.value)
+
+
+def test_an_old_checkpoint_layout_is_refused(tmp_path: Path) -> None:
+    with (tmp_path / checkpoint.FILENAME).open("wb") as f:
+        pickle.dump({"version": 0}, f)
+    with pytest.raises(ConfigError, match="version-1"):
+        checkpoint.read(tmp_path)
+
+
+# --- SIGKILL --------------------------------------------------------------------------------
+
+
+def fedcoop_run(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    command = [sys.executable, "-m", "simulations.cli", "run", "--engine", "inprocess", "--quiet"]
+    return subprocess.Popen(
+        [*command, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+    keys = [
+        "dataset='least-squares'",
+        "model='linear'",
+        "batch-size=0",
+        "num-clients=4",
+        "num-rounds=80",
+        "tau=2",
+        "algorithm='overlap'",
+        "momentum=0.9",
+    ]
+    whole = fedcoop_run(*keys, f"results-dir='{tmp_path / 'whole'}'")
+    killed_root = tmp_path / "killed"
+    killed = fedcoop_run(*keys, f"results-dir='{killed_root}'")
+    reached = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and killed.poll() is None:
+            found = list(killed_root.glob(f"*/{checkpoint.FILENAME}"))
+            if found:
+                try:
+                    reached = checkpoint.read(found[0].parent)["round"]
+                except ConfigError:
+                    reached = 0  # caught between creating and renaming: not yet there
+            if reached >= 15:
+                break
+            time.sleep(0.02)
+        assert killed.poll() is None, "the run finished before it could be killed"
+        os.kill(killed.pid, signal.SIGKILL)
+    finally:
+        killed.kill()
+        killed.wait()
+        assert whole.wait(timeout=300) == 0
+    (directory,) = killed_root.iterdir()
+    assert not (directory / "final.json").exists()
+    assert 15 <= checkpoint.read(directory)["round"] < 80
+    resumed = fedcoop_run(f"resume='{directory}'")
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()
+
+    (done,) = (tmp_path / "whole").iterdir()
+    expected = np.load(done / "final-models.npz")
+    got = np.load(directory / "final-models.npz")
+    np.testing.assert_allclose(got["workers"], expected["workers"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["aux"], expected["aux"], rtol=0, atol=1e-6)
+    rows = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+    want = [json.loads(line) for line in (done / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 80
+    assert_same_rows(rows, want)
+    assert RunConfig.from_mapping(
+        json.loads((directory / "config.json").read_text())["config"]
+    ).resume == str(directory)
