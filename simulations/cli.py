@@ -8,6 +8,8 @@
     fedcoop analyze algorithm=easgd num-clients=8
     fedcoop analyze algorithm=overlap tau=2 --t-comm 0.3 --t-step 0.05
     fedcoop histogram partition=skewed num-clients=16 --plot split.png
+    fedcoop run resume=~/fedcoop-runs/overlap-seed0-20261123-101500
+    fedcoop deploy --help          (SuperLink, SuperNodes, TLS, node auth: docs/deployment.md)
 
 Arguments are run-config keys as `key=value`, exactly as `flwr run --run-config` takes them;
 `--config FILE.toml` reads them from a file first. `compare` sweeps the keys given with
@@ -19,6 +21,7 @@ over the fixed ones; in its TOML file a `[grid]` table holds the swept keys' arr
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -30,7 +33,7 @@ from rich.table import Table
 from fedcoop.analysis import analyze
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
-from simulations import compare, histogram, plots
+from simulations import compare, deploy, histogram, plots
 from simulations.runner import ENGINES, RunFailed, default_gpus_per_client, run_config
 
 #: `compare` options and their defaults when neither the command line nor [compare] sets them.
@@ -170,8 +173,14 @@ def _engine_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any])
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["deploy"]:
+        # The deploy helper has its own command tree (and passes flags through to Flower).
+        deploy.main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="fedcoop", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("deploy", help="SuperLink, SuperNodes, TLS and node auth on devices")
     simulate = commands.add_parser("run", help="run a config (Flower's simulation engine)")
     simulate.add_argument("overrides", nargs="*", help="run-config key=value pairs")
     simulate.add_argument("--config", help="a TOML file of run-config keys")
