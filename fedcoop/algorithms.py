@@ -47,7 +47,15 @@ def _alpha(config: RunConfig, default: float | None) -> float | None:
 
 def graph_matrix(config: RunConfig, m: int) -> np.ndarray:
     """The weighted graph of the config's topology over m workers."""
-    return topology.weigh(config.weighting, topology.build(config.topology, m, seed=config.seed))
+    try:
+        graph = topology.build(config.topology, m, seed=config.seed)
+    except ConfigError as error:
+        if error.parameter != "n":
+            raise
+        # The graph's size is the config's num-clients: say so, or the user looks for an "n".
+        valid = f"{config.algorithm} on a {config.topology} graph: {error.valid}"
+        raise ConfigError("num-clients", m, valid) from None
+    return topology.weigh(config.weighting, graph)
 
 
 def _sync(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:

@@ -8,17 +8,25 @@ range with a `ConfigError`, so a typo fails at start-up instead of after an hour
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from itertools import pairwise
 from typing import Any
 
 from fedcoop.errors import ConfigError
+from fedcoop.topology import TOPOLOGIES, WEIGHTINGS
 
 #: Config values that mean "the algorithm's own default from the papers".
 AUTO = "auto"
 _NUMBER_OR_AUTO = frozenset({"alpha", "anchor_momentum"})
 LR_SCHEDULES = ("constant", "paper")
 STEP_TIME_DISTRIBUTIONS = ("constant", "exponential", "lognormal")
+#: The dense (m+v) x (m+v) mixing matrix and its eigenvalues grow as m^2 and m^3: beyond this
+#: many workers a run cannot even build W (num-clients = 10**9 would ask for 8 EiB).
+MAX_CLIENTS = 10_000
+#: torch.manual_seed takes at most a signed 64-bit seed, numpy's SeedSequence no negative one.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -104,14 +112,14 @@ class RunConfig:
         return cls(**kwargs).checked()
 
     def decay_epoch_list(self) -> tuple[float, ...]:
-        """decay-epochs as numbers, ascending."""
+        """decay-epochs as numbers, strictly rising (as fedcoop.schedules needs them)."""
         try:
             epochs = tuple(float(e) for e in self.decay_epochs.split(",") if e.strip())
         except ValueError:
             epochs = (-1.0,)
-        if any(e <= 0 for e in epochs) or list(epochs) != sorted(epochs):
+        if not all(0 < e < math.inf for e in epochs) or any(b <= a for a, b in pairwise(epochs)):
             raise ConfigError(
-                "decay-epochs", self.decay_epochs, 'ascending positive epochs, e.g. "150,250"'
+                "decay-epochs", self.decay_epochs, 'strictly rising positive epochs, e.g. "150,250"'
             )
         return epochs
 
@@ -125,7 +133,10 @@ class RunConfig:
 
     def checked(self) -> RunConfig:
         """Range checks that do not depend on the algorithm (those live in algorithms.py)."""
-        _at_least("num-clients", self.num_clients, 1)
+        if not 1 <= self.num_clients <= MAX_CLIENTS:
+            raise ConfigError("num-clients", self.num_clients, f"must be in 1..{MAX_CLIENTS}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError("seed", self.seed, f"must be in 0..2**63-1 = {MAX_SEED}")
         _at_least("num-rounds", self.num_rounds, 1)
         _at_least("tau", self.tau, 1)
         _at_least("batch-size", self.batch_size, 0)
@@ -133,24 +144,40 @@ class RunConfig:
         _at_least("num-aux", self.num_aux, 0)
         _at_least("classes-per-partition", self.classes_per_partition, 1)
         _at_least("shards-per-partition", self.shards_per_partition, 1)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError("lr-schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
-        if not self.warmup_epochs >= 0:
-            raise ConfigError("warmup-epochs", self.warmup_epochs, "must be >= 0")
+        for key, names in (
+            ("lr-schedule", LR_SCHEDULES),
+            ("step-time-distribution", STEP_TIME_DISTRIBUTIONS),
+            # Checked even where the algorithm has no graph, so that a typo never passes.
+            ("topology", TOPOLOGIES),
+            ("weighting", WEIGHTINGS),
+        ):
+            value = getattr(self, key.replace("-", "_"))
+            if value not in names:
+                raise ConfigError(key, value, f"one of {', '.join(names)}")
+        if not 0 <= self.warmup_epochs < math.inf:
+            raise ConfigError("warmup-epochs", self.warmup_epochs, "must be a finite number >= 0")
         if not 0 < self.decay_factor <= 1:
             raise ConfigError("decay-factor", self.decay_factor, "must be in (0, 1]")
-        self.decay_epoch_list()
+        epochs = self.decay_epoch_list()
+        # The clients build the schedule only once training runs; refuse its clash here.
+        if self.lr_schedule == "paper" and epochs and epochs[0] < self.warmup_epochs:
+            raise ConfigError(
+                "decay-epochs",
+                self.decay_epochs,
+                f"must not fall inside the warm-up: each epoch >= warmup-epochs = "
+                f"{self.warmup_epochs:g}",
+            )
         for key in ("synthetic_alpha", "synthetic_beta"):
             if not getattr(self, key) >= 0:
                 raise ConfigError(key.replace("_", "-"), getattr(self, key), "must be >= 0")
-        if not self.lr > 0:
-            raise ConfigError("lr", self.lr, "must be > 0")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError("lr", self.lr, "must be a finite number > 0")
         if not 0 <= self.momentum < 1:
             raise ConfigError("momentum", self.momentum, "must be in [0, 1)")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov", True, "needs momentum > 0")
-        if not self.weight_decay >= 0:
-            raise ConfigError("weight-decay", self.weight_decay, "must be >= 0")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError("weight-decay", self.weight_decay, "must be a finite number >= 0")
         if not 0 < self.test_fraction < 1:
             raise ConfigError("test-fraction", self.test_fraction, "must be in (0, 1)")
         if not self.dirichlet_alpha > 0:
@@ -159,16 +186,12 @@ class RunConfig:
             raise ConfigError("major-fraction", self.major_fraction, "must be in (0, 1]")
         if not self.round_timeout > 0:
             raise ConfigError("round-timeout", self.round_timeout, "must be > 0 seconds")
-        if not self.step_time >= 0:
-            raise ConfigError("step-time", self.step_time, "must be >= 0 seconds")
-        if self.step_time_distribution not in STEP_TIME_DISTRIBUTIONS:
+        if not 0 <= self.step_time < math.inf:
+            raise ConfigError("step-time", self.step_time, "must be a finite number >= 0 seconds")
+        if not 0 <= self.step_time_sigma < math.inf:
             raise ConfigError(
-                "step-time-distribution",
-                self.step_time_distribution,
-                f"one of {', '.join(STEP_TIME_DISTRIBUTIONS)}",
+                "step-time-sigma", self.step_time_sigma, "must be a finite number >= 0"
             )
-        if not self.step_time_sigma >= 0:
-            raise ConfigError("step-time-sigma", self.step_time_sigma, "must be >= 0")
         if not 0 < self.participation <= 1:
             raise ConfigError("participation", self.participation, "must be in (0, 1]")
         if not self.round_deadline >= 0:

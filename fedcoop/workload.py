@@ -17,6 +17,13 @@ from fedcoop import augment, data, models, partitions, schedules
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
 
+#: The config key of each argument of partitions.partition whose name differs from it.
+_PARTITION_KEYS = {
+    "scheme": "partition",
+    "num_partitions": "num-clients",
+    "alpha": "dirichlet-alpha",
+}
+
 
 def load_split(config: RunConfig) -> tuple[data.ArrayDataset, data.ArrayDataset]:
     """(train, test) of the config's data set."""
@@ -53,8 +60,8 @@ def partition_indices(config: RunConfig, num_partitions: int) -> tuple[np.ndarra
         if config.partition != "iid":
             raise ConfigError("partition", config.partition, "regression data needs iid")
         labels = np.zeros(len(labels), dtype=np.int64)
-    return tuple(
-        partitions.partition(
+    try:
+        parts = partitions.partition(
             labels,
             num_partitions,
             config.partition,
@@ -65,7 +72,11 @@ def partition_indices(config: RunConfig, num_partitions: int) -> tuple[np.ndarra
             shards_per_partition=config.shards_per_partition,
             groups=None if train.group is None else train.group.numpy(),
         )
-    )
+    except ConfigError as error:
+        # partitions names its own arguments; the user wrote config keys.
+        key = _PARTITION_KEYS.get(error.parameter, error.parameter.replace("_", "-"))
+        raise ConfigError(key, error.value, error.valid) from None
+    return tuple(parts)
 
 
 @lru_cache(maxsize=256)

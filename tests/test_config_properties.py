@@ -1,23 +1,339 @@
-"""Property tests: any config or matrix either resolves or gets a ConfigError, never a crash.
+"""Property tests: any config either runs or gets a ConfigError naming its key, never a crash.
 
-Hypothesis draws run configs (valid and invalid values for every key that shapes the
-algorithm) and matrices; each must either resolve to a validated spec or raise ConfigError
-naming the parameter, never a traceback from deep inside numpy, networkx or torch.
+Hypothesis draws run configs that mix valid and invalid values of every key; each must either
+pass every check `strategies.server_app.run` makes before it waits for nodes, or raise a
+ConfigError whose parameter is one of the config's keys, never a traceback from deep inside
+numpy, networkx, flwr-datasets or torch. A sample of the accepted ones really runs. The
+tables below are also run one bad value at a time, each on its own, so that every value
+listed as invalid is known to be refused by the key it belongs to.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fedcoop import algorithms, topology
-from fedcoop.config import RunConfig
+from clients.client_app import app as client_app
+from fedcoop import algorithms, mixing, partitions, topology, workload
+from fedcoop.config import LR_SCHEDULES, STEP_TIME_DISTRIBUTIONS, RunConfig
 from fedcoop.cooperative import CooperativeSpec
 from fedcoop.errors import ConfigError
+from simulations.inprocess import InProcessGrid
+from strategies.cooperative import RunResult
+from strategies.server_app import run
+
+NAN, INF = math.nan, math.inf
+#: Parameter names by which a user matrix (matrix-file) is refused: W, W[i, j], zeta(W), ...
+MATRIX_KEYS = frozenset({"W", "matrix-file", "num-aux", "num-clients"})
+#: Matrix files that the "matrix-file" values below name, created once per module.
+MATRIX_FILES = {
+    "ring4.npy": topology.weigh("metropolis-hastings", topology.ring(4)),
+    "easgd3.csv": mixing.easgd(3, 0.3),
+}
+
+#: Values each key accepts on its own (some only with the right other keys).
+VALID: dict[str, list[Any]] = {
+    "algorithm": list(algorithms.ALGORITHMS),
+    "num-clients": [1, 2, 3, 4, 8],
+    "num-rounds": [1, 2],
+    "tau": [1, 2, 3.0],
+    "lr": [0.01, 0.05, 1],
+    "momentum": [0, 0.5, 0.9],
+    "nesterov": [False, True],
+    "weight-decay": [0, 1e-4],
+    "batch-size": [0, 4, 32],
+    "alpha": ["auto", 0.1, 0.3, 0.6],
+    "anchor-momentum": ["auto", 0, 0.5],
+    "topology": list(topology.TOPOLOGIES),
+    "weighting": list(topology.WEIGHTINGS),
+    "groups": [1, 2, 3],
+    "update-rule": ["auto", "mix-after-step", "mix-before-step"],
+    "matrix-file": ["", *MATRIX_FILES],
+    "num-aux": [0, 1],
+    "test-fraction": [0.2, 0.5],
+    "synthetic-alpha": [0, 1.0],
+    "synthetic-beta": [0.5],
+    "partition": list(partitions.SCHEMES),
+    "dirichlet-alpha": [0.5, 10],
+    "classes-per-partition": [1, 2],
+    "major-fraction": [0.64, 1],
+    "shards-per-partition": [1, 2],
+    "lr-schedule": list(LR_SCHEDULES),
+    "warmup-epochs": [0, 5],
+    "decay-epochs": ["150,250", "1", ""],
+    "decay-factor": [0.1, 1],
+    "scale-lr-by-workers": [False, True],
+    "seed": [0, 1, 7],
+    "results-dir": [""],
+    "round-timeout": [600, 5],
+    "step-time": [0, 0.05],
+    "step-time-distribution": list(STEP_TIME_DISTRIBUTIONS),
+    "step-time-sigma": [0, 0.5],
+    "participation": [0.5, 1],
+    "round-deadline": [0, 30],
+    "quorum": [0.5, 1],
+    "update-norm-bound": [0, 3],
+    "checkpoint-every": [0, 1, 5],
+}
+#: (data set, model) pairs that go together, drawn as one so that a config that names only one
+#: of them never trips over the other's default.
+DATA: list[dict[str, Any]] = [
+    {"dataset": "least-squares", "model": "linear"},
+    {"dataset": "mnist-embedded", "model": "cnn"},
+    {"dataset": "mnist-embedded", "model": "mlp"},
+    {"dataset": "synthetic", "model": "logreg"},
+    {"dataset": "synthetic-iid", "model": "mlp"},
+]
+#: Values each key refuses whatever the other keys say (in the CONTEXT of keys that are read
+#: by some algorithms only).
+INVALID: dict[str, list[Any]] = {
+    "algorithm": ["nope", "EASGD", "", 3],
+    "num-clients": [0, -1, 2.5, "4", True, 10**9],
+    "num-rounds": [0, -3, 1.5, "2"],
+    "tau": [0, -1, 2.5, None],
+    "lr": [0, -0.1, NAN, INF, "0.1", False],
+    "momentum": [1, -0.1, 1.5, NAN],
+    "nesterov": ["yes", 1],
+    "weight-decay": [-1e-4, NAN, INF],
+    "batch-size": [-1, 3.5, "32"],
+    "alpha": ["half", -0.1, 0, NAN, INF, 1],
+    "anchor-momentum": [1, -0.5, "x", NAN],
+    "topology": ["mesh", 4],
+    "weighting": ["uniform", None],
+    "groups": [0, -1, 1.5, 9],
+    "update-rule": ["late", 0],
+    "matrix-file": ["", "missing.npy", "words.csv", 1],
+    "num-aux": [-1, 1.5],
+    "dataset": ["imagenet", ""],
+    "test-fraction": [0, 1, -0.1, NAN],
+    "synthetic-alpha": [-1, NAN],
+    "model": ["transformer", "linear"],
+    "partition": ["random", "pathological"],
+    "dirichlet-alpha": [0, -1, NAN],
+    "classes-per-partition": [0, -1, 11],
+    "major-fraction": [0, 1.5, NAN],
+    "shards-per-partition": [0, 10**6],
+    "lr-schedule": ["cosine"],
+    "warmup-epochs": [-1, NAN, INF],
+    "decay-epochs": ["250,150", "5,5", "x", "0,5", "nan", "inf", "1", 150],
+    "decay-factor": [0, 1.5, NAN],
+    "scale-lr-by-workers": ["no"],
+    "seed": [-1, 1.5, 2**70],
+    "results-dir": [0],
+    "round-timeout": [0, -1, NAN],
+    "step-time": [-1, NAN, INF],
+    "step-time-distribution": ["normal", 1],
+    "step-time-sigma": [-0.5, NAN, INF],
+    "link": [5],
+    "participation": [0, 1.5, -0.1, NAN],
+    "round-deadline": [-1, NAN],
+    "quorum": [0, 1.5, NAN],
+    "update-norm-bound": [-1, NAN],
+    "checkpoint-every": [-1, 1.5],
+    "resume": [7],
+    "learning-rate": [0.1],
+    "num_client": [4],
+    "Tau": [2],
+}
+#: The other keys under which an INVALID value is read at all: num-aux and the matrix file
+#: only matter for the cooperative algorithm, alpha only for one with an elastic anchor.
+CONTEXT: dict[str, dict[str, Any]] = {
+    "alpha": {"algorithm": "easgd"},
+    "groups": {"algorithm": "hierarchical"},
+    "matrix-file": {"algorithm": "cooperative", "num-clients": 4},
+    "num-aux": {"algorithm": "cooperative", "matrix-file": "ring4.npy", "num-clients": 4},
+    "synthetic-alpha": {"dataset": "synthetic", "model": "logreg"},
+    "partition": {"dataset": "least-squares", "model": "linear"},
+    "classes-per-partition": {"partition": "pathological"},
+    "shards-per-partition": {"partition": "shards"},
+    "dirichlet-alpha": {"partition": "dirichlet"},
+    "decay-epochs": {"lr-schedule": "paper"},
+}
+#: The tiny least-squares run that the accepted configs are run with.
+TINY = {"dataset": "least-squares", "model": "linear", "batch-size": 0, "results-dir": ""}
+
+
+@pytest.fixture(scope="module")
+def matrix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the files that the "matrix-file" values name."""
+    folder = tmp_path_factory.mktemp("matrices")
+    for name, w in MATRIX_FILES.items():
+        if name.endswith(".npy"):
+            np.save(folder / name, w)
+        else:
+            np.savetxt(folder / name, w, delimiter=",")
+    (folder / "words.csv").write_text("a,b\nc,d\n")
+    return folder
+
+
+def with_files(values: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """`values` with a matrix-file name turned into its path in `folder`."""
+    name = values.get("matrix-file")
+    named = isinstance(name, str) and name
+    return {**values, "matrix-file": str(folder / name)} if named else dict(values)
+
+
+def named_key(parameter: str) -> str:
+    """The config key (or W) that an error's parameter names: "W[:, 2].sum()" names W,
+    "classes_per_partition" names classes-per-partition."""
+    return re.sub(r"^zeta\(|\)$|\[.*$| column \d+$", "", parameter).replace("_", "-")
+
+
+def assert_names_a_key(error: ConfigError, values: Mapping[str, Any]) -> None:
+    """The error names a config key (the defaults can clash with `values` too) or the user
+    matrix, then its value and what is valid."""
+    keys = {named_key(k) for k in values} | set(RunConfig().to_mapping())
+    keys |= MATRIX_KEYS if values.get("algorithm") == "cooperative" else set()
+    assert named_key(error.parameter) in keys, f"{error} names no key of {dict(values)}"
+    assert str(error).startswith(f"{error.parameter}={error.value!r} is invalid: ")
+    assert error.valid
+
+
+def checked(values: Mapping[str, Any]) -> tuple[RunConfig, CooperativeSpec] | ConfigError:
+    """Every check that the server runs before it waits for nodes: the parsed config and its
+    spec, or the ConfigError (whose parameter must be a key)."""
+    try:
+        config = RunConfig.from_mapping(values)
+        spec = algorithms.resolve(config)
+        workload.partition_indices(config, config.num_clients)
+        workload.build_model(config)
+    except ConfigError as error:
+        assert_names_a_key(error, values)
+        return error
+    # The clients build their schedule only once training runs: too late for a ConfigError.
+    workload.schedule(config)
+    assert spec.num_workers == config.num_clients
+    assert np.all(np.isfinite(spec.w))
+    np.testing.assert_allclose(spec.w.sum(axis=0), 1.0, atol=1e-9)
+    return config, spec
+
+
+def bad_cases() -> Iterator[tuple[str, Any]]:
+    """Every (key, value) of INVALID."""
+    return ((key, value) for key, values in INVALID.items() for value in values)
+
+
+@pytest.mark.parametrize(("key", "value"), list(bad_cases()))
+def test_each_invalid_value_is_refused_naming_its_key(
+    key: str, value: Any, matrix_dir: Path
+) -> None:
+    outcome = checked(with_files({**CONTEXT.get(key, {}), key: value}, matrix_dir))
+    assert isinstance(outcome, ConfigError), f"{key}={value!r} was accepted"
+    assert named_key(outcome.parameter) == named_key(key)
+
+
+@st.composite
+def configs(
+    draw: st.DrawFn, valid: Mapping[str, list[Any]] = VALID, max_bad: int = 2
+) -> dict[str, Any]:
+    """Some keys at a valid value, and up to `max_bad` keys at an invalid one."""
+    present = draw(st.lists(st.sampled_from(sorted(valid)), max_size=len(valid) // 3, unique=True))
+    values = draw(st.sampled_from(DATA)) | {
+        key: draw(st.sampled_from(valid[key])) for key in present
+    }
+    bad = draw(st.lists(st.sampled_from(sorted(INVALID)), max_size=max_bad, unique=True))
+    return values | {key: draw(st.sampled_from(INVALID[key])) for key in bad}
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "valid"),
+    [
+        ({"algorithm": "dpsgd", "num-clients": 1}, "num-clients", "a graph needs two nodes"),
+        (
+            {"algorithm": "generalized-elastic", "topology": "hypercube", "num-clients": 6},
+            "num-clients",
+            "a hypercube needs n to be a power of 2",
+        ),
+        ({"algorithm": "dpsgd", "topology": "torus", "num-clients": 7}, "num-clients", "rows"),
+        ({**TINY, "num-clients": 200}, "num-clients", "1..162 (the number of samples)"),
+        ({"partition": "random"}, "partition", "one of iid, dirichlet"),
+        (
+            {"lr-schedule": "paper", "warmup-epochs": 10, "decay-epochs": "5,20"},
+            "decay-epochs",
+            "warmup-epochs = 10",
+        ),
+    ],
+)
+def test_values_that_clash_with_other_keys_name_the_key_to_change(
+    values: dict[str, Any], key: str, valid: str
+) -> None:
+    outcome = checked(values)
+    assert isinstance(outcome, ConfigError) and outcome.parameter == key
+    assert valid in outcome.valid
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(values=configs())
+def test_every_config_passes_the_checks_or_names_a_key(
+    values: dict[str, Any], matrix_dir: Path
+) -> None:
+    checked(with_files(values, matrix_dir))
+
+
+def run_tiny(values: Mapping[str, Any]) -> RunResult:
+    """Run a config that passed `checked` on the in-process grid; it must finish finitely."""
+    config = RunConfig.from_mapping(values)
+    result = run(InProcessGrid(client_app, config.num_clients, seed=config.seed), config)
+    assert len(result.rounds) == config.num_rounds
+    for metrics in result.rounds:
+        assert all(math.isfinite(v) for v in metrics.values()), metrics
+    return result
+
+
+#: What a run of the property below may vary: everything but the data set and its size.
+RUNNABLE = {
+    key: values
+    for key, values in VALID.items()
+    if key not in {*TINY, "algorithm", "num-clients", "num-rounds", "partition"}
+} | {"num-clients": [2, 3, 4], "num-rounds": [1, 2], "lr": [0.01, 0.05]}
+#: The cooperative algorithm needs matching matrix files; test_matrix_properties runs those.
+RUN_ALGORITHMS = [name for name in algorithms.ALGORITHMS if name != "cooperative"]
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+)
+@given(algorithm=st.sampled_from(RUN_ALGORITHMS), values=configs(RUNNABLE, max_bad=0))
+def test_accepted_tiny_configs_run_to_finite_metrics(
+    algorithm: str, values: dict[str, Any], matrix_dir: Path
+) -> None:
+    values = with_files({**values, "algorithm": algorithm, **TINY}, matrix_dir)
+    outcome = checked(values)
+    assume(not isinstance(outcome, ConfigError))
+    run_tiny(values)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "m", "alpha", "bound"),
+    [
+        ("easgd", 8, 0.25, "EASGD needs 0 < alpha < 2/(m+1) = 0.2222 for m=8"),
+        ("eamsgd", 4, -0.1, "EASGD needs 0 < alpha < 2/(m+1) = 0.4000 for m=4"),
+        ("generalized-elastic", 4, 0.4, "0 < alpha < 2/(m+1) = 0.4000 for m=4"),
+        ("overlap", 8, 1.0, "0 < alpha < 1"),
+        ("hierarchical", 4, 0.5, "0 < alpha < 1/2 (the largest group size) = 0.5000"),
+    ],
+)
+def test_alpha_out_of_range_names_the_bound_with_its_number(
+    algorithm: str, m: int, alpha: float, bound: str
+) -> None:
+    outcome = checked({"algorithm": algorithm, "num-clients": m, "alpha": alpha})
+    assert isinstance(outcome, ConfigError) and outcome.parameter == "alpha"
+    assert bound in str(outcome) and f"alpha={alpha!r}" in str(outcome)
+
 
 numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-5, 40))
-configs = st.fixed_dictionaries(
+algorithm_keys = st.fixed_dictionaries(
     {
         "algorithm": st.sampled_from([*algorithms.ALGORITHMS, "nope"]),
         "num-clients": st.integers(-1, 20),
@@ -35,44 +351,14 @@ configs = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(configs)
-def test_every_config_resolves_or_names_its_problem(values: dict[str, object]) -> None:
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(algorithm_keys)
+def test_any_numbers_for_the_algorithm_keys_resolve_or_name_a_key(values: dict[str, Any]) -> None:
     try:
-        config = RunConfig.from_mapping(values)
-        spec = algorithms.resolve(config)
+        spec = algorithms.resolve(RunConfig.from_mapping(values))
     except ConfigError as error:
-        assert error.parameter and str(error)
+        assert_names_a_key(error, values)
         return
-    assert spec.num_workers == config.num_clients
+    assert spec.num_workers == values["num-clients"]
     assert np.all(np.isfinite(spec.w))
     np.testing.assert_allclose(spec.w.sum(axis=0), 1.0, atol=1e-9)
-
-
-entries = st.one_of(st.floats(-1, 2), st.sampled_from([0.0, np.nan, np.inf]))
-raw = st.integers(1, 6).flatmap(
-    lambda n: st.lists(entries, min_size=n * n, max_size=n * n).map(
-        lambda xs: np.array(xs).reshape(n, n)
-    )
-)
-# Nonnegative matrices with unit column sums reach the spectral and symmetry checks.
-column_stochastic = raw.map(lambda w: np.abs(np.nan_to_num(w, posinf=1.0)) + 1e-3).map(
-    lambda w: w / w.sum(axis=0)
-)
-matrices = st.one_of(raw, column_stochastic, column_stochastic.map(lambda w: (w + w.T) / 2))
-
-
-@settings(max_examples=300, deadline=None)
-@given(matrices, st.integers(0, 2), st.booleans(), st.booleans())
-def test_every_matrix_validates_or_names_its_problem(
-    w: np.ndarray, num_aux: int, symmetric: bool, nonnegative: bool
-) -> None:
-    spec = CooperativeSpec(
-        tau=1, w=w, num_aux=num_aux, symmetric=symmetric, nonnegative=nonnegative
-    )
-    try:
-        spec.validate()
-    except ConfigError as error:
-        assert str(error)
-        return
-    np.testing.assert_allclose(w.sum(axis=0), 1.0, atol=1e-9)
