@@ -164,13 +164,19 @@ def train(msg: Message, context: Context) -> Message:
         raise
 
 
-def _state_content(context: Context) -> dict[str, ArrayRecord | ConfigRecord]:
-    """This worker's saved state as message records (an untrained worker: round 0)."""
+def _state_content(
+    context: Context, *, with_model: bool = True
+) -> dict[str, ArrayRecord | ConfigRecord]:
+    """This worker's saved state as message records (an untrained worker: round 0);
+    without the model when the message carries it anyway."""
     meta = context.state.config_records.get(STATE_META)
     if meta is None:
         return {messages.STATE_META: ConfigRecord({"round": 0, "steps": 0})}
+    arrays = context.state.array_records[STATE_ARRAYS]
+    if not with_model:
+        arrays = ArrayRecord({k: a for k, a in arrays.items() if k != messages.MODEL})
     return {
-        messages.STATE: context.state.array_records[STATE_ARRAYS],
+        messages.STATE: arrays,
         messages.STATE_META: ConfigRecord({"round": meta["round"], "steps": meta["steps"]}),
     }
 
@@ -239,7 +245,7 @@ def _train(msg: Message, context: Context) -> Message:
         {"train-loss": loss, "num-examples": len(worker.data), "round": round_},
     )
     if bool(header.get("send-state", False)):
-        for key, record in _state_content(context).items():
+        for key, record in _state_content(context, with_model=False).items():
             content[key] = record
     return Message(content, reply_to=msg)
 

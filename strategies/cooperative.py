@@ -254,9 +254,12 @@ class CooperativeStrategy:
                     coordinator.drop(d.worker, d.round, reply.error.reason, still_running=False)
                     continue
                 traffic.setdefault(d.round, [0, 0])[0] += _nbytes(reply)
-                if messages.STATE_META in reply.content.config_records:
-                    self._states.setdefault(d.worker, {})[d.round] = _read_state(reply.content)
                 x, problem = _read_reply(reply, d)
+                if problem is None and messages.STATE_META in reply.content.config_records:
+                    # (a rejected reply's state is asked for afresh at the checkpoint)
+                    state = _read_state(reply.content)
+                    state[2][messages.MODEL] = x  # the reply's model is the state's
+                    self._states.setdefault(d.worker, {})[d.round] = state
                 if problem is None:
                     problem = coordinator.record(d.worker, d.round, x)
                 else:
