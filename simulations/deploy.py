@@ -286,7 +286,7 @@ def stop(state: Path, names: Iterable[str] = (), timeout: float = 10.0) -> list[
     return sorted(victims)
 
 
-def _env(home: Path) -> dict[str, str]:
+def process_env(home: Path) -> dict[str, str]:
     """The environment of a started process: its own FLWR_HOME (apps it installs and its
     state never collide with another process on the same machine) and Flower's quiet mode."""
     home.mkdir(parents=True, exist_ok=True)
@@ -370,13 +370,13 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
     command = superlink_command(
         None if args.insecure else args.certs, args.host, args.port, not args.no_node_auth
     )
-    env = _env(args.state / "home" / "superlink")
-    env["PATH"] = f"{_serverapp_shim(args.state, args.poll_interval)}{os.pathsep}{env['PATH']}"
+    env = process_env(args.state / "home" / "superlink")
+    env["PATH"] = f"{serverapp_shim(args.state, args.poll_interval)}{os.pathsep}{env['PATH']}"
     pid = start(args.state, "superlink", command, env)
     print(f"superlink pid {pid}, log {log_file(args.state, 'superlink')}")
 
 
-def _serverapp_shim(state: Path, poll_interval: float) -> Path:
+def serverapp_shim(state: Path, poll_interval: float) -> Path:
     """A directory whose `flwr-serverapp` is `serverapp-process`: the SuperLink's SuperExec
     starts the ServerApp by that name from PATH, and this is the one way to give it short
     waits without a second, process-isolated SuperLink setup."""
@@ -413,7 +413,7 @@ def _cmd_supernode(args: argparse.Namespace) -> None:
         poll_interval=args.poll_interval,
         secret=secret,
     )
-    env = _env(args.state / "home" / f"supernode-{args.partition_id}")
+    env = process_env(args.state / "home" / f"supernode-{args.partition_id}")
     for name, command in commands:
         print(f"{name} pid {start(args.state, name, command, env)}")
 

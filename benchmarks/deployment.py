@@ -1,0 +1,300 @@
+"""Wall-clock per round of real deployments on loopback (TLS, node authentication, 3 nodes).
+
+overhead: the same tiny run (least squares, so compute is nearly nil) on Flower's default
+deployment (stock SuperLink, `flower-supernode --isolation subprocess`: one ClientApp process
+per message) and on the helper's (simulations.deploy: long-lived ClientApps, short polls),
+next to the same config simulated in this process (no transport at all).
+
+overlap: sync, local-sgd and overlap at the same tau over emulated links between each
+SuperNode and the SuperLink. tc netem is absent here, so each SuperNode dials its own
+user-space TCP proxy that holds every chunk for the one-way latency after serialising it at
+the link rate (tbf could limit rate but not add delay). The communication time of a run is
+its time per round over the link minus that with the proxies passing traffic straight on;
+the fraction hidden is 1 - overlap's communication time / local-sgd's.
+
+    python benchmarks/deployment.py overhead --rounds 4
+    python benchmarks/deployment.py overlap --rounds 4 --tau 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from simulations import deploy  # noqa: E402
+
+#: name -> (one-way latency in seconds, rate in bit/s), the issue's presets
+PRESETS = {"50ms-20mbit": (0.05, 20e6), "200ms-5mbit": (0.2, 5e6)}
+
+
+# -- an emulated link -------------------------------------------------------------------------
+@dataclass
+class Link:
+    """One-way latency and rate of both directions; changed between runs, read per chunk."""
+
+    latency: float = 0.0
+    rate: float | None = None
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: Link) -> None:
+    """Forward one direction: a chunk leaves after the ones before it were serialised at the
+    link rate, then travels `latency`; reading goes on meanwhile (a link holds in flight up to
+    its bandwidth-delay product)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+
+    async def receive() -> None:
+        free_at = 0.0
+        with contextlib.suppress(ConnectionError):  # a peer that resets ends the direction
+            while chunk := await reader.read(65536):
+                done = loop.time()
+                if link.rate:
+                    free_at = max(free_at, done) + len(chunk) * 8 / link.rate
+                    done = free_at
+                queue.put_nowait((done + link.latency, chunk))
+        queue.put_nowait(None)
+
+    async def send() -> None:
+        with contextlib.suppress(ConnectionError):
+            while (item := await queue.get()) is not None:
+                due, chunk = item
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                writer.write(chunk)
+                await writer.drain()
+        writer.close()
+
+    await asyncio.gather(receive(), send())
+
+
+class Proxies:
+    """TCP proxies to `target`, one per SuperNode, each with its own link, in a thread."""
+
+    def __init__(self, target: int, count: int, link: Link) -> None:
+        self.link = link
+        self.ports: list[int] = []
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(target, count, ready))
+        self._thread.start()
+        ready.wait()
+
+    def _serve(self, target: int, count: int, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
+            except OSError:  # the SuperLink is not up (yet): the SuperNode retries
+                writer.close()
+                return
+            await asyncio.gather(
+                _pipe(reader, up_writer, self.link), _pipe(up_reader, writer, self.link)
+            )
+
+        async def listen() -> None:
+            for _ in range(count):
+                server = await asyncio.start_server(handle, "127.0.0.1", 0)
+                self.ports.append(server.sockets[0].getsockname()[1])
+            ready.set()
+
+        self._loop.run_until_complete(listen())
+        self._loop.run_forever()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+
+# -- a deployment on loopback -----------------------------------------------------------------
+class Loopback:
+    """A SuperLink on `port` and `nodes` SuperNodes as simulations.deploy starts them
+    (helper=True), or as Flower starts them by default (helper=False); node i dials port
+    `dial[i]` (a proxy) or the SuperLink's."""
+
+    def __init__(
+        self, root: Path, nodes: int, helper: bool, port: int, dial: Sequence[int] | None
+    ) -> None:
+        self.root, self.state, self.port = root, root / "state", port
+        self.env = {**os.environ, **deploy.FLOWER_ENV, "FLWR_HOME": str(root / "cli")}
+        self.ca = root / "certs" / "ca.crt"
+        deploy.write_certificates(root / "certs", ["localhost", "127.0.0.1"])
+        keys = deploy.write_node_keys(root / "keys", nodes)
+        env = deploy.process_env(self.state / "home" / "superlink")
+        if helper:
+            shim = deploy.serverapp_shim(self.state, deploy.DEFAULT_POLL)
+            env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
+        command = deploy.superlink_command(root / "certs", "127.0.0.1", self.port)
+        deploy.start(self.state, "superlink", command, env)
+        _wait_for_port(self.port)
+        self.helper("register", *self.link(self.port), *[str(k) for k in keys[1::2]])
+        for i in range(nodes):
+            secret = self.state / f"superexec-{i}.secret"
+            secret.write_bytes(os.urandom(32))
+            commands = deploy.supernode_commands(
+                partition_id=i,
+                num_partitions=nodes,
+                superlink=f"127.0.0.1:{dial[i] if dial else self.port}",
+                root_cert=self.ca.resolve(),
+                key=keys[2 * i].resolve(),
+                runtime_port=_free_port(),
+                isolation="process" if helper else "subprocess",
+                secret=secret,
+            )
+            env = deploy.process_env(self.state / "home" / f"supernode-{i}")
+            for name, command in commands:
+                deploy.start(self.state, name, command, env)
+
+    def link(self, port: int) -> list[str]:
+        return ["--superlink", f"127.0.0.1:{port}", "--root-cert", str(self.ca)]
+
+    def helper(self, *args: str) -> None:
+        command = [sys.executable, "-m", "simulations.deploy", *args]
+        done = subprocess.run(command, env=self.env, cwd=REPO, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(args[:1])} failed:\n{done.stdout}{done.stderr}")
+
+    def submit(self, run_config: str) -> list[dict[str, float]]:
+        """Run the app with `run_config`; the rows of its metrics.jsonl."""
+        runs = Path(tempfile.mkdtemp(dir=self.root))
+        config = f"{run_config} results-dir='{runs}'"
+        self.helper("submit", str(REPO), *self.link(self.port), "--stream", "--run-config", config)
+        (run_dir,) = runs.iterdir()
+        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@contextmanager
+def loopback(
+    nodes: int, helper: bool, port: int | None = None, dial: Sequence[int] | None = None
+) -> Iterator[Loopback]:
+    """A Loopback deployment in a temporary directory, stopped however the block ends."""
+    with tempfile.TemporaryDirectory(prefix="fedcoop-deploy-bench-") as root:
+        try:
+            yield Loopback(Path(root), nodes, helper, port or _free_port(), dial)
+        finally:
+            deploy.stop(Path(root) / "state")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the SuperLink does not listen on {port} after {timeout}s")
+
+
+def per_round(rows: Sequence[dict[str, float]]) -> float:
+    """Seconds per round after the first (which also carries the run's start-up)."""
+    wall = [row["wall-time"] for row in rows]
+    return (wall[-1] - wall[0]) / (len(wall) - 1)
+
+
+def simulated_per_round(run_config: str, nodes: int) -> float:
+    """The same config through InProcessGrid in this process: compute and no transport."""
+    import tomllib
+
+    from clients.client_app import app
+    from fedcoop.config import RunConfig
+    from simulations.inprocess import InProcessGrid
+    from strategies.server_app import run
+
+    values = tomllib.loads("\n".join(run_config.split()))
+    config = RunConfig.from_mapping({**values, "num-clients": nodes, "results-dir": ""})
+    return per_round(run(InProcessGrid(app, nodes), config).rounds)
+
+
+# -- the two benchmarks -----------------------------------------------------------------------
+def overhead(args: argparse.Namespace) -> None:
+    run_config = (
+        f"algorithm='local-sgd' num-clients={args.nodes} num-rounds={args.rounds} tau=2 "
+        "dataset='least-squares' model='linear' batch-size=0"
+    )
+    print(f"run config: {run_config}")
+    print(f"in-process simulation: {simulated_per_round(run_config, args.nodes):.3f} s/round")
+    for helper, name in ((False, "Flower default (--isolation subprocess)"), (True, "helper")):
+        with loopback(args.nodes, helper) as deployment:
+            seconds = per_round(deployment.submit(run_config))
+        print(f"{name}: {seconds:.3f} s/round")
+
+
+def overlap(args: argparse.Namespace) -> None:
+    common = (
+        f"num-clients={args.nodes} num-rounds={args.rounds} tau={args.tau} "
+        f"dataset='mnist-embedded' model='{args.model}' batch-size={args.batch_size}"
+    )
+    print(f"run config: {common}")
+    link = Link()
+    table: dict[str, dict[str, float]] = {}
+    port = _free_port()
+    proxies = Proxies(port, args.nodes, link)
+    try:
+        with loopback(args.nodes, True, port, proxies.ports) as deployment:
+            for preset in ("none", *args.presets):
+                link.latency, link.rate = PRESETS.get(preset, (0.0, None))
+                for algorithm in ("sync", "local-sgd", "overlap"):
+                    rows = deployment.submit(f"algorithm='{algorithm}' {common}")
+                    table.setdefault(algorithm, {})[preset] = per_round(rows)
+                    print(f"{preset:12} {algorithm:10} {table[algorithm][preset]:.3f} s/round")
+    finally:
+        proxies.close()
+    print_table(table, args.presets)
+
+
+def print_table(table: dict[str, dict[str, float]], presets: Sequence[str]) -> None:
+    """Markdown: s/round per link, communication s/round, and overlap's hidden fraction."""
+    head = ["algorithm", "no delay", *presets, *[f"comm {p}" for p in presets]]
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for algorithm, row in table.items():
+        comm = [row[p] - row["none"] for p in presets]
+        cells = [f"{row['none']:.2f}", *[f"{row[p]:.2f}" for p in presets]]
+        print(f"| {algorithm} | " + " | ".join(cells + [f"{c:.2f}" for c in comm]) + " |")
+    for p in presets:
+        local = table["local-sgd"][p] - table["local-sgd"]["none"]
+        mine = table["overlap"][p] - table["overlap"]["none"]
+        print(f"\nhidden by overlap at {p}: {1 - mine / local:.0%} of local-sgd's {local:.2f} s")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="benchmark", required=True)
+    p = sub.add_parser("overhead", help="per-round overhead, Flower default vs the helper")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=4)
+    p.set_defaults(func=overhead)
+    p = sub.add_parser("overlap", help="sync / local-sgd / overlap over emulated links")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--tau", type=int, default=32)
+    p.add_argument("--model", default="cnn")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    p.set_defaults(func=overlap)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
