@@ -17,7 +17,6 @@ from flwr.app import Context, Message, MessageType
 
 from clients import messages
 from clients.client_app import app as client_app
-from fedcoop import participation
 from fedcoop.config import RunConfig
 from simulations.inprocess import InProcessGrid
 from strategies.cooperative import RunFailed, RunResult
@@ -259,10 +258,3 @@ def test_a_late_worker_misses_rounds_and_its_late_reply_is_discarded() -> None:
     assert result.rounds[-1]["participants"] == 5
     assert grid.overlapping_messages == 0
     assert_matches_reference(config, result)
-
-
-def test_sampling_participation_draws_the_configured_share() -> None:
-    draws = [participation.sample(7, r, 10, 0.3) for r in range(1, 50)]
-    assert all(len(d) == 3 for d in draws)
-    assert len(set(draws)) > 10
-    assert participation.sample(7, 5, 10, 0.3) == draws[4]
