@@ -202,8 +202,6 @@ class Coordinator:
             steps = self.spec.tau if r <= self.num_rounds else 0
             init = i not in self._trained and payload is None
             out.append(Dispatch(i, r, steps, payload, init=init))
-            if init or (payload is not None and payload.adopt):
-                self._trained.add(i)
         return out
 
     # -- what the workers answer ---------------------------------------------------------
