@@ -428,13 +428,15 @@ def claim_easgd(scale: Scale, runs_root: Path, figures: Path) -> Claim:
 
     figure, (left, right) = plots._figure(2)
     left.plot([a for a, _ in measured], [f for _, f in measured], marker="o")
-    for ax in (left, right):
-        ax.axvline(best, color="tab:green", linestyle="--", label=f"2/(m+2) = {best:.3f}")
-        ax.axvline(limit, color="tab:red", linestyle=":", label=f"2/(m+1) = {limit:.3f}")
+    left.axvline(best, color="tab:green", linestyle="--", label=f"2/(m+2) = {best:.3f}")
+    left.axvline(limit, color="tab:red", linestyle=":", label=f"2/(m+1) = {limit:.3f}")
     plots._style(left, "alpha (framework runs)", "final test loss (last quarter)")
     for alpha, curve in curves.items():
         shown = [c if math.isfinite(c) else np.nan for c in curve]
-        right.plot(shown, label=f"alpha = {alpha:.3f}")
+        style = "-" if alpha < limit else "--"
+        right.plot(
+            shown, style, label=f"alpha = {alpha:.3f}" + (" > 2/(m+1)" if style == "--" else "")
+        )
     right.set_yscale("log")
     plots._style(right, "step (dense rule, least squares)", "training loss")
     right.set_ylim(top=1e6)
@@ -712,7 +714,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--runs", help="folder for the runs (default: a new one per invocation)")
     parser.add_argument("--smoke", action="store_true", help="toy scale into a temp folder")
     args = parser.parse_args(argv)
-    # Tiny models on shared cores: one thread avoids oversubscription (about 10x faster here).
+    # Tiny models on shared cores: one thread avoids oversubscription (about 10x faster here);
+    # the caller's setting comes back afterwards (tests share the process).
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     scratch = Path(tempfile.mkdtemp(prefix="fedcoop-reproduce-")) if args.smoke else None
@@ -722,9 +726,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     command = "python -m simulations.reproduce" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:])
     )
+    scale = SMOKE if args.smoke else FULL
     start = time.perf_counter()
-    claims = reproduce(SMOKE if args.smoke else FULL, out, runs_root.resolve())
-    path = report(claims, out, command, time.perf_counter() - start, SMOKE if args.smoke else FULL)
+    try:
+        claims = reproduce(scale, out, runs_root.resolve())
+        path = report(claims, out, command, time.perf_counter() - start, scale)
+    finally:
+        torch.set_num_threads(threads)
     print(f"wrote {path} (runs under {runs_root})")
     return path
 
