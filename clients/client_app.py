@@ -5,13 +5,19 @@ its CoCoD-SGD snapshot, the gradient held back under Remark 1 and the last round
 that a round picks up exactly where the previous one stopped. Each train message applies the
 previous round's sync (the payload the server computed from the worker's column of W), then
 runs tau local SGD steps and replies with the model. The header says which rules apply, so a
-worker never needs the matrix itself.
+worker never needs the matrix itself. With ``state-dir`` in the SuperNode's node config, the
+state is also written to the device after every round, so that a SuperNode that dies and
+restarts mid-run (with an empty context.state) resumes from its own last round.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 import uuid
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +30,7 @@ from fedcoop.config import RunConfig
 from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.training import LocalSGD, LocalWorker, default_device, evaluate
 
+LOG = logging.getLogger("flwr.fedcoop")
 STATE_ARRAYS = "worker"
 STATE_META = "worker-meta"
 #: Workers kept alive in this process, by (run id, node id): (state token, config, worker).
@@ -98,11 +105,58 @@ def _save(
     context.state[STATE_META] = ConfigRecord(
         {"round": round_, "token": token, "steps": worker.steps_done}
     )
+    _persist(context)
     key = (context.run_id, context.node_id)
     _LIVE[key] = (token, config, worker)
     _LIVE.move_to_end(key)
     while len(_LIVE) > _MAX_LIVE:
         _LIVE.popitem(last=False)
+
+
+def _state_file(context: Context) -> Path | None:
+    """Where this node keeps its worker state on the device (node config `state-dir`), so
+    that a SuperNode that restarts mid-run, with an empty context.state, resumes from it."""
+    directory = context.node_config.get("state-dir")
+    if not directory:
+        return None
+    return Path(str(directory)) / f"{context.run_id}-partition-{_node_partition(context)[0]}.npz"
+
+
+def _persist(context: Context) -> None:
+    """Write context.state's worker to its state file atomically (temporary file, fsync,
+    rename): a crash mid-write leaves the previous round's file whole."""
+    path = _state_file(context)
+    if path is None:
+        return
+    meta = context.state.config_records[STATE_META]
+    arrays = {k: a.numpy() for k, a in context.state.array_records[STATE_ARRAYS].items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, meta=np.array([meta["round"], meta["steps"]], dtype=np.int64), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _recover(context: Context) -> None:
+    """Load the worker from its state file when context.state has none (the SuperNode
+    restarted); the state file of a node that never trained in this run does not exist."""
+    path = _state_file(context)
+    if path is None or STATE_META in context.state.config_records or not path.exists():
+        return
+    with np.load(path) as saved:
+        round_, steps = (int(v) for v in saved["meta"])
+        arrays = {k: saved[k] for k in saved.files if k != "meta"}
+    context.state[STATE_ARRAYS] = messages.vector_record(**arrays)
+    context.state[STATE_META] = ConfigRecord(
+        {"round": round_, "steps": steps, "token": uuid.uuid4().hex}
+    )
+    LOG.info("fedcoop: restored the worker of round %d from %s", round_, path)
 
 
 def _current_worker(config: RunConfig, context: Context) -> LocalWorker:
@@ -155,6 +209,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Apply the sync the message carries, run the round's local steps, reply with x_i."""
+    _recover(context)
     try:
         return _train(msg, context)
     except Exception:
@@ -200,6 +255,7 @@ def _restore_state(msg: Message, context: Context) -> None:
 @app.query("state")
 def query_state(msg: Message, context: Context) -> Message:
     """This worker's whole state, for the server's checkpoint."""
+    _recover(context)
     return Message(RecordDict(_state_content(context)), reply_to=msg)
 
 
@@ -253,6 +309,7 @@ def _train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Loss and accuracy of this worker's own current model on the test set."""
+    _recover(context)
     config = messages.read_config(msg)
     worker = _current_worker(config, context)
     _, test = workload.load_split(config)

@@ -26,6 +26,7 @@ import contextlib
 import datetime
 import functools
 import ipaddress
+import json
 import os
 import secrets
 import signal
@@ -43,6 +44,10 @@ DEFAULT_RUNTIME_PORT = 9094
 DEFAULT_CONNECTION = "fedcoop"
 #: seconds between polls of every waiting process (each costs about a millisecond of CPU)
 DEFAULT_POLL = 0.05
+#: the heartbeat interval a SuperNode reports (Flower's default; the SuperLink accepts 10 to
+#: 1800 s and marks a node offline after 2 intervals without a heartbeat)
+DEFAULT_HEARTBEAT = 30.0
+HEARTBEAT_RANGE = (10.0, 1800.0)
 #: Flower's own defaults for processes this helper starts: no `uv sync`, no calls home.
 FLOWER_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -261,9 +266,12 @@ def start(state: Path, name: str, command: Sequence[str], env: dict[str, str]) -
     return process.pid
 
 
-def stop(state: Path, names: Iterable[str] = (), timeout: float = 10.0) -> list[str]:
+def stop(
+    state: Path, names: Iterable[str] = (), timeout: float = 10.0, *, kill: bool = False
+) -> list[str]:
     """SIGTERM each named process (all when `names` is empty) and its descendants, SIGKILL
-    what is left after `timeout`; returns the names stopped."""
+    what is left after `timeout`; returns the names stopped. `kill`: SIGKILL at once, as a
+    device that loses power (a SuperNode then cannot tell the SuperLink it leaves)."""
     wanted = set(names)
     victims: dict[str, list[int]] = {}
     for pid_file in sorted(state.glob("*.pid")):
@@ -274,7 +282,7 @@ def stop(state: Path, names: Iterable[str] = (), timeout: float = 10.0) -> list[
             victims[pid_file.stem] = _tree(pid)
         pid_file.unlink()
     pids = [p for tree in victims.values() for p in tree]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig in (signal.SIGKILL,) if kill else (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
@@ -321,17 +329,24 @@ def supernode_commands(
     isolation: str = "process",
     poll_interval: float = DEFAULT_POLL,
     secret: Path | None = None,
+    state_dir: Path | None = None,
+    heartbeat_interval: float = DEFAULT_HEARTBEAT,
 ) -> list[tuple[str, list[str]]]:
     """(name, command) of the processes of SuperNode `partition_id`.
 
     isolation "process" (the default): the SuperNode with short polls plus a long-lived
     `clientapp`; "subprocess": Flower's stock flower-supernode, a fresh ClientApp process per
-    message (the baseline of the overhead benchmark).
+    message (the baseline of the overhead benchmark), which has no heartbeat flag.
+    `state_dir`: where the ClientApp keeps its worker state on the device, to resume from it
+    after a restart.
     """
     runtime = f"127.0.0.1:{runtime_port}"
+    node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
+    if state_dir is not None:
+        node_config += f" state-dir={json.dumps(str(state_dir))}"  # a TOML string
     flags = [
         "--superlink", superlink,
-        "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+        "--node-config", node_config,
         "--isolation", isolation,
         "--host", "127.0.0.1", "--port", str(runtime_port),
     ]  # fmt: skip
@@ -344,9 +359,15 @@ def supernode_commands(
     if secret is not None:
         flags += ["--superexec-auth-secret-file", str(secret)]
     me = [sys.executable, "-m", "simulations.deploy"]
+    node_flags = [
+        "--poll-interval",
+        str(poll_interval),
+        "--heartbeat-interval",
+        str(heartbeat_interval),
+    ]
     auth = [] if secret is None else ["--superexec-auth-secret-file", str(secret)]
     return [
-        (name, [*me, "supernode-process", "--poll-interval", str(poll_interval), "--", *flags]),
+        (name, [*me, "supernode-process", *node_flags, "--", *flags]),
         (
             f"clientapp-{partition_id}",
             [*me, "clientapp", runtime, "--poll-interval", str(poll_interval), *auth],
@@ -394,6 +415,8 @@ def serverapp_shim(state: Path, poll_interval: float) -> Path:
 def _cmd_supernode(args: argparse.Namespace) -> None:
     if args.insecure == (args.root_cert is not None):
         raise SystemExit("supernode: give --root-cert CA (TLS), or --insecure")
+    if args.heartbeat_interval != DEFAULT_HEARTBEAT and args.isolation == "subprocess":
+        raise SystemExit("supernode: --heartbeat-interval needs --isolation process")
     runtime_port = args.runtime_port or DEFAULT_RUNTIME_PORT + args.partition_id
     secret = None
     if args.isolation == "process":
@@ -412,6 +435,8 @@ def _cmd_supernode(args: argparse.Namespace) -> None:
         isolation=args.isolation,
         poll_interval=args.poll_interval,
         secret=secret,
+        state_dir=None if args.state_dir is None else args.state_dir.resolve(),
+        heartbeat_interval=args.heartbeat_interval,
     )
     env = process_env(args.state / "home" / f"supernode-{args.partition_id}")
     for name, command in commands:
@@ -470,7 +495,7 @@ def _cmd_logs(args: argparse.Namespace) -> None:
 
 
 def _cmd_stop(args: argparse.Namespace) -> None:
-    stopped = stop(args.state, args.names)
+    stopped = stop(args.state, args.names, kill=args.kill)
     print("stopped: " + (", ".join(stopped) or "nothing was running"))
 
 
@@ -480,11 +505,18 @@ def _cmd_supernode_process(args: argparse.Namespace) -> None:
     Flower 1.41's SuperNode loop sleeps a literal 3 s after every empty pull, 0.5 s between
     checks for the ClientApp's reply, and backs off 1 s when it asks for a message's content
     before the server has finished pushing it (flwr.supernode.start_client_internal); each
-    adds seconds to a round. Only those waits change.
+    adds seconds to a round. Only those waits change, and the heartbeat interval, which
+    Flower hard-codes to 30 s: the SuperLink reports the node unavailable 2 intervals after
+    its last heartbeat, so a shorter one finds a dead device sooner.
     """
+    import flwr.supercore.heartbeat as heartbeat
+    import flwr.supernode.fleet_http_connection as connection
     import flwr.supernode.start_client_internal as loop
     from flwr.supernode.cli import flower_supernode
 
+    # the interval the SuperNode reports, and the one its heartbeat thread sends at
+    connection.HEARTBEAT_DEFAULT_INTERVAL = args.heartbeat_interval
+    heartbeat.HEARTBEAT_DEFAULT_INTERVAL = args.heartbeat_interval
     loop.time = _CappedSleep(args.poll_interval)  # type: ignore[assignment]
     loop.pull_objects = functools.partial(loop.pull_objects, **_backoff(args.poll_interval))
     sys.argv = ["flower-supernode", *args.flags]
@@ -697,6 +729,25 @@ def _state(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _heartbeat(parser: argparse.ArgumentParser) -> None:
+    """--heartbeat-interval, refused here outside the range the SuperLink accepts (it
+    would refuse the SuperNode's activation)."""
+
+    def seconds(text: str) -> float:
+        value = float(text)
+        if not HEARTBEAT_RANGE[0] <= value <= HEARTBEAT_RANGE[1]:
+            raise argparse.ArgumentTypeError(f"{value} is not in {list(HEARTBEAT_RANGE)}")
+        return value
+
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=seconds,
+        default=DEFAULT_HEARTBEAT,
+        help="seconds between SuperNode heartbeats; the SuperLink reports a node that missed "
+        f"2 intervals unavailable (default {DEFAULT_HEARTBEAT:g}, at least {HEARTBEAT_RANGE[0]:g})",
+    )
+
+
 def _link(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--superlink", required=True, help="SuperLink address HOST:PORT")
     parser.add_argument("--root-cert", type=Path, help="CA certificate (certs DIR/ca.crt)")
@@ -752,6 +803,12 @@ def add_commands(subparsers: Any) -> None:
         help="process: long-lived ClientApp (default); subprocess: Flower's, one per message",
     )
     p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL, help="seconds")
+    _heartbeat(p)
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="keep the worker's state here after every round, to resume from it after a restart",
+    )
     p.set_defaults(func=_cmd_supernode)
 
     p = subparsers.add_parser("register", help="register SuperNode public keys")
@@ -776,12 +833,14 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("stop", help="stop started processes (all, or those named)")
     _state(p)
     p.add_argument("names", nargs="*")
+    p.add_argument("--kill", action="store_true", help="SIGKILL at once (emulate a crash)")
     p.set_defaults(func=_cmd_stop)
 
     p = subparsers.add_parser(
         "supernode-process", help="(started by supernode) Flower's SuperNode, short polls"
     )
     p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL)
+    _heartbeat(p)
     p.add_argument("flags", nargs=argparse.REMAINDER, help="-- then flower-supernode flags")
     p.set_defaults(func=_cmd_supernode_process)
 
