@@ -47,6 +47,8 @@ DEFAULT_POLL = 0.05
 #: the heartbeat interval a SuperNode reports (Flower's default; the SuperLink accepts 10 to
 #: 1800 s and marks a node offline after 2 intervals without a heartbeat)
 DEFAULT_HEARTBEAT = 30.0
+#: seconds the ServerApp waits for the content of a reply that has arrived
+DEFAULT_PULL_TIMEOUT = 300.0
 HEARTBEAT_RANGE = (10.0, 1800.0)
 #: Flower's own defaults for processes this helper starts: no `uv sync`, no calls home.
 FLOWER_ENV = {
@@ -392,12 +394,15 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
         None if args.insecure else args.certs, args.host, args.port, not args.no_node_auth
     )
     env = process_env(args.state / "home" / "superlink")
-    env["PATH"] = f"{serverapp_shim(args.state, args.poll_interval)}{os.pathsep}{env['PATH']}"
+    shim = serverapp_shim(args.state, args.poll_interval, args.pull_timeout)
+    env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
     pid = start(args.state, "superlink", command, env)
     print(f"superlink pid {pid}, log {log_file(args.state, 'superlink')}")
 
 
-def serverapp_shim(state: Path, poll_interval: float) -> Path:
+def serverapp_shim(
+    state: Path, poll_interval: float, pull_timeout: float = DEFAULT_PULL_TIMEOUT
+) -> Path:
     """A directory whose `flwr-serverapp` is `serverapp-process`: the SuperLink's SuperExec
     starts the ServerApp by that name from PATH, and this is the one way to give it short
     waits without a second, process-isolated SuperLink setup."""
@@ -406,7 +411,7 @@ def serverapp_shim(state: Path, poll_interval: float) -> Path:
     shim = directory / "flwr-serverapp"
     shim.write_text(
         f"#!/bin/sh\nexec {sys.executable} -m simulations.deploy serverapp-process "
-        f'--poll-interval {poll_interval} -- "$@"\n'
+        f'--poll-interval {poll_interval} --pull-timeout {pull_timeout} -- "$@"\n'
     )
     shim.chmod(0o755)
     return directory
@@ -526,11 +531,16 @@ def _cmd_supernode_process(args: argparse.Namespace) -> None:
 def _cmd_serverapp_process(args: argparse.Namespace) -> None:
     """Flower's flwr-serverapp in this process, its Grid retrying a reply whose content is
     still arriving every poll-interval rather than after 1 s (then 2 s, ...): a strategy that
-    pulls every few milliseconds meets such replies in most rounds."""
+    pulls every few milliseconds meets such replies in most rounds. A reply whose content
+    has not all arrived after pull-timeout becomes an error reply: its SuperNode died while
+    pushing it, and Flower would block the whole ServerApp for up to 500 retries (over an
+    hour) before giving up."""
     import flwr.superlink.grid.http_grid as grid
     from flwr.superlink.cli import flwr_serverapp
 
-    grid.pull_objects = functools.partial(grid.pull_objects, **_backoff(args.poll_interval))
+    grid.pull_objects = functools.partial(
+        grid.pull_objects, **_backoff(args.poll_interval), max_time=args.pull_timeout
+    )
     sys.argv = ["flwr-serverapp", *args.flags]
     flwr_serverapp()
 
@@ -748,6 +758,16 @@ def _heartbeat(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _pull_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pull-timeout",
+        type=float,
+        default=DEFAULT_PULL_TIMEOUT,
+        help="seconds the ServerApp waits for the content of a reply before taking its "
+        f"worker as failed (a SuperNode that died mid-push; default {DEFAULT_PULL_TIMEOUT:g})",
+    )
+
+
 def _link(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--superlink", required=True, help="SuperLink address HOST:PORT")
     parser.add_argument("--root-cert", type=Path, help="CA certificate (certs DIR/ca.crt)")
@@ -781,6 +801,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL, help="seconds")
+    _pull_timeout(p)
     p.set_defaults(func=_cmd_superlink)
 
     p = subparsers.add_parser("supernode", help="start SuperNode <partition-id> on this device")
@@ -848,6 +869,7 @@ def add_commands(subparsers: Any) -> None:
         "serverapp-process", help="(started by superlink) Flower's ServerApp, short retries"
     )
     p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL)
+    _pull_timeout(p)
     p.add_argument("flags", nargs=argparse.REMAINDER, help="-- then flwr-serverapp flags")
     p.set_defaults(func=_cmd_serverapp_process)
 

@@ -2,20 +2,22 @@
 
 The slow tests start a SuperLink (TLS, node authentication) and three SuperNodes with the
 helper, exactly as docs/deployment.md tells a user to, submit runs with `flwr run`, and check
-that each run's final models equal those of the same config simulated in-process. Every
-process is started on free ports under the test's own state directory and FLWR_HOME, and
-stopped by pid (with its descendants) however the test ends.
+that each run's final models equal those of the same config simulated in-process, and that a
+run rides out a SuperNode killed mid-run, which then rejoins from the state it kept on its
+device. Every process is started on free ports under the test's own state directory and
+FLWR_HOME, and stopped by pid (with its descendants) however the test ends.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,11 @@ from strategies.server_app import run
 
 REPO = Path(__file__).resolve().parents[1]
 NODES = 3
+HELPER = [sys.executable, "-m", "simulations.deploy"]
+#: seconds between SuperNode heartbeats (Flower's least): a dead node is reported after 20 s
+HEARTBEAT = 10
+#: seconds the ServerApp waits for a reply's content (a node killed mid-push never sends it)
+PULL_TIMEOUT = 10
 
 
 def _free_port() -> int:
@@ -103,11 +110,40 @@ def test_stop_ends_a_process_and_its_detached_children(tmp_path: Path) -> None:
 class Deployment:
     env: dict[str, str]
     superlink: str
-    ca: Path
-    runs: Path
+    root: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "certs" / "ca.crt"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def device(self, i: int) -> Path:
+        """Where SuperNode i keeps its worker state (on a real device, its own disk)."""
+        return self.root / f"device-{i}"
+
+    def start_supernode(self, i: int) -> None:
+        """SuperNode i with its key and device state, on a fresh Runtime API port."""
+        self.helper("supernode", "--state", str(self.state), "--superlink", self.superlink,
+                    "--root-cert", str(self.ca), "--partition-id", str(i),
+                    "--num-partitions", str(NODES),
+                    "--key", str(self.root / "keys" / f"supernode-{i}.key"),
+                    "--runtime-port", str(_free_port()), "--state-dir", str(self.device(i)),
+                    "--heartbeat-interval", str(HEARTBEAT))  # fmt: skip
+
+    def submit_args(self, config: str) -> list[str]:
+        """The helper's arguments that run `config` and stream its log until it ends."""
+        return ["submit", str(REPO), "--superlink", self.superlink, "--root-cert",
+                str(self.ca), "--stream", "--run-config", config]  # fmt: skip
 
     def helper(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "simulations.deploy", *args]
+        command = [*HELPER, *args]
         done = subprocess.run(
             command, env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout
         )
@@ -119,28 +155,25 @@ class Deployment:
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """A SuperLink with TLS and node auth and three SuperNodes, all on loopback."""
     root = tmp_path_factory.mktemp("deployment")
-    state = root / "state"
     env = {**os.environ, **deploy.FLOWER_ENV, "FLWR_HOME": str(root / "cli")}
-    d = Deployment(env, f"127.0.0.1:{_free_port()}", root / "certs" / "ca.crt", root / "runs")
+    d = Deployment(env, f"127.0.0.1:{_free_port()}", root)
     link = ["--superlink", d.superlink, "--root-cert", str(d.ca)]
     try:
         d.helper("certs", str(root / "certs"), "--host", "localhost", "127.0.0.1")
         d.helper("keys", str(root / "keys"), "--nodes", str(NODES))
         port = d.superlink.rpartition(":")[2]
-        d.helper("superlink", "--state", str(state), "--certs", str(root / "certs"),
-                 "--host", "127.0.0.1", "--port", port)  # fmt: skip
+        d.helper("superlink", "--state", str(d.state), "--certs", str(root / "certs"),
+                 "--host", "127.0.0.1", "--port", port,
+                 "--pull-timeout", str(PULL_TIMEOUT))  # fmt: skip
         _wait_for_port(int(port))
         keys = [str(root / "keys" / f"supernode-{i}.pub") for i in range(NODES)]
         d.helper("register", *link, *keys)
         for i in range(NODES):
-            d.helper("supernode", "--state", str(state), *link,
-                     "--partition-id", str(i), "--num-partitions", str(NODES),
-                     "--key", str(root / "keys" / f"supernode-{i}.key"),
-                     "--runtime-port", str(_free_port()))  # fmt: skip
+            d.start_supernode(i)
         yield d
     finally:
-        deploy.stop(state)
-        assert deploy.running(state) == {}
+        deploy.stop(d.state)
+        assert deploy.running(d.state) == {}
 
 
 def _wait_for_port(port: int, timeout: float = 60) -> None:
@@ -166,10 +199,7 @@ def _wait_for_port(port: int, timeout: float = 60) -> None:
 def test_deployment_matches_simulation(deployment: Deployment, overrides: str) -> None:
     runs = deployment.runs / overrides.split("'")[1]
     config = f"num-clients={NODES} num-rounds=3 seed=3 results-dir='{runs}' {overrides}"
-    deployment.helper(
-        "submit", str(REPO), "--superlink", deployment.superlink, "--root-cert",
-        str(deployment.ca), "--stream", "--run-config", config, timeout=600,
-    )  # fmt: skip
+    deployment.helper(*deployment.submit_args(config), timeout=600)
     (run_dir,) = runs.iterdir()
     deployed = np.load(run_dir / "final-models.npz")
     resolved = json.loads((run_dir / "config.json").read_text())["config"]
@@ -183,3 +213,107 @@ def test_deployment_matches_simulation(deployment: Deployment, overrides: str) -
         np.testing.assert_allclose(deployed["aux"], simulated.aux, atol=1e-6, rtol=0)
     # the workers really trained: the final models differ from each other
     assert np.ptp(deployed["workers"], axis=0).max() > 1e-4
+
+
+# -- a SuperNode that dies mid-run, and comes back -------------------------------------------
+def _nodes(d: Deployment) -> dict[str, str]:
+    """Node id -> status (online, offline, ...) as the SuperLink reports them."""
+    done = subprocess.run(
+        ["flwr", "supernode", "list", deploy.DEFAULT_CONNECTION, "--format", "json"],
+        env=d.env, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {n["node-id"]: n["status"] for n in json.loads(done.stdout)["nodes"]}
+
+
+def _wait(what: str, ready: Callable[[], bool], timeout: float, every: float = 0.5) -> float:
+    """Seconds until `ready()`; fails after `timeout`."""
+    start = time.monotonic()
+    while not ready():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{what}: not after {timeout}s")
+        time.sleep(every)
+    return time.monotonic() - start
+
+
+def _saved_round(device: Path, earlier: set[Path]) -> int:
+    """The last round the worker on `device` wrote to the state file of a run not among
+    `earlier` runs' files (0: none yet)."""
+    files = set(device.glob("*-partition-*.npz")) - earlier
+    if not files:
+        return 0
+    with np.load(files.pop()) as f:  # written by rename: always whole
+        return int(f["meta"][0])
+
+
+@pytest.mark.slow
+def test_a_killed_supernode_is_left_out_then_rejoins_from_its_state(
+    deployment: Deployment,
+) -> None:
+    """SIGKILL SuperNode 2 and its ClientApp after round 3: the survivors go on without it
+    (round-deadline, then Flower reports the node unavailable); restarted with the same key
+    and device state, it keeps its node id and trains again from its own last round."""
+    victim, tau, rounds = NODES - 1, 2, 40
+    runs = deployment.runs / "faults"
+    config = (
+        f"num-clients={NODES} num-rounds={rounds} seed=3 results-dir='{runs}' "
+        f"algorithm='overlap' tau={tau} dataset='least-squares' model='linear' batch-size=0 "
+        "round-deadline=5 round-timeout=120 quorum=0.3"
+    )
+    device = deployment.device(victim)
+    earlier = set(device.glob("*-partition-*.npz"))
+    online = ["online"] * NODES
+    _wait("all nodes online", lambda: sorted(_nodes(deployment).values()) == online, 120)
+    nodes = _nodes(deployment)
+    log = deployment.root / "faults.log"
+    with log.open("w") as out:
+        submit = subprocess.Popen(
+            [*HELPER, *deployment.submit_args(config)], env=deployment.env, cwd=REPO,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait("round 3 on the victim", lambda: _saved_round(device, earlier) >= 3, 300, 0.05)
+        deploy.stop(deployment.state, [f"supernode-{victim}", f"clientapp-{victim}"], kill=True)
+        detected = _wait(
+            "the SuperLink reports the node offline",
+            lambda: "offline" in _nodes(deployment).values(),
+            timeout=4 * HEARTBEAT,
+        )
+        print(f"killed node reported offline after {detected:.1f}s")
+        deployment.start_supernode(victim)
+        assert submit.wait(timeout=600) == 0, log.read_text()[-5000:]
+    finally:
+        if submit.poll() is None:
+            os.killpg(submit.pid, signal.SIGKILL)
+            submit.wait()
+    assert _nodes(deployment) == nodes  # same node ids, all online again
+
+    (run_dir,) = runs.iterdir()
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    kinds = {e["kind"] for e in events if e["worker"] == victim}
+    assert {"deadline", "failed"} <= kinds, events
+    assert any("Node Unavailable" in e["reason"] for e in events if e["kind"] == "failed")
+    faults = json.loads((run_dir / "final.json").read_text())["faults"]
+    assert faults["deadline"] >= 1 and faults["failed"] >= 1
+    participants = [
+        json.loads(line)["participants"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len(participants) == rounds
+    out = next(r for r, n in enumerate(participants) if n < NODES)  # the first one short
+    back = out + participants[out:].index(NODES)  # the first after it with all of them
+    assert 3 <= out < back < rounds, participants
+    print(f"victim out from round {out + 1}, back in round {back + 1} of {rounds}")
+    models = np.load(run_dir / "final-models.npz")
+    assert np.all(np.isfinite(models["workers"])) and np.all(np.isfinite(models["aux"]))
+
+    # It resumed from its own state: the restarted ClientApp loaded round >= 3 from the
+    # device, and its steps count every round it trained, before the kill and after.
+    restored = deploy.log_file(deployment.state, f"clientapp-{victim}").read_text()
+    assert "restored the worker of round" in restored
+    missed = {e["round"] for e in events if e["worker"] == victim and e["kind"] != "late"}
+    (state,) = set(device.glob("*-partition-*.npz")) - earlier
+    with np.load(state) as f:
+        last, steps = (int(v) for v in f["meta"])
+    assert last == rounds + 1
+    assert steps >= tau * (rounds - len(missed)), (steps, sorted(missed))
