@@ -84,6 +84,10 @@ class CooperativeStrategy:
         self.resume = resume
         #: per worker and round: (round, steps, arrays) of its state as its reply carried it
         self._states: dict[int, dict[int, tuple[int, int, dict[str, np.ndarray]]]] = {}
+        #: per worker: the last state seen (reply or query), and the last round it answered
+        #: (its device's state is the one seen if that is the round it answered last)
+        self._known: dict[int, tuple[int, int, dict[str, np.ndarray]]] = {}
+        self._answered: dict[int, int] = {}
         #: per worker: the state its next message must restore (resume); None = none yet
         self._to_restore: dict[int, tuple[int, int, dict[str, np.ndarray]] | None] = {}
         self._survivors: list[list[int]] = []
@@ -246,6 +250,8 @@ class CooperativeStrategy:
                 if msg_id in late:
                     d = late.pop(msg_id)
                     coordinator.release(d.worker)
+                    if not reply.has_error():
+                        self._answered[d.worker] = d.round  # its device moved on
                     event(d, "late", "its reply came after the round deadline and was discarded")
                     continue
                 d, _ = in_flight.pop(msg_id)
@@ -255,11 +261,13 @@ class CooperativeStrategy:
                     continue
                 traffic.setdefault(d.round, [0, 0])[0] += _nbytes(reply)
                 x, problem = _read_reply(reply, d)
+                self._answered[d.worker] = d.round
                 if problem is None and messages.STATE_META in reply.content.config_records:
                     # (a rejected reply's state is asked for afresh at the checkpoint)
                     state = _read_state(reply.content)
                     state[2][messages.MODEL] = x  # the reply's model is the state's
                     self._states.setdefault(d.worker, {})[d.round] = state
+                    self._known[d.worker] = state
                 if problem is None:
                     problem = coordinator.record(d.worker, d.round, x)
                 else:
@@ -325,7 +333,9 @@ class CooperativeStrategy:
     ) -> None:
         """Write the checkpoint of settled round cut["settled"], with every worker's state
         as of that cut: from its round reply, or asked now from a worker that has been
-        idle since. A cut no worker state can be had for is skipped (the next one counts)."""
+        idle since, or, for one that cannot answer (a dead device), the state it was last
+        seen in if it has not answered a round since. A cut some worker's state cannot be
+        had for is skipped (the next one counts)."""
         r = cut["settled"]
         states: dict[int, tuple[int, int, dict[str, np.ndarray]] | None] = {}
         ask: list[int] = []
@@ -355,6 +365,14 @@ class CooperativeStrategy:
             i = worker_of[reply.metadata.src_node_id]
             state = _read_state(reply.content)
             states[i] = state if state[0] else None
+            if state[0]:
+                self._known[i] = state
+        for i in set(ask) - set(states):
+            seen = self._known.get(i)
+            if i not in self._answered:
+                states[i] = None  # it never completed a round: it holds nothing
+            elif seen is not None and seen[0] == self._answered[i]:
+                states[i] = seen
         if len(states) < len(node_of):
             LOG.warning("fedcoop: no checkpoint after round %d: a worker's state is missing", r)
             return
