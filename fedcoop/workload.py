@@ -51,9 +51,34 @@ def _load_split(
     )
 
 
-@lru_cache(maxsize=8)
+#: The config keys a worker's data depends on: the caches below are keyed on these alone,
+#: so a sweep over algorithms, tau or lr shares one copy of each shard.
+_DATA_KEYS = (
+    "dataset",
+    "seed",
+    "test_fraction",
+    "data_root",
+    "synthetic_alpha",
+    "synthetic_beta",
+    "partition",
+    "dirichlet_alpha",
+    "classes_per_partition",
+    "major_fraction",
+    "shards_per_partition",
+)
+
+
+def _data_part(config: RunConfig) -> RunConfig:
+    return RunConfig(**{key: getattr(config, key) for key in _DATA_KEYS})
+
+
 def partition_indices(config: RunConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
     """Every worker's sample indices into the training set."""
+    return _partition_indices(_data_part(config), num_partitions)
+
+
+@lru_cache(maxsize=8)
+def _partition_indices(config: RunConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
     train, _ = load_split(config)
     labels = train.y.numpy()
     if train.y.is_floating_point():
@@ -79,11 +104,21 @@ def partition_indices(config: RunConfig, num_partitions: int) -> tuple[np.ndarra
     return tuple(parts)
 
 
-@lru_cache(maxsize=256)
 def shard(config: RunConfig, partition_id: int, num_partitions: int) -> data.ArrayDataset:
     """Worker `partition_id`'s share of the training set."""
+    return _shard(_data_part(config), partition_id, num_partitions)
+
+
+@lru_cache(maxsize=256)
+def _shard(config: RunConfig, partition_id: int, num_partitions: int) -> data.ArrayDataset:
     train, _ = load_split(config)
     return train.subset(partition_indices(config, num_partitions)[partition_id])
+
+
+def clear_caches() -> None:
+    """Forget cached splits, partitions and shards (a fresh process's view)."""
+    for cached in (_load_split, _partition_indices, _shard):
+        cached.cache_clear()
 
 
 def build_model(config: RunConfig) -> torch.nn.Module:

@@ -86,8 +86,7 @@ DETERMINISM = {"num-rounds": 3, "num-clients": 4, "results-dir": "", "partition"
 def test_same_seed_same_partitions_and_metrics_across_runs() -> None:
     config = RunConfig.from_mapping({**DETERMINISM, "algorithm": "overlap"})
     first = run(InProcessGrid(client_app, 4, seed=1), config)
-    workload.partition_indices.cache_clear()
-    workload.shard.cache_clear()
+    workload.clear_caches()
     second = run(InProcessGrid(client_app, 4, seed=2), config)
     assert _metrics(first.rounds) == _metrics(second.rounds)
     np.testing.assert_array_equal(first.workers, second.workers)
@@ -153,3 +152,13 @@ def test_histogram_command_prints_the_configs_split(
     # 8000 images / 4 = 2000 per client, 600 of its major class (client i -> class i)
     assert [int(row[1 + i]) for i, row in enumerate(rows)] == [600] * 4
     assert (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_a_sweep_over_algorithms_shares_one_copy_of_each_shard() -> None:
+    """The shard cache is keyed on the data keys only: a compare over algorithm, tau and lr
+    keeps one copy of the data, not one per run."""
+    base = RunConfig.from_mapping({**DETERMINISM, "algorithm": "overlap"})
+    first = workload.shard(base, 1, 4)
+    for changes in ({"algorithm": "local-sgd"}, {"tau": 7}, {"lr": 0.3}):
+        assert workload.shard(base.replace(**changes), 1, 4) is first
+    assert workload.shard(base.replace(seed=3), 1, 4) is not first
