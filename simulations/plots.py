@@ -59,14 +59,14 @@ def save(figure: Figure, stem: Path) -> list[Path]:
     return paths
 
 
-def _figure(panels: int) -> tuple[Figure, list[Axes]]:
+def new_figure(panels: int) -> tuple[Figure, list[Axes]]:
     """A figure on an Agg canvas (no display, no pyplot state) with `panels` side by side."""
     figure = Figure(figsize=(4.2 * panels + 0.6, 3.6), layout="constrained")
     FigureCanvasAgg(figure)
     return figure, list(np.atleast_1d(figure.subplots(1, panels)))
 
 
-def _style(ax: Axes, xlabel: str, ylabel: str) -> None:
+def style_axes(ax: Axes, xlabel: str, ylabel: str) -> None:
     """Axis titles and a light grid; whole numbers only on a round axis."""
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
@@ -80,12 +80,12 @@ def curves(runs: Sequence[RecordedRun], labels: Sequence[str], x_key: str) -> Fi
     metrics = [(k, t) for k, t in _CURVES if any(r.column(k) for r, _ in drawn)]
     if not drawn or not metrics:
         return None
-    figure, axes = _figure(len(metrics))
+    figure, axes = new_figure(len(metrics))
     for ax, (key, title) in zip(axes, metrics, strict=True):
         for run, name in drawn:
             if run.column(key):
                 ax.plot(run.column(x_key), run.column(key), marker=".", label=name)
-        _style(ax, _AXES[x_key], title)
+        style_axes(ax, _AXES[x_key], title)
     axes[-1].legend(fontsize="small")
     return figure
 
@@ -97,12 +97,12 @@ def consensus(runs: Sequence[RecordedRun], labels: Sequence[str]) -> Figure | No
     ]
     if not drawn:
         return None
-    figure, (ax,) = _figure(1)
+    figure, (ax,) = new_figure(1)
     for run, name in drawn:
         ax.plot(run.column("round"), run.column("consensus-distance"), marker=".", label=name)
     if all(v > 0 for run, _ in drawn for v in run.column("consensus-distance")):
         ax.set_yscale("log")
-    _style(ax, "round", "consensus distance")
+    style_axes(ax, "round", "consensus distance")
     ax.legend(fontsize="small")
     return figure
 
@@ -117,7 +117,7 @@ def pareto(runs: Sequence[RecordedRun], group_keys: Sequence[str]) -> Figure | N
     groups: dict[str, list[RecordedRun]] = {}
     for run in timed:
         groups.setdefault(label(run.config, group_keys), []).append(run)
-    figure, (ax,) = _figure(1)
+    figure, (ax,) = new_figure(1)
     for name, members in groups.items():
         points = np.array([(r.rows[-1]["virtual-time"], r.rows[-1]["test-loss"]) for r in members])
         front = np.array(pareto_front([tuple(p) for p in points]))
@@ -132,7 +132,7 @@ def pareto(runs: Sequence[RecordedRun], group_keys: Sequence[str]) -> Figure | N
                 textcoords="offset points",
                 fontsize="x-small",
             )
-    _style(ax, "virtual time (s)", "final test loss")
+    style_axes(ax, "virtual time (s)", "final test loss")
     ax.set_title("error-runtime front over tau (filled: non-dominated)", fontsize="medium")
     ax.legend(fontsize="small")
     return figure

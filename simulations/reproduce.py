@@ -243,7 +243,7 @@ def claim_floor(
             ],
         ),
     ]
-    figure, (left, right) = plots._figure(2)
+    figure, (left, right) = plots.new_figure(2)
     for ax, xs, ys, theo, xlabel in (
         (
             left,
@@ -261,7 +261,7 @@ def claim_floor(
         ),
     ):
         ax.plot(xs, ys, marker="o", label="measured floor")
-        plots._style(ax, xlabel, "final test loss (last quarter)")
+        plots.style_axes(ax, xlabel, "final test loss (last quarter)")
         twin = ax.twinx()
         twin.plot(xs, theo, marker="x", linestyle="--", color="tab:red", label="theory eq. (18)")
         twin.set_ylabel("theory floor, L = sigma^2 = 1")
@@ -333,14 +333,14 @@ def claim_zeta_tau(
                 "yes" if predicted_better == better else "no",
             ]
         )
-    figure, (ax,) = plots._figure(1)
+    figure, (ax,) = plots.new_figure(1)
     points.sort()
     ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="D-PSGD, tau = 1")
     for zeta, measured, name in points:
         ax.annotate(name, (zeta, measured), xytext=(4, 4), textcoords="offset points")
     ax.axhline(pasgd, color="tab:green", linestyle="--", label=f"PASGD, tau = {tau}")
     ax.axvline(threshold, color="tab:red", linestyle=":", label=f"zeta_tau = {threshold:.3f}")
-    plots._style(ax, "zeta of the graph", "final test loss (last quarter)")
+    plots.style_axes(ax, "zeta of the graph", "final test loss (last quarter)")
     ax.legend(fontsize="small")
     return Claim(
         title="3. PASGD against D-PSGD around zeta_tau (Cooperative SGD, eq. 22)",
@@ -445,11 +445,11 @@ def claim_easgd(scale: Scale, runs_root: Path, figures: Path) -> Claim:
         json.dumps({"limit": limit, "eta": 0.05, "curves": {str(a): c for a, c in curves.items()}})
     )
 
-    figure, (left, right) = plots._figure(2)
+    figure, (left, right) = plots.new_figure(2)
     left.plot([a for a, _ in measured], [f for _, f in measured], marker="o")
     left.axvline(best, color="tab:green", linestyle="--", label=f"2/(m+2) = {best:.3f}")
     left.axvline(limit, color="tab:red", linestyle=":", label=f"2/(m+1) = {limit:.3f}")
-    plots._style(left, "alpha (framework runs)", "final test loss (last quarter)")
+    plots.style_axes(left, "alpha (framework runs)", "final test loss (last quarter)")
     for alpha, curve in curves.items():
         shown = [c if math.isfinite(c) else np.nan for c in curve]
         style = "-" if alpha < limit else "--"
@@ -457,7 +457,7 @@ def claim_easgd(scale: Scale, runs_root: Path, figures: Path) -> Claim:
             shown, style, label=f"alpha = {alpha:.3f}" + (" > 2/(m+1)" if style == "--" else "")
         )
     right.set_yscale("log")
-    plots._style(right, "step (dense rule, least squares)", "training loss")
+    plots.style_axes(right, "step (dense rule, least squares)", "training loss")
     right.set_ylim(top=1e6)
     left.legend(fontsize="small")
     right.legend(fontsize="x-small")
@@ -539,13 +539,13 @@ def claim_overlap_accuracy(
         )
         for split in SPLITS
     ]
-    figure, axes = plots._figure(len(SPLITS))
+    figure, axes = plots.new_figure(len(SPLITS))
     for ax, split in zip(axes, SPLITS, strict=True):
         for algorithm in IMAGE_ALGORITHMS:
             ax.plot(taus, [acc[algorithm, split, t] for t in taus], marker="o", label=algorithm)
         ax.set_xscale("log", base=2)
         ax.set_title(f"{split} split", fontsize="medium")
-        plots._style(ax, "tau", "final test accuracy")
+        plots.style_axes(ax, "tau", "final test accuracy")
     axes[-1].legend(fontsize="small")
     return Claim(
         title="4. Overlap-Local-SGD against CoCoD-SGD, EAMSGD and Local SGD (overlap paper, "
