@@ -20,8 +20,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fedcoop import partitions, workload
+from fedcoop import partitions
 from fedcoop.config import RunConfig
+from simulations import histogram
 from simulations.compare import RecordedRun, label, load_runs, pareto_front, varying_keys
 
 #: Panels of the learning-curve figures: metric key and axis title.
@@ -145,17 +146,13 @@ def partition_histograms(runs: Sequence[RecordedRun], out: Path) -> list[Path]:
     seen: list[np.ndarray] = []
     for run in runs:
         config = RunConfig.from_mapping(run.config)
-        train, _ = workload.load_split(config)
-        if train.y.is_floating_point():
-            continue
-        parts = list(workload.partition_indices(config, config.num_clients))
-        hist = partitions.class_histogram(train.y.numpy(), parts, train.num_classes)
-        if any(np.array_equal(hist, h) for h in seen):
+        hist = histogram.class_counts(config)
+        if hist is None or any(np.array_equal(hist, h) for h in seen):
             continue
         seen.append(hist)
         name = "partition" if len(seen) == 1 else f"partition-{run.path.name}"
-        title = f"{config.dataset}, {config.partition}, {config.num_clients} clients"
         written += [
-            partitions.plot_histogram(hist, out / f"{name}.{fmt}", title) for fmt in ("png", "pdf")
+            partitions.plot_histogram(hist, out / f"{name}.{fmt}", histogram.title(config))
+            for fmt in ("png", "pdf")
         ]
     return written

@@ -97,3 +97,14 @@ def test_run_config_on_the_simulation_engine_matches_inprocess() -> None:
     simulated = run_config(config, engine="simulation", quiet=True)
     inprocess = run_config(config, engine="inprocess", quiet=True)
     assert simulated.rounds[-1]["test-loss"] == pytest.approx(inprocess.rounds[-1]["test-loss"])
+
+
+def test_histogram_prints_the_split_and_refuses_regression_data(capsys, tmp_path) -> None:
+    cli.main(["histogram", "num-clients=4", "partition=skewed", "--plot", str(tmp_path / "h.png")])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["partition", "0", "1"]
+    assert (tmp_path / "h.png").stat().st_size > 0
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["histogram", "dataset=least-squares", "model=linear"])
+    assert exit_.value.code == 2
+    assert "has no classes" in capsys.readouterr().err
