@@ -100,7 +100,9 @@ def test_run_config_on_the_simulation_engine_matches_inprocess() -> None:
 
 
 def test_histogram_prints_the_split_and_refuses_regression_data(capsys, tmp_path) -> None:
-    cli.main(["histogram", "num-clients=4", "partition=dirichlet", "--plot", str(tmp_path / "h.png")])
+    cli.main(
+        ["histogram", "num-clients=4", "partition=dirichlet", "--plot", str(tmp_path / "h.png")]
+    )
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["partition", "0", "1"]
     assert (tmp_path / "h.png").stat().st_size > 0

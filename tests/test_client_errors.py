@@ -15,7 +15,6 @@ from clients.client_app import STATE_ARRAYS, STATE_META
 from clients.client_app import app as client_app
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import reference_trajectory
-from fedcoop.errors import ConfigError
 from fedcoop.training import model_vector
 from simulations.inprocess import InProcessGrid
 from strategies.cooperative import RunFailed, RunResult
