@@ -85,10 +85,17 @@ def _restore(worker: LocalWorker, state: RecordDict) -> None:
 
 
 def _save(
-    worker: LocalWorker, x: np.ndarray, context: Context, config: RunConfig, round_: int
+    worker: LocalWorker,
+    x: np.ndarray,
+    context: Context,
+    config: RunConfig,
+    round_: int,
+    *,
+    keep_snapshot: bool,
 ) -> None:
     """Write the worker (whose model vector is x) into context.state, the record of truth,
-    and keep it alive in this process."""
+    and keep it alive in this process. The CoCoD snapshot is kept only for the rule that
+    reads it: elsewhere it would double the state Flower ships and checkpoints carry."""
 
     def cpu(t: torch.Tensor | None) -> np.ndarray | None:
         return None if t is None else t.detach().cpu().numpy()
@@ -97,7 +104,7 @@ def _save(
         **{
             messages.MODEL: x,
             "momentum": cpu(worker.momentum_vector()),
-            "snapshot": cpu(worker.snapshot),
+            "snapshot": cpu(worker.snapshot) if keep_snapshot else None,
             "pending": cpu(worker.pending_vector()),
         }
     )
@@ -295,7 +302,8 @@ def _train(msg: Message, context: Context) -> Message:
     generator = workload.seeded_generator(config.seed, _node_partition(context)[0], round_)
     loss = worker.run(steps, update_rule, generator)
     x = worker.vector().cpu().numpy()
-    _save(worker, x, context, config, round_)
+    correction = ClientRule(str(header["client-rule"])) is ClientRule.CORRECTION
+    _save(worker, x, context, config, round_, keep_snapshot=correction)
     content = messages.reply_content(
         messages.vector_record(**{messages.MODEL: x}),
         {"train-loss": loss, "num-examples": len(worker.data), "round": round_},

@@ -137,6 +137,7 @@ def test_each_node_keeps_its_model_and_round_in_its_state(algorithm: str) -> Non
         np.testing.assert_array_equal(arrays[messages.MODEL].numpy(), result.workers[worker])
         assert "momentum" not in arrays  # no momentum configured, none kept
         assert "pending" not in arrays  # mix-after-step holds no gradient back
+        assert "snapshot" not in arrays  # only CoCoD-SGD's correction reads one
     assert grid.overlapping_messages == 0
 
 
