@@ -89,6 +89,9 @@ class RoundSummary:
     rejected: list[int]
     #: parts the survivors mix in (> 1: the surviving graph split this round)
     components: int = 1
+    #: workers the coordinator itself left out when the round settled (no reply told of
+    #: it): worker -> "busy" (still running a round it was late for) or "rejected" (norm)
+    settled_out: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,6 +129,9 @@ class Coordinator:
     _summaries: list[RoundSummary] = field(init=False, default_factory=list)
     _sampled: dict[int, frozenset[int]] = field(init=False, default_factory=dict)
     _cut: dict[str, Any] | None = field(init=False, default=None)
+    _settled_out: dict[int, dict[int, str]] = field(init=False, default_factory=dict)
+    #: workers whose column reads other workers: their payload waits for the round
+    _reads_workers: frozenset[int] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -135,6 +141,9 @@ class Coordinator:
         self._last = [0] * m
         self._aux[0] = np.repeat(self.x0[None, :], v, axis=0)
         self._velocity = np.zeros_like(self._aux[0])
+        self._reads_workers = frozenset(
+            i for i in range(m) if any(j < m for j in self.spec.incoming(i))
+        )
 
     # -- what the strategy asks ----------------------------------------------------------
     @property
@@ -329,9 +338,6 @@ class Coordinator:
                 return r
         return None
 
-    def _reads_workers(self, worker: int) -> bool:
-        return any(j < self.spec.num_workers for j in self.spec.incoming(worker))
-
     def _payload_for(self, worker: int, round_: int) -> tuple[bool, Payload | None]:
         """(known, payload): the sync payload message `round_` to `worker` carries."""
         sync = round_ - 1
@@ -343,7 +349,7 @@ class Coordinator:
             self._last[worker] == sync
             and worker in self._reports.get(sync, {})
             and not self.norm_bound
-            and not self._reads_workers(worker)
+            and worker not in self._reads_workers
             and sync - 1 in self._aux
         )
         if not early:
@@ -394,6 +400,7 @@ class Coordinator:
             # leave them out (they may still have come back while the others trained).
             for i in unheard:
                 self._missing.setdefault(r, {})[i] = f"still running round {self._late[i]}"
+                self._settled_out.setdefault(r, {})[i] = "busy"
             if r <= self.num_rounds:
                 self._sync(r)
             self._settled = r
@@ -452,6 +459,7 @@ class Coordinator:
                 missing=dict(sorted(missing.items())),
                 rejected=sorted(self._rejected.get(round_, set())),
                 components=participation.components(w, m, survivors),
+                settled_out=dict(sorted(self._settled_out.get(round_, {}).items())),
             )
         )
 
@@ -467,6 +475,7 @@ class Coordinator:
             if scale > 0 and d > self.norm_bound * scale:
                 del reports[i]
                 self._rejected.setdefault(round_, set()).add(i)
+                self._settled_out.setdefault(round_, {})[i] = "rejected"
                 self._missing.setdefault(round_, {})[i] = (
                     f"rejected: distance {d:.4g} from the median model exceeds "
                     f"update-norm-bound {self.norm_bound} x median distance {scale:.4g}"
@@ -476,7 +485,8 @@ class Coordinator:
         """Drop what no future payload can read: settled reports, old auxiliary values."""
         for key in [k for k in self._early if k[1] <= self._settled]:
             del self._early[key]
-        for table in (self._reports, self._missing, self._rejected, self._sampled):
+        tables = (self._reports, self._missing, self._rejected, self._sampled, self._settled_out)
+        for table in tables:
             for r in [r for r in table if r <= self._settled]:
                 del table[r]
         for c in [c for c in self._aux if c < self._settled - 1]:

@@ -219,18 +219,13 @@ class CooperativeStrategy:
         started = time.monotonic() - self._elapsed
         last_progress = time.monotonic()
 
-        def event(d: Dispatch, kind: str, reason: str) -> None:
-            node = node_of[d.worker]
+        def event(round_: int, worker: int, kind: str, reason: str) -> None:
+            node = node_of[worker]
             result.events.append(
-                {"round": d.round, "worker": d.worker, "node": node, "kind": kind, "reason": reason}
+                {"round": round_, "worker": worker, "node": node, "kind": kind, "reason": reason}
             )
             LOG.warning(
-                "fedcoop: round %d, worker %d (node %d) %s: %s",
-                d.round,
-                d.worker,
-                node,
-                kind,
-                reason,
+                "fedcoop: round %d, worker %d (node %d) %s: %s", round_, worker, node, kind, reason
             )
 
         while not coordinator.done:
@@ -252,11 +247,12 @@ class CooperativeStrategy:
                     coordinator.release(d.worker)
                     if not reply.has_error():
                         self._answered[d.worker] = d.round  # its device moved on
-                    event(d, "late", "its reply came after the round deadline and was discarded")
+                    reason = "its reply came after the round deadline and was discarded"
+                    event(d.round, d.worker, "late", reason)
                     continue
                 d, _ = in_flight.pop(msg_id)
                 if reply.has_error():
-                    event(d, "failed", reply.error.reason)
+                    event(d.round, d.worker, "failed", reply.error.reason)
                     coordinator.drop(d.worker, d.round, reply.error.reason, still_running=False)
                     continue
                 traffic.setdefault(d.round, [0, 0])[0] += _nbytes(reply)
@@ -273,7 +269,7 @@ class CooperativeStrategy:
                 else:
                     coordinator.reject(d.worker, d.round, problem)
                 if problem is not None:
-                    event(d, "rejected", problem)
+                    event(d.round, d.worker, "rejected", problem)
                 elif d.final:
                     final[d.worker] = x
                 else:
@@ -281,10 +277,8 @@ class CooperativeStrategy:
                     losses.setdefault(d.round, []).append(float(metrics["train-loss"]))
             self._drop_late(coordinator, in_flight, late, event)
             for summary in coordinator.take_summaries():
-                noted = {(e["round"], e.get("worker")) for e in result.events}
-                for worker, reason in summary.missing.items():
-                    if (summary.round, worker) not in noted:  # left out while still busy
-                        event(Dispatch(worker, summary.round, 0, None), "busy", reason)
+                for worker, kind in summary.settled_out.items():
+                    event(summary.round, worker, kind, summary.missing[worker])
                 if summary.components > 1:
                     LOG.warning(
                         "fedcoop: round %d: the surviving workers %s mix in %d separate parts",
@@ -413,7 +407,7 @@ class CooperativeStrategy:
         coordinator: Coordinator,
         in_flight: dict[str, tuple[Dispatch, float]],
         late: dict[str, Dispatch],
-        event: Callable[[Dispatch, str, str], None],
+        event: Callable[[int, int, str, str], None],
     ) -> None:
         """Leave out of their round the workers that passed the round deadline."""
         deadline = self.config.round_deadline
@@ -425,7 +419,7 @@ class CooperativeStrategy:
                 del in_flight[msg_id]
                 late[msg_id] = d
                 reason = f"no reply within round-deadline={deadline}s"
-                event(d, "deadline", reason)
+                event(d.round, d.worker, "deadline", reason)
                 coordinator.drop(d.worker, d.round, reason, still_running=True)
 
     def _message(self, d: Dispatch, node: int, spec: CooperativeSpec) -> Message:

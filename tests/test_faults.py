@@ -159,7 +159,7 @@ def test_the_norm_bound_rejects_a_far_away_model() -> None:
     grid = InProcessGrid(misbehaving(0, [3], tamper(far)), config.num_clients)
     result = run(grid, config)
     (rejected,) = result.events
-    assert (rejected["round"], rejected["worker"]) == (3, 0)
+    assert (rejected["round"], rejected["worker"], rejected["kind"]) == (3, 0, "rejected")
     assert "update-norm-bound 3.0" in rejected["reason"]
     assert_matches_reference(config, result)
 
