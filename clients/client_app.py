@@ -13,8 +13,6 @@ restarts mid-run (with an empty context.state) resumes from its own last round.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -25,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from clients import messages
-from fedcoop import algorithms, workload
+from fedcoop import algorithms, checkpoint, workload
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.training import LocalSGD, LocalWorker, default_device, evaluate
@@ -137,17 +135,9 @@ def _persist(context: Context) -> None:
         return
     meta = context.state.config_records[STATE_META]
     arrays = {k: a.numpy() for k, a in context.state.array_records[STATE_ARRAYS].items()}
+    rounds = np.array([meta["round"], meta["steps"]], dtype=np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array([meta["round"], meta["steps"]], dtype=np.int64), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    checkpoint.atomic_write(path, lambda f: np.savez(f, meta=rounds, **arrays))
 
 
 def _recover(context: Context) -> None:
@@ -159,11 +149,17 @@ def _recover(context: Context) -> None:
     with np.load(path) as saved:
         round_, steps = (int(v) for v in saved["meta"])
         arrays = {k: saved[k] for k in saved.files if k != "meta"}
-    context.state[STATE_ARRAYS] = messages.vector_record(**arrays)
+    _install(context, messages.vector_record(**arrays), round_, steps)
+    LOG.info("fedcoop: restored the worker of round %d from %s", round_, path)
+
+
+def _install(context: Context, arrays: ArrayRecord, round_: int, steps: int) -> None:
+    """Make `arrays` this node's worker state after `round_` (a fresh token: no live
+    worker of this process matches it)."""
+    context.state[STATE_ARRAYS] = arrays
     context.state[STATE_META] = ConfigRecord(
         {"round": round_, "steps": steps, "token": uuid.uuid4().hex}
     )
-    LOG.info("fedcoop: restored the worker of round %d from %s", round_, path)
 
 
 def _current_worker(config: RunConfig, context: Context) -> LocalWorker:
@@ -253,10 +249,7 @@ def _restore_state(msg: Message, context: Context) -> None:
     ):
         records.pop(key, None)
     if int(meta["round"]):
-        context.state[STATE_ARRAYS] = msg.content.array_records[messages.STATE]
-        context.state[STATE_META] = ConfigRecord(
-            {"round": meta["round"], "steps": meta["steps"], "token": uuid.uuid4().hex}
-        )
+        _install(context, msg.content.array_records[messages.STATE], meta["round"], meta["steps"])
 
 
 @app.query("state")
@@ -279,6 +272,7 @@ def _train(msg: Message, context: Context) -> Message:
             "duplicate or out-of-order message"
         )
     update_rule = UpdateRule(str(header["update-rule"]))
+    client_rule = ClientRule(str(header["client-rule"]))
     worker = _current_worker(config, context)
     init = messages.read_vector(msg, messages.INIT)
     mix = messages.read_vector(msg, messages.MIX)
@@ -296,13 +290,13 @@ def _train(msg: Message, context: Context) -> Message:
         worker.apply_sync(
             float(header["self-weight"]),
             None if mix is None else torch.from_numpy(mix),
-            ClientRule(str(header["client-rule"])),
+            client_rule,
             update_rule,
         )
     generator = workload.seeded_generator(config.seed, _node_partition(context)[0], round_)
     loss = worker.run(steps, update_rule, generator)
     x = worker.vector().cpu().numpy()
-    correction = ClientRule(str(header["client-rule"])) is ClientRule.CORRECTION
+    correction = client_rule is ClientRule.CORRECTION
     _save(worker, x, context, config, round_, keep_snapshot=correction)
     content = messages.reply_content(
         messages.vector_record(**{messages.MODEL: x}),

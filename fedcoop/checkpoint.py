@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fedcoop.errors import ConfigError
 
@@ -22,25 +23,34 @@ FILENAME = "checkpoint.pkl"
 VERSION = 1
 
 
-def write(directory: Path, state: dict[str, Any]) -> Path:
-    """Write `state` to directory/checkpoint.pkl: temporary file, fsync, rename, fsync the
-    directory (so the rename itself survives a power cut)."""
-    path = directory / FILENAME
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", dir=directory)
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call write(file) on a temporary file beside `path`, fsync it, rename it over `path`
+    and fsync the directory (so the rename itself survives a power cut): a crash at any
+    instant leaves either the old file or the new one, whole."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            pickle.dump({"version": VERSION, **state}, f, protocol=pickle.HIGHEST_PROTOCOL)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write(directory: Path, state: dict[str, Any]) -> Path:
+    """Write `state` to directory/checkpoint.pkl atomically."""
+    path = directory / FILENAME
+    atomic_write(
+        path,
+        lambda f: pickle.dump({"version": VERSION, **state}, f, protocol=pickle.HIGHEST_PROTOCOL),
+    )
     return path
 
 
