@@ -23,12 +23,10 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -141,7 +139,7 @@ class Loopback:
             env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
         command = deploy.superlink_command(root / "certs", "127.0.0.1", self.port)
         deploy.start(self.state, "superlink", command, env)
-        _wait_for_port(self.port)
+        deploy.wait_for_port(self.port)
         self.helper("register", *self.link(self.port), *[str(k) for k in keys[1::2]])
         for i in range(nodes):
             secret = self.state / f"superexec-{i}.secret"
@@ -152,7 +150,7 @@ class Loopback:
                 superlink=f"127.0.0.1:{dial[i] if dial else self.port}",
                 root_cert=self.ca.resolve(),
                 key=keys[2 * i].resolve(),
-                runtime_port=_free_port(),
+                runtime_port=deploy.free_port(),
                 isolation="process" if helper else "subprocess",
                 secret=secret,
             )
@@ -185,25 +183,9 @@ def loopback(
     """A Loopback deployment in a temporary directory, stopped however the block ends."""
     with tempfile.TemporaryDirectory(prefix="fedcoop-deploy-bench-") as root:
         try:
-            yield Loopback(Path(root), nodes, helper, port or _free_port(), dial)
+            yield Loopback(Path(root), nodes, helper, port or deploy.free_port(), dial)
         finally:
             deploy.stop(Path(root) / "state")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"the SuperLink does not listen on {port} after {timeout}s")
 
 
 def per_round(rows: Sequence[dict[str, float]]) -> float:
@@ -248,7 +230,7 @@ def overlap(args: argparse.Namespace) -> None:
     print(f"run config: {common}")
     link = Link()
     table: dict[str, dict[str, float]] = {}
-    port = _free_port()
+    port = deploy.free_port()
     proxies = Proxies(port, args.nodes, link)
     try:
         with loopback(args.nodes, True, port, proxies.ports) as deployment:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,12 +41,6 @@ HELPER = [sys.executable, "-m", "simulations.deploy"]
 HEARTBEAT = 10
 #: seconds the ServerApp waits for a reply's content (a node killed mid-push never sends it)
 PULL_TIMEOUT = 10
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_certificates_name_every_host_and_chain_to_the_ca(tmp_path: Path) -> None:
@@ -134,7 +127,7 @@ class Deployment:
                     "--root-cert", str(self.ca), "--partition-id", str(i),
                     "--num-partitions", str(NODES),
                     "--key", str(self.root / "keys" / f"supernode-{i}.key"),
-                    "--runtime-port", str(_free_port()), "--state-dir", str(self.device(i)),
+                    "--runtime-port", str(deploy.free_port()), "--state-dir", str(self.device(i)),
                     "--heartbeat-interval", str(HEARTBEAT))  # fmt: skip
 
     def submit_args(self, config: str) -> list[str]:
@@ -156,7 +149,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     """A SuperLink with TLS and node auth and three SuperNodes, all on loopback."""
     root = tmp_path_factory.mktemp("deployment")
     env = {**os.environ, **deploy.FLOWER_ENV, "FLWR_HOME": str(root / "cli")}
-    d = Deployment(env, f"127.0.0.1:{_free_port()}", root)
+    d = Deployment(env, f"127.0.0.1:{deploy.free_port()}", root)
     link = ["--superlink", d.superlink, "--root-cert", str(d.ca)]
     try:
         d.helper("certs", str(root / "certs"), "--host", "localhost", "127.0.0.1")
@@ -165,7 +158,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         d.helper("superlink", "--state", str(d.state), "--certs", str(root / "certs"),
                  "--host", "127.0.0.1", "--port", port,
                  "--pull-timeout", str(PULL_TIMEOUT))  # fmt: skip
-        _wait_for_port(int(port))
+        deploy.wait_for_port(int(port))
         keys = [str(root / "keys" / f"supernode-{i}.pub") for i in range(NODES)]
         d.helper("register", *link, *keys)
         for i in range(NODES):
@@ -174,16 +167,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     finally:
         deploy.stop(d.state)
         assert deploy.running(d.state) == {}
-
-
-def _wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"nothing listens on port {port} after {timeout}s")
 
 
 @pytest.mark.slow
