@@ -13,6 +13,9 @@ import torch
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
+from flwr.app import Message, MessageType
+
+from clients import messages
 from fedcoop import workload
 from fedcoop.config import RunConfig
 
@@ -44,6 +47,13 @@ def gradient_oracle(config: RunConfig) -> Callable[[int, np.ndarray, int], np.nd
         return a.T @ (a @ x - b) / len(b) + config.weight_decay * x
 
     return grad
+
+
+def round_of(msg: Message) -> int | None:
+    """The round a train message starts (None for other messages)."""
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return None
+    return int(msg.content.config_records[messages.HEADER]["round"])
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message
 
-from clients import messages
 from clients.client_app import app as client_app
 from fedcoop import checkpoint
 from fedcoop.config import RunConfig
@@ -30,7 +29,7 @@ from fedcoop.errors import ConfigError
 from simulations.inprocess import InProcessGrid
 from strategies.cooperative import RunResult
 from strategies.server_app import run
-from tests.conftest import least_squares_config
+from tests.conftest import least_squares_config, round_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,10 +47,8 @@ class CrashingGrid(InProcessGrid):
 
     def push_messages(self, out: Iterable[Message]) -> Iterable[str]:
         out = list(out)
-        for msg in out:
-            header = msg.content.config_records.get(messages.HEADER)
-            if header is not None and int(header["round"]) >= self.at:
-                raise Crash
+        if any((round_of(msg) or 0) >= self.at for msg in out):
+            raise Crash
         return super().push_messages(out)
 
 
@@ -114,9 +111,8 @@ def test_checkpoints_go_on_past_a_dead_worker_and_resume_exactly(tmp_path: Path)
         app = grid.client_app
 
         def dead_from_round_3(msg: Message, context: Context) -> Message:
-            header = msg.content.config_records.get(messages.HEADER)
             if context.node_config["partition-id"] == 1 and (
-                context.state.config_records.get("dead") or (header and header["round"] >= 3)
+                context.state.config_records.get("dead") or (round_of(msg) or 0) >= 3
             ):
                 context.state["dead"] = ConfigRecord({"dead": True})
                 raise ConnectionError("device unreachable")

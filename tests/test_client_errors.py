@@ -4,7 +4,6 @@ ClientApp on InProcessGrid; and what a worker keeps in its context.state between
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -19,28 +18,7 @@ from fedcoop.training import model_vector
 from simulations.inprocess import InProcessGrid
 from strategies.cooperative import RunFailed, RunResult
 from strategies.server_app import initial_model, run
-from tests.conftest import gradient_oracle, least_squares_config
-
-ClientAppLike = Callable[[Message, Context], Message]
-
-
-def round_of(msg: Message) -> int | None:
-    if msg.metadata.message_type != MessageType.TRAIN:
-        return None
-    return int(msg.content.config_records[messages.HEADER]["round"])
-
-
-def misbehaving(
-    partition: int, round_: int, action: Callable[[Message, Context], Message]
-) -> ClientAppLike:
-    """The real ClientApp, except that `partition`'s round `round_` goes through `action`."""
-
-    def app(msg: Message, context: Context) -> Message:
-        if context.node_config["partition-id"] == partition and round_of(msg) == round_:
-            return action(msg, context)
-        return client_app(msg, context)
-
-    return app
+from tests.conftest import gradient_oracle, least_squares_config, round_of
 
 
 def x0_of(config: RunConfig) -> np.ndarray:

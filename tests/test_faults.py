@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, MessageType
+from flwr.app import Context, Message
 
 from clients import messages
 from clients.client_app import app as client_app
@@ -21,16 +21,10 @@ from fedcoop.config import RunConfig
 from simulations.inprocess import InProcessGrid
 from strategies.cooperative import RunFailed, RunResult
 from strategies.server_app import run
-from tests.conftest import least_squares_config
+from tests.conftest import least_squares_config, round_of
 from tests.test_equivalence import reference_final
 
 ClientAppLike = Callable[[Message, Context], Message]
-
-
-def round_of(msg: Message) -> int | None:
-    if msg.metadata.message_type != MessageType.TRAIN:
-        return None
-    return int(msg.content.config_records[messages.HEADER]["round"])
 
 
 def misbehaving(
@@ -81,10 +75,15 @@ def answered(result: RunResult, m: int) -> Callable[[int], set[int]]:
     return lambda r: set(range(m)) - left_out.get(r, set())
 
 
-def assert_matches_reference(config: RunConfig, result: RunResult) -> None:
+def assert_matches_reference(
+    config: RunConfig, result: RunResult, workers: list[int] | None = None
+) -> None:
+    """The run's anchors and `workers`' (default all) final models equal the matrix rule
+    run over the workers that answered each round."""
     m = result.spec.num_workers
+    workers = list(range(m)) if workers is None else workers
     ref = reference_final(config, result, answered(result, m))
-    np.testing.assert_allclose(result.workers, ref[:, :m].T, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.workers[workers], ref[:, workers].T, rtol=0, atol=1e-6)
     np.testing.assert_allclose(result.aux, ref[:, m:].T, rtol=0, atol=1e-6)
 
 
@@ -200,14 +199,7 @@ def test_a_worker_dead_from_round_3_ends_without_a_final_model() -> None:
     alive = [0, 2, 3, 4]
     assert np.all(np.isfinite(result.workers[alive]))
     assert "worker-loss" in result.client_evaluation
-    assert_matches_reference_alive(config, result, alive)
-
-
-def assert_matches_reference_alive(config: RunConfig, result: RunResult, alive: list[int]):
-    m = result.spec.num_workers
-    ref = reference_final(config, result, answered(result, m))
-    np.testing.assert_allclose(result.workers[alive], ref[:, alive].T, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(result.aux, ref[:, m:].T, rtol=0, atol=1e-6)
+    assert_matches_reference(config, result, alive)
 
 
 class SlowNodeGrid(InProcessGrid):
