@@ -458,7 +458,8 @@ class Coordinator:
                 survivors=alive,
                 missing=dict(sorted(missing.items())),
                 rejected=sorted(self._rejected.get(round_, set())),
-                components=participation.components(w, m, survivors),
+                # W itself was validated to mix; only a re-weighted one can split
+                components=1 if len(alive) == m else participation.components(w, m, survivors),
                 settled_out=dict(sorted(self._settled_out.get(round_, {}).items())),
             )
         )
