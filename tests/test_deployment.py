@@ -269,7 +269,8 @@ def test_a_killed_supernode_is_left_out_then_rejoins_from_its_state(
         if submit.poll() is None:
             os.killpg(submit.pid, signal.SIGKILL)
             submit.wait()
-    assert _nodes(deployment) == nodes  # same node ids, all online again
+    # same node ids, all online again (the status follows heartbeats: give it two)
+    _wait("the same nodes online again", lambda: _nodes(deployment) == nodes, 2 * HEARTBEAT)
 
     (run_dir,) = runs.iterdir()
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
