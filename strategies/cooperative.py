@@ -239,6 +239,9 @@ class CooperativeStrategy:
                 now = time.monotonic()
                 for msg_id, d in zip(grid.push_messages(out), ready, strict=True):
                     in_flight[msg_id] = (d, now)
+            # a pull can block (on a reply whose node died mid-push): replies that arrive
+            # meanwhile come with the next pull, so the deadline is judged at this one's start
+            pulled_at = time.monotonic()
             replies = list(grid.pull_messages([*in_flight, *late]))
             for reply in replies:
                 msg_id = reply.metadata.reply_to_message_id
@@ -275,7 +278,7 @@ class CooperativeStrategy:
                 else:
                     metrics = reply.content.metric_records[messages.METRICS]
                     losses.setdefault(d.round, []).append(float(metrics["train-loss"]))
-            self._drop_late(coordinator, in_flight, late, event)
+            self._drop_late(coordinator, in_flight, late, event, pulled_at)
             for summary in coordinator.take_summaries():
                 for worker, kind in summary.settled_out.items():
                     event(summary.round, worker, kind, summary.missing[worker])
@@ -408,14 +411,15 @@ class CooperativeStrategy:
         in_flight: dict[str, tuple[Dispatch, float]],
         late: dict[str, Dispatch],
         event: Callable[[int, int, str, str], None],
+        pulled_at: float,
     ) -> None:
-        """Leave out of their round the workers that passed the round deadline."""
+        """Leave out of their round the workers whose reply a pull begun `pulled_at`, past
+        their round deadline, did not bring."""
         deadline = self.config.round_deadline
         if not deadline:
             return
-        now = time.monotonic()
         for msg_id, (d, sent) in list(in_flight.items()):
-            if now - sent > deadline:
+            if pulled_at - sent > deadline:
                 del in_flight[msg_id]
                 late[msg_id] = d
                 reason = f"no reply within round-deadline={deadline}s"

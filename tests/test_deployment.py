@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,8 +235,9 @@ def test_a_killed_supernode_is_left_out_then_rejoins_from_its_state(
     deployment: Deployment,
 ) -> None:
     """SIGKILL SuperNode 2 and its ClientApp after round 3: the survivors go on without it
-    (round-deadline, then Flower reports the node unavailable); restarted with the same key
-    and device state, it keeps its node id and trains again from its own last round."""
+    (a failed reply or the round deadline, then Flower reports the node unavailable);
+    restarted with the same key and device state, it keeps its node id and trains again
+    from its own last round."""
     victim, tau, rounds = NODES - 1, 2, 60
     runs = deployment.runs / "faults"
     config = (
@@ -274,11 +276,14 @@ def test_a_killed_supernode_is_left_out_then_rejoins_from_its_state(
 
     (run_dir,) = runs.iterdir()
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    kinds = {e["kind"] for e in events if e["worker"] == victim}
-    assert {"deadline", "failed"} <= kinds, events
+    # Only the victim misses rounds. How its first one ends depends on when the kill lands:
+    # a reply cut off mid-push (failed), or a message left unanswered (deadline, then late);
+    # once the SuperLink has noticed, its messages fail at once as Node Unavailable.
+    assert {e["worker"] for e in events} == {victim}, events
+    assert {e["kind"] for e in events} <= {"failed", "deadline", "late", "busy"}, events
     assert any("Node Unavailable" in e["reason"] for e in events if e["kind"] == "failed")
     faults = json.loads((run_dir / "final.json").read_text())["faults"]
-    assert faults["deadline"] >= 1 and faults["failed"] >= 1
+    assert faults == dict(Counter(e["kind"] for e in events))
     participants = [
         json.loads(line)["participants"]
         for line in (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -9,6 +9,7 @@ round that loses its quorum stops the run, naming every reason.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -236,6 +237,44 @@ class SlowNodeGrid(InProcessGrid):
             out.append(self.held)
             self.held = None
         return out
+
+
+class BlockingPullGrid(InProcessGrid):
+    """Its first pull in round `round_` blocks for `seconds` and brings nothing while every
+    reply arrives, like Flower's pull stuck on the content of a reply whose node died
+    mid-push."""
+
+    def __init__(self, round_: int, seconds: float, num_nodes: int) -> None:
+        super().__init__(client_app, num_nodes)
+        self.round, self.seconds = round_, seconds
+        self.current = 0
+        self.blocked = False
+
+    def push_messages(self, messages_: Iterable[Message]) -> Iterable[str]:
+        messages_ = list(messages_)
+        self.current = max([self.current, *(round_of(m) or 0 for m in messages_)])
+        return super().push_messages(messages_)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        if self.current == self.round and not self.blocked:
+            self.blocked = True
+            for msg_id in list(self._waiting):  # every reply arrives while it blocks
+                self._deliver(self._waiting.pop(msg_id))
+            time.sleep(self.seconds)
+            return []
+        return super().pull_messages(message_ids)
+
+
+def test_replies_that_arrive_while_a_pull_blocks_are_in_time() -> None:
+    """The deadline is judged at the start of a pull, so a pull that blocks past it does not
+    leave out the workers whose replies came meanwhile."""
+    config = least_squares_config(algorithm="local-sgd", num_rounds=4, round_deadline=0.2)
+    grid = BlockingPullGrid(2, seconds=0.5, num_nodes=config.num_clients)
+    result = run(grid, config)
+    assert grid.blocked
+    assert result.events == []
+    assert [row["participants"] for row in result.rounds] == [config.num_clients] * 4
+    assert_matches_reference(config, result)
 
 
 def test_a_late_worker_misses_rounds_and_its_late_reply_is_discarded() -> None:
