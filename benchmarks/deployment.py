@@ -5,7 +5,8 @@ deployment (stock SuperLink, `flower-supernode --isolation subprocess`: one Clie
 per message) and on the helper's (simulations.deploy: long-lived ClientApps, short polls),
 next to the same config simulated in this process (no transport at all).
 
-overlap: sync, local-sgd and overlap at the same tau over emulated links between each
+overlap: sync, local-sgd and overlap (plain, and with eager replies: the local steps run
+while the reply and the next message travel) at the same tau over emulated links between each
 SuperNode and the SuperLink. tc netem is absent here, so each SuperNode dials its own
 user-space TCP proxy that holds every chunk for the one-way latency after serialising it at
 the link rate (tbf could limit rate but not add delay). The communication time of a run is
@@ -39,6 +40,14 @@ from simulations import deploy  # noqa: E402
 
 #: name -> (one-way latency in seconds, rate in bit/s), the issue's presets
 PRESETS = {"50ms-20mbit": (0.05, 20e6), "200ms-5mbit": (0.2, 5e6)}
+#: the rows of the overlap table: name -> run config
+ALGORITHMS = {
+    "sync": "algorithm='sync'",
+    "local-sgd": "algorithm='local-sgd'",
+    "overlap": "algorithm='overlap'",
+    "overlap-eager": "algorithm='overlap' eager-reply=true",
+}
+OVERLAPS = ("overlap", "overlap-eager")
 
 
 # -- an emulated link -------------------------------------------------------------------------
@@ -236,10 +245,10 @@ def overlap(args: argparse.Namespace) -> None:
         with loopback(args.nodes, True, port, proxies.ports) as deployment:
             for preset in ("none", *args.presets):
                 link.latency, link.rate = PRESETS.get(preset, (0.0, None))
-                for algorithm in ("sync", "local-sgd", "overlap"):
-                    rows = deployment.submit(f"algorithm='{algorithm}' {common}")
+                for algorithm, chosen in ALGORITHMS.items():
+                    rows = deployment.submit(f"{chosen} {common}")
                     table.setdefault(algorithm, {})[preset] = per_round(rows)
-                    print(f"{preset:12} {algorithm:10} {table[algorithm][preset]:.3f} s/round")
+                    print(f"{preset:12} {algorithm:13} {table[algorithm][preset]:.3f} s/round")
     finally:
         proxies.close()
     print_table(table, args.presets)
@@ -255,8 +264,9 @@ def print_table(table: dict[str, dict[str, float]], presets: Sequence[str]) -> N
         print(f"| {algorithm} | " + " | ".join(cells + [f"{c:.2f}" for c in comm]) + " |")
     for p in presets:
         local = table["local-sgd"][p] - table["local-sgd"]["none"]
-        mine = table["overlap"][p] - table["overlap"]["none"]
-        print(f"\nhidden by overlap at {p}: {1 - mine / local:.0%} of local-sgd's {local:.2f} s")
+        for name in OVERLAPS:
+            mine = table[name][p] - table[name]["none"]
+            print(f"hidden by {name} at {p}: {1 - mine / local:.0%} of local-sgd's {local:.2f} s")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -266,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--rounds", type=int, default=4)
     p.set_defaults(func=overhead)
-    p = sub.add_parser("overlap", help="sync / local-sgd / overlap over emulated links")
+    p = sub.add_parser("overlap", help="sync / local-sgd / overlaps over emulated links")
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--tau", type=int, default=32)

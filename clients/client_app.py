@@ -8,13 +8,23 @@ runs tau local SGD steps and replies with the model. The header says which rules
 worker never needs the matrix itself. With ``state-dir`` in the SuperNode's node config, the
 state is also written to the device after every round, so that a SuperNode that dies and
 restarts mid-run (with an empty context.state) resumes from its own last round.
+
+With `eager-reply`, a message's reply carries the model of the round the worker ran since
+the previous message, and the new round's local steps run after the reply: in a background
+thread where the process outlives messages (node config ``background-steps=true``, which
+the deploy helper sets), so that the link carries the reply and the next message while the
+worker computes; elsewhere (Flower's simulation engine, where the next message may reach
+another process) before the reply, with the same result.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 import uuid
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +41,28 @@ from fedcoop.training import LocalSGD, LocalWorker, default_device, evaluate
 LOG = logging.getLogger("flwr.fedcoop")
 STATE_ARRAYS = "worker"
 STATE_META = "worker-meta"
+#: eager replies: why the local steps of a round failed, reported when it is collected
+FAILURE = "worker-failure"
 #: Workers kept alive in this process, by (run id, node id): (state token, config, worker).
 #: Bounded so that a process serving many nodes of a large model cannot grow without limit.
 _LIVE: OrderedDict[tuple[int, int], tuple[str, RunConfig, LocalWorker]] = OrderedDict()
 _MAX_LIVE = 64
+
+
+@dataclass
+class _Steps:
+    """A round's local steps running in the background (eager replies)."""
+
+    round: int
+    worker: LocalWorker
+    config: RunConfig
+    keep_snapshot: bool
+    loss: Future[float]
+
+
+#: the background steps of each node (run id, node id) of this process, until collected
+_BACKGROUND: dict[tuple[int, int], _Steps] = {}
+_EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fedcoop-steps")
 
 app = ClientApp()
 
@@ -89,6 +117,7 @@ def _save(
     config: RunConfig,
     round_: int,
     *,
+    loss: float,
     keep_snapshot: bool,
 ) -> None:
     """Write the worker (whose model vector is x) into context.state, the record of truth,
@@ -108,8 +137,9 @@ def _save(
     )
     token = uuid.uuid4().hex
     context.state[STATE_META] = ConfigRecord(
-        {"round": round_, "token": token, "steps": worker.steps_done}
+        {"round": round_, "token": token, "steps": worker.steps_done, "loss": loss}
     )
+    context.state.config_records.pop(FAILURE, None)
     _persist(context)
     key = (context.run_id, context.node_id)
     _LIVE[key] = (token, config, worker)
@@ -211,7 +241,9 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Apply the sync the message carries, run the round's local steps, reply with x_i."""
+    """Apply the sync the message carries, run the round's local steps, reply with x_i
+    (eager replies: with the model of the round run since the previous message)."""
+    _settle_background(context)
     _recover(context)
     try:
         return _train(msg, context)
@@ -255,6 +287,7 @@ def _restore_state(msg: Message, context: Context) -> None:
 @app.query("state")
 def query_state(msg: Message, context: Context) -> Message:
     """This worker's whole state, for the server's checkpoint."""
+    _settle_background(context)
     _recover(context)
     return Message(RecordDict(_state_content(context)), reply_to=msg)
 
@@ -264,9 +297,15 @@ def _train(msg: Message, context: Context) -> Message:
     header = msg.content.config_records[messages.HEADER]
     if messages.STATE_META in msg.content.config_records:
         _restore_state(msg, context)
+    collected = _collected(context, header) if config.eager_reply else None
+    if "round" not in header:  # eager: the message only collects the final round
+        return Message(collected or RecordDict(), reply_to=msg)
     round_, steps = int(header["round"]), int(header["local-steps"])
     last = _last_round(context.state)
-    if round_ <= last:
+    adopt = bool(header.get("adopt", False))
+    # eager: the server may take back a round it started before the sync it missed, and
+    # send it again, adopting
+    if round_ < last or (round_ == last and not (config.eager_reply and adopt)):
         raise ValueError(
             f"round {round_} sent to a worker whose last round was {last}: a stale, "
             "duplicate or out-of-order message"
@@ -276,7 +315,6 @@ def _train(msg: Message, context: Context) -> Message:
     worker = _current_worker(config, context)
     init = messages.read_vector(msg, messages.INIT)
     mix = messages.read_vector(msg, messages.MIX)
-    adopt = bool(header.get("adopt", False))
     if init is not None:
         worker.load_vector(torch.from_numpy(init))
         worker.snapshot = worker.vector()
@@ -294,23 +332,82 @@ def _train(msg: Message, context: Context) -> Message:
             update_rule,
         )
     generator = workload.seeded_generator(config.seed, _node_partition(context)[0], round_)
-    loss = worker.run(steps, update_rule, generator)
-    x = worker.vector().cpu().numpy()
     correction = client_rule is ClientRule.CORRECTION
-    _save(worker, x, context, config, round_, keep_snapshot=correction)
+    job = _Steps(round_, worker, config, correction, Future())
+    if collected is not None and bool(context.node_config.get("background-steps", False)):
+        job.loss = _EXECUTOR.submit(worker.run, steps, update_rule, generator)
+        _BACKGROUND[context.run_id, context.node_id] = job
+        return Message(collected, reply_to=msg)
+    try:
+        job.loss.set_result(worker.run(steps, update_rule, generator))
+    except Exception as exc:
+        if collected is None:
+            raise
+        job.loss.set_exception(exc)  # eager: reported when round_ is collected
+    _finish(context, job)
+    if collected is not None:
+        return Message(collected, reply_to=msg)
+    return Message(_report(context, bool(header.get("send-state", False))), reply_to=msg)
+
+
+def _finish(context: Context, job: _Steps) -> None:
+    """Keep the outcome of a round's local steps in context.state: the worker after them,
+    or (eager replies) why they failed, for the message that collects the round."""
+    try:
+        loss = job.loss.result()
+    except Exception as exc:
+        _LIVE.pop((context.run_id, context.node_id), None)  # half-way through the round
+        reason = "".join(traceback.format_exception(exc))
+        context.state[FAILURE] = ConfigRecord({"round": job.round, "reason": reason})
+        return
+    x = job.worker.vector().cpu().numpy()
+    _save(job.worker, x, context, job.config, job.round, loss=loss, keep_snapshot=job.keep_snapshot)
+
+
+def _settle_background(context: Context) -> None:
+    """Wait for this node's background steps, if any, and keep their outcome."""
+    job = _BACKGROUND.pop((context.run_id, context.node_id), None)
+    if job is not None:
+        job.loss.exception()  # waits
+        _finish(context, job)
+
+
+def _collected(context: Context, header: ConfigRecord) -> RecordDict:
+    """Eager replies: the reply that reports round `collect` of the header (0: none)."""
+    want = int(header["collect"])
+    if not want:
+        return RecordDict()
+    held = _last_round(context.state)
+    failure = context.state.config_records.get(FAILURE)
+    if failure is not None and int(failure["round"]) == want:
+        raise RuntimeError(f"the local steps of round {want} failed:\n{failure['reason']}")
+    if held != want:
+        raise ValueError(
+            f"asked for the model of round {want}, but this worker holds round {held}: its "
+            "local steps of that round were lost (did the ClientApp process restart?)"
+        )
+    return _report(context, bool(header.get("send-state", False)))
+
+
+def _report(context: Context, send_state: bool) -> RecordDict:
+    """The reply content for the round context.state holds: its model and training loss,
+    and with `send_state` the whole state, for a checkpoint."""
+    meta = context.state.config_records[STATE_META]
+    x = context.state.array_records[STATE_ARRAYS][messages.MODEL].numpy()
     content = messages.reply_content(
         messages.vector_record(**{messages.MODEL: x}),
-        {"train-loss": loss, "num-examples": len(worker.data), "round": round_},
+        {"train-loss": float(meta.get("loss", float("nan"))), "round": int(meta["round"])},
     )
-    if bool(header.get("send-state", False)):
+    if send_state:
         for key, record in _state_content(context, with_model=False).items():
             content[key] = record
-    return Message(content, reply_to=msg)
+    return content
 
 
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Loss and accuracy of this worker's own current model on the test set."""
+    _settle_background(context)
     _recover(context)
     config = messages.read_config(msg)
     worker = _current_worker(config, context)

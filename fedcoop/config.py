@@ -88,6 +88,10 @@ class RunConfig:
     participation: float = 1.0
     #: seconds a worker may take to answer a round before it is left out of it (0 = no limit)
     round_deadline: float = 0.0
+    #: a worker answers each message with its previous round's model and runs the new
+    #: round's local steps after answering, so its link works while it computes (rules
+    #: whose workers read only auxiliary nodes; fedcoop.coordinator)
+    eager_reply: bool = False
     #: share of a round's sampled workers that must answer, else the run stops
     quorum: float = 0.5
     #: reject a model farther than this many times the round's median distance from the

@@ -15,6 +15,14 @@ model after them. After the last round, message R+1 carries the payload of sync 
 for no steps: it leaves every worker in its final, mixed state. A worker never has two
 messages in flight. Workers that miss a round follow `fedcoop.participation`: the sync uses
 W re-weighted over the survivors, and a worker that missed it adopts the survivors' mix.
+
+With ``eager`` (the `eager-reply` config key), a worker answers each message at once with the
+model of its previous round and runs the new round's local steps after answering, so that
+its link is busy while it computes. Round r+1 is then released while round r is still
+running (`ahead`): its payload reads only the worker itself and the auxiliary values of the
+sync before, and the message that starts it is the one that collects round r. If round r
+does not come back usably, round r+1 is taken back and sent again, adopting, once round r
+has settled without the worker.
 """
 
 from __future__ import annotations
@@ -113,8 +121,12 @@ class Coordinator:
     norm_bound: float = 0.0
     #: keep the state of every this many settled rounds for `take_cut` (0 = never)
     checkpoint_every: int = 0
+    #: release round r+1 while the worker still runs round r (eager replies)
+    eager: bool = False
     _last: list[int] = field(init=False)
     _busy: dict[int, int] = field(init=False, default_factory=dict)
+    #: eager: worker -> the round released after the one in `_busy`, whose report is awaited
+    _ahead: dict[int, int] = field(init=False, default_factory=dict)
     _late: dict[int, int] = field(init=False, default_factory=dict)
     _trained: set[int] = field(init=False, default_factory=set)
     _reports: dict[int, dict[int, np.ndarray]] = field(init=False, default_factory=dict)
@@ -144,6 +156,8 @@ class Coordinator:
         self._reads_workers = frozenset(
             i for i in range(m) if any(j < m for j in self.spec.incoming(i))
         )
+        if self.eager:
+            self._check_eager()
 
     # -- what the strategy asks ----------------------------------------------------------
     @property
@@ -187,10 +201,15 @@ class Coordinator:
             worker not in self._busy and worker not in self._late and (self._last[worker] == round_)
         )
 
+    def awaiting(self, worker: int) -> int | None:
+        """The round whose report the coordinator awaits from worker (None: none)."""
+        return self._busy.get(worker)
+
     def describe(self) -> str:
         """Where each worker stands, for error messages."""
         return (
-            f"last round per worker {self._last}, in flight {self._busy}, late {self._late}, "
+            f"last round per worker {self._last}, in flight {self._busy}, "
+            f"started ahead {self._ahead}, late {self._late}, "
             f"rounds settled up to {self._settled}"
         )
 
@@ -198,15 +217,23 @@ class Coordinator:
         """Messages that can be sent now; each is marked in flight."""
         out = []
         for i in range(self.spec.num_workers):
-            if i in self._busy or i in self._late:
+            if i in self._late or i in self._ahead:
                 continue
-            r = self._next_round(i)
+            if i not in self._busy:
+                r = self._next_round(i)
+            elif self.eager and self._busy[i] <= self.num_rounds:
+                r = self._busy[i] + 1  # every worker trains every round (checked)
+            else:
+                continue
             if r is None:
                 continue
             known, payload = self._payload_for(i, r)
             if not known:
                 continue
-            self._busy[i] = r
+            if i in self._busy:
+                self._ahead[i] = r
+            else:
+                self._busy[i] = r
             self._last[i] = r
             steps = self.spec.tau if r <= self.num_rounds else 0
             init = i not in self._trained and payload is None
@@ -226,6 +253,8 @@ class Coordinator:
             self.reject(worker, round_, problem)
             return problem
         del self._busy[worker]
+        if worker in self._ahead:
+            self._busy[worker] = self._ahead.pop(worker)
         self._trained.add(worker)
         self._reports.setdefault(round_, {})[worker] = np.array(model, copy=True)
         self._settle()
@@ -235,6 +264,7 @@ class Coordinator:
         """Worker's reply to `round_` is unusable: leave it out of the round, reset it."""
         self._check_in_flight(worker, round_)
         del self._busy[worker]
+        self._take_back_ahead(worker, round_)
         self._trained.add(worker)
         self._rejected.setdefault(round_, set()).add(worker)
         self._missing.setdefault(round_, {})[worker] = f"rejected: {reason}"
@@ -249,6 +279,7 @@ class Coordinator:
         """
         self._check_in_flight(worker, round_)
         del self._busy[worker]
+        self._take_back_ahead(worker, round_)
         if still_running:
             self._late[worker] = round_
         self._missing.setdefault(round_, {})[worker] = reason
@@ -300,6 +331,29 @@ class Coordinator:
         self._pending = {int(i): Payload(**p) for i, p in cut["pending"].items()}
 
     # -- internals -----------------------------------------------------------------------
+    def _check_eager(self) -> None:
+        """Eager replies need every payload computable before the worker's own report is
+        in: a column that reads only the worker and auxiliary nodes, every worker in every
+        round, and no check that compares the round's models first."""
+        if self._reads_workers:
+            raise ConfigError(
+                "eager-reply",
+                True,
+                "needs workers whose column of W reads only themselves and auxiliary nodes "
+                f"(overlap, easgd, eamsgd, hierarchical, cocod); workers "
+                f"{sorted(self._reads_workers)} read other workers",
+            )
+        if self.participation < 1:
+            raise ConfigError("eager-reply", True, "needs participation = 1")
+        if self.norm_bound:
+            raise ConfigError("eager-reply", True, "needs update-norm-bound = 0 (off)")
+
+    def _take_back_ahead(self, worker: int, missed: int) -> None:
+        """Eager: the round started ahead of `missed` assumed the worker's report of it; it
+        is released again (adopting) once `missed` has settled without the worker."""
+        if self._ahead.pop(worker, None) is not None:
+            self._last[worker] = missed
+
     def _check_in_flight(self, worker: int, round_: int) -> None:
         if not 0 <= worker < self.spec.num_workers:
             # A negative index would otherwise read another worker's round.
@@ -345,9 +399,12 @@ class Coordinator:
             return True, self._pending.pop(worker, None)
         # Early: the worker trained that very sync's round, its report stands, and its
         # column reads only itself and auxiliary values of the sync before (overlap).
+        reported = worker in self._reports.get(sync, {}) or (
+            self.eager and self._busy.get(worker) == sync
+        )
         early = (
             self._last[worker] == sync
-            and worker in self._reports.get(sync, {})
+            and reported
             and not self.norm_bound
             and worker not in self._reads_workers
             and sync - 1 in self._aux
@@ -376,7 +433,11 @@ class Coordinator:
                 continue
             source = reports[j] if j < m else self._aux[sync - 1][j - m]
             mix = w[j, worker] * source if mix is None else mix + w[j, worker] * source
-        reset = worker in self._rejected.get(sync, set())
+        # a reset not yet delivered (the worker got no message since) still applies
+        unsent = self._pending.get(worker)
+        reset = worker in self._rejected.get(sync, set()) or (
+            adopt and unsent is not None and unsent.reset
+        )
         if adopt and mix is None:
             if not reset:
                 return None
@@ -438,7 +499,10 @@ class Coordinator:
             self._aux[round_] = prev
         for i in range(m):
             if (i, round_) in self._early:
-                continue
+                if i in survivors:
+                    continue
+                # eager: its early payload assumed a report that did not come
+                del self._early[i, round_]
             payload = self._payload(i, round_, w, reports, adopt=i not in survivors)
             if payload is not None:
                 self._pending[i] = payload

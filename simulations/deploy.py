@@ -360,12 +360,16 @@ def supernode_commands(
     `clientapp`; "subprocess": Flower's stock flower-supernode, a fresh ClientApp process per
     message (the baseline of the overhead benchmark), which has no heartbeat flag.
     `state_dir`: where the ClientApp keeps its worker state on the device, to resume from it
-    after a restart.
+    after a restart. With the long-lived clientapp, runs with `eager-reply` run a round's
+    local steps after replying (node config `background-steps`).
     """
     runtime = f"127.0.0.1:{runtime_port}"
     node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
     if state_dir is not None:
         node_config += f" state-dir={json.dumps(str(state_dir))}"  # a TOML string
+    if isolation == "process":
+        # the long-lived clientapp outlives messages: eager replies compute after replying
+        node_config += " background-steps=true"
     flags = [
         "--superlink", superlink,
         "--node-config", node_config,

@@ -29,7 +29,16 @@ CLIENT_APP_RAISED = 1
 class InProcessGrid(Grid):
     """`num_nodes` simulated SuperNodes running `client_app`, partition i on the i-th node."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        *,
+        seed: int = 0,
+        node_config: dict[str, bool | int | float | str] | None = None,
+    ) -> None:
+        """`node_config`: more node config for every node, as a SuperNode's --node-config
+        gives it (e.g. background-steps)."""
         self.client_app = client_app
         self._rng = np.random.default_rng(seed)
         # Node ids unrelated to partition ids, so the strategy has to map them.
@@ -38,7 +47,11 @@ class InProcessGrid(Grid):
             int(node): Context(
                 run_id=1,
                 node_id=int(node),
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_config={
+                    "partition-id": i,
+                    "num-partitions": num_nodes,
+                    **(node_config or {}),
+                },
                 state=RecordDict(),
                 run_config={},
             )

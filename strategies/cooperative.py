@@ -60,6 +60,34 @@ class RunResult:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class _Tally:
+    """Per-round figures gathered while rounds are open: losses, [bytes up, bytes down],
+    and the workers' final models."""
+
+    losses: dict[int, list[float]] = field(default_factory=dict)
+    traffic: dict[int, list[int]] = field(default_factory=dict)
+    final: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Exchange:
+    """One train message and its reply: the message starts `start` (None: it only collects)
+    and the reply reports `collect` (None: nothing yet). Without eager replies both are the
+    same dispatch; with them, a message collects the round its worker has been running
+    since the previous message, and starts the next one."""
+
+    start: Dispatch | None
+    collect: Dispatch | None
+
+    @property
+    def awaited(self) -> Dispatch:
+        """The dispatch whose report this exchange brings, or which it starts."""
+        d = self.collect or self.start
+        assert d is not None
+        return d
+
+
 class CooperativeStrategy:
     """Run `config` (or an explicit `spec`) over a Flower Grid."""
 
@@ -117,6 +145,7 @@ class CooperativeStrategy:
             quorum=self.config.quorum,
             norm_bound=self.config.update_norm_bound,
             checkpoint_every=self.config.checkpoint_every if self.run_dir else 0,
+            eager=self.config.eager_reply,
         )
         clock = VirtualClock.from_config(self.config, spec, model_bytes=self.x0.nbytes)
         if self.resume is not None:
@@ -211,11 +240,13 @@ class CooperativeStrategy:
         result: RunResult,
     ) -> None:
         """Push what is ready, take what arrives, until every worker had its final sync."""
-        in_flight: dict[str, tuple[Dispatch, float]] = {}
-        late: dict[str, Dispatch] = {}
-        losses: dict[int, list[float]] = {}
-        traffic: dict[int, list[int]] = {}
-        final: dict[int, np.ndarray] = {}
+        in_flight: dict[str, tuple[_Exchange, float]] = {}
+        late: dict[str, _Exchange] = {}
+        #: eager: per worker, the dispatch its device runs, and a released one that waits
+        #: for the worker's message in flight to come back
+        running: dict[int, Dispatch] = {}
+        queued: dict[int, Dispatch] = {}
+        tally = _Tally()
         started = time.monotonic() - self._elapsed
         last_progress = time.monotonic()
 
@@ -228,17 +259,28 @@ class CooperativeStrategy:
                 "fedcoop: round %d, worker %d (node %d) %s: %s", round_, worker, node, kind, reason
             )
 
+        def missed(d: Dispatch, kind: str, reason: str, *, still_running: bool) -> None:
+            """Worker d.worker did not bring d's report: what its device runs is void."""
+            event(d.round, d.worker, kind, reason)
+            coordinator.drop(d.worker, d.round, reason, still_running=still_running)
+            running.pop(d.worker, None)
+            queued.pop(d.worker, None)
+
         while not coordinator.done:
-            ready = coordinator.ready()
-            if not ready and not in_flight and not late:
+            for d in coordinator.ready():
+                queued[d.worker] = d
+            exchanges = self._exchanges(queued, running, [e for e, _ in in_flight.values()], late)
+            if not exchanges and not in_flight and not late:
                 raise RunFailed(f"nothing in flight and nothing ready: {coordinator.describe()}")
-            if ready:
-                out = [self._message(d, node_of[d.worker], coordinator.spec) for d in ready]
-                for d, msg in zip(ready, out, strict=True):
-                    traffic.setdefault(d.round, [0, 0])[1] += _nbytes(msg)
+            if exchanges:
+                out = [self._message(e, node_of, coordinator.spec) for e in exchanges]
+                for e, msg in zip(exchanges, out, strict=True):
+                    queued.pop(e.awaited.worker, None)
+                    sent = tally.traffic.setdefault((e.start or e.awaited).round, [0, 0])
+                    sent[1] += _nbytes(msg)
                 now = time.monotonic()
-                for msg_id, d in zip(grid.push_messages(out), ready, strict=True):
-                    in_flight[msg_id] = (d, now)
+                for msg_id, e in zip(grid.push_messages(out), exchanges, strict=True):
+                    in_flight[msg_id] = (e, now)
             # a pull can block (on a reply whose node died mid-push): replies that arrive
             # meanwhile come with the next pull, so the deadline is judged at this one's start
             pulled_at = time.monotonic()
@@ -246,78 +288,131 @@ class CooperativeStrategy:
             for reply in replies:
                 msg_id = reply.metadata.reply_to_message_id
                 if msg_id in late:
-                    d = late.pop(msg_id)
+                    d = late.pop(msg_id).awaited
                     coordinator.release(d.worker)
                     if not reply.has_error():
                         self._answered[d.worker] = d.round  # its device moved on
                     reason = "its reply came after the round deadline and was discarded"
                     event(d.round, d.worker, "late", reason)
                     continue
-                d, _ = in_flight.pop(msg_id)
+                e, _ = in_flight.pop(msg_id)
                 if reply.has_error():
-                    event(d.round, d.worker, "failed", reply.error.reason)
-                    coordinator.drop(d.worker, d.round, reply.error.reason, still_running=False)
+                    missed(e.awaited, "failed", reply.error.reason, still_running=False)
                     continue
-                traffic.setdefault(d.round, [0, 0])[0] += _nbytes(reply)
-                x, problem = _read_reply(reply, d)
-                self._answered[d.worker] = d.round
-                if problem is None and messages.STATE_META in reply.content.config_records:
-                    # (a rejected reply's state is asked for afresh at the checkpoint)
-                    state = _read_state(reply.content)
-                    state[2][messages.MODEL] = x  # the reply's model is the state's
-                    self._states.setdefault(d.worker, {})[d.round] = state
-                    self._known[d.worker] = state
-                if problem is None:
-                    problem = coordinator.record(d.worker, d.round, x)
-                else:
-                    coordinator.reject(d.worker, d.round, problem)
-                if problem is not None:
-                    event(d.round, d.worker, "rejected", problem)
-                elif d.final:
-                    final[d.worker] = x
-                else:
-                    metrics = reply.content.metric_records[messages.METRICS]
-                    losses.setdefault(d.round, []).append(float(metrics["train-loss"]))
-            self._drop_late(coordinator, in_flight, late, event, pulled_at)
+                if e.collect is not None:
+                    self._take_report(reply, e.collect, coordinator, tally, event)
+                start = e.start
+                # eager: unless its report was rejected, the device now runs `start`
+                if (
+                    start is not None
+                    and start is not e.collect
+                    and coordinator.awaiting(start.worker) == start.round
+                ):
+                    running[start.worker] = start
+            deadline = self.config.round_deadline
+            for msg_id, (e, sent) in list(in_flight.items()):
+                if deadline and pulled_at - sent > deadline:
+                    del in_flight[msg_id]
+                    late[msg_id] = e
+                    reason = f"no reply within round-deadline={deadline}s"
+                    missed(e.awaited, "deadline", reason, still_running=True)
             for summary in coordinator.take_summaries():
-                for worker, kind in summary.settled_out.items():
-                    event(summary.round, worker, kind, summary.missing[worker])
-                if summary.components > 1:
-                    LOG.warning(
-                        "fedcoop: round %d: the surviving workers %s mix in %d separate parts",
-                        summary.round,
-                        summary.survivors,
-                        summary.components,
-                    )
-                    result.events.append(
-                        {
-                            "round": summary.round,
-                            "kind": "split",
-                            "reason": f"{summary.components} parts",
-                        }
-                    )
-                row = self._round_row(
-                    summary, coordinator.spec.tau, losses.pop(summary.round, []), started
-                )
-                row["bytes-up"], row["bytes-down"] = traffic.pop(summary.round, [0, 0])
-                row["virtual-time"] = clock.round(summary.round, summary.survivors)
-                result.rounds.append(row)
-                self._survivors.append(summary.survivors)
-                LOG.info("fedcoop: %s", _format_row(row))
+                self._settled(summary, coordinator, clock, tally, started, event, result)
             cut = coordinator.take_cut()
             if cut is not None:
                 self._checkpoint(grid, coordinator, cut, node_of, result)
             if replies:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > self.config.round_timeout:
-                waiting = sorted(d.worker for d, _ in in_flight.values())
+                waiting = sorted(e.awaited.worker for e, _ in in_flight.values())
                 raise RunFailed(
                     f"no reply for {self.config.round_timeout}s; waiting on workers {waiting}"
                 )
             else:
                 time.sleep(self.pull_interval)
         missing = np.full_like(self.x0, np.nan)
-        result.workers = np.stack([final.get(i, missing) for i in range(len(node_of))])
+        result.workers = np.stack([tally.final.get(i, missing) for i in range(len(node_of))])
+
+    def _exchanges(
+        self,
+        queued: dict[int, Dispatch],
+        running: dict[int, Dispatch],
+        in_flight: list[_Exchange],
+        late: dict[str, _Exchange],
+    ) -> list[_Exchange]:
+        """The messages to send now: each released dispatch to a worker with no message
+        out (eager: collecting the round its device runs), and, eager, a message that only
+        collects for a device that runs its final dispatch."""
+        busy = {e.awaited.worker for e in in_flight} | {e.awaited.worker for e in late.values()}
+        free = [(i, d) for i, d in sorted(queued.items()) if i not in busy]
+        if not self.config.eager_reply:
+            return [_Exchange(d, d) for _, d in free]
+        out = [_Exchange(d, running.pop(i, None)) for i, d in free]
+        for i, d in sorted(running.items()):
+            if d.final and i not in busy and i not in queued:
+                out.append(_Exchange(None, running.pop(i)))
+        return out
+
+    def _take_report(
+        self,
+        reply: Message,
+        d: Dispatch,
+        coordinator: Coordinator,
+        tally: _Tally,
+        event: Callable[[int, int, str, str], None],
+    ) -> None:
+        """Give the coordinator the model a reply reports for dispatch `d` (or reject it)."""
+        tally.traffic.setdefault(d.round, [0, 0])[0] += _nbytes(reply)
+        x, problem = _read_reply(reply, d)
+        self._answered[d.worker] = d.round
+        if problem is None and messages.STATE_META in reply.content.config_records:
+            # (a rejected reply's state is asked for afresh at the checkpoint)
+            state = _read_state(reply.content)
+            state[2][messages.MODEL] = x  # the reply's model is the state's
+            self._states.setdefault(d.worker, {})[d.round] = state
+            self._known[d.worker] = state
+        if problem is None:
+            problem = coordinator.record(d.worker, d.round, x)
+        else:
+            coordinator.reject(d.worker, d.round, problem)
+        if problem is not None:
+            event(d.round, d.worker, "rejected", problem)
+        elif d.final:
+            tally.final[d.worker] = x
+        else:
+            metrics = reply.content.metric_records[messages.METRICS]
+            tally.losses.setdefault(d.round, []).append(float(metrics["train-loss"]))
+
+    def _settled(
+        self,
+        summary: RoundSummary,
+        coordinator: Coordinator,
+        clock: VirtualClock,
+        tally: _Tally,
+        started: float,
+        event: Callable[[int, int, str, str], None],
+        result: RunResult,
+    ) -> None:
+        """Log a settled round's events and append its metrics row."""
+        for worker, kind in summary.settled_out.items():
+            event(summary.round, worker, kind, summary.missing[worker])
+        if summary.components > 1:
+            LOG.warning(
+                "fedcoop: round %d: the surviving workers %s mix in %d separate parts",
+                summary.round,
+                summary.survivors,
+                summary.components,
+            )
+            result.events.append(
+                {"round": summary.round, "kind": "split", "reason": f"{summary.components} parts"}
+            )
+        losses = tally.losses.pop(summary.round, [])
+        row = self._round_row(summary, coordinator.spec.tau, losses, started)
+        row["bytes-up"], row["bytes-down"] = tally.traffic.pop(summary.round, [0, 0])
+        row["virtual-time"] = clock.round(summary.round, summary.survivors)
+        result.rounds.append(row)
+        self._survivors.append(summary.survivors)
+        LOG.info("fedcoop: %s", _format_row(row))
 
     # -- checkpoints ---------------------------------------------------------------------
     def _checkpoint(
@@ -405,53 +500,45 @@ class CooperativeStrategy:
         self._to_restore = dict(saved["workers"])
         self._elapsed = float(saved["wall-time"])
 
-    def _drop_late(
-        self,
-        coordinator: Coordinator,
-        in_flight: dict[str, tuple[Dispatch, float]],
-        late: dict[str, Dispatch],
-        event: Callable[[int, int, str, str], None],
-        pulled_at: float,
-    ) -> None:
-        """Leave out of their round the workers whose reply a pull begun `pulled_at`, past
-        their round deadline, did not bring."""
-        deadline = self.config.round_deadline
-        if not deadline:
-            return
-        for msg_id, (d, sent) in list(in_flight.items()):
-            if pulled_at - sent > deadline:
-                del in_flight[msg_id]
-                late[msg_id] = d
-                reason = f"no reply within round-deadline={deadline}s"
-                event(d.round, d.worker, "deadline", reason)
-                coordinator.drop(d.worker, d.round, reason, still_running=True)
-
-    def _message(self, d: Dispatch, node: int, spec: CooperativeSpec) -> Message:
-        """The train message that carries dispatch `d` to its node."""
+    def _message(self, e: _Exchange, node_of: list[int], spec: CooperativeSpec) -> Message:
+        """The train message of exchange `e`: the dispatch it starts (header, payload, x0)
+        and, with eager replies, the round whose model its reply must carry."""
+        worker = e.awaited.worker
         header: dict[str, Any] = {
-            "round": d.round,
-            "local-steps": d.local_steps,
             "update-rule": spec.rule.value,
             "client-rule": spec.client_rule.value,
         }
-        vectors: dict[str, np.ndarray | None] = {messages.INIT: self.x0 if d.init else None}
-        if d.payload is not None:
-            header["sync"] = d.payload.sync
-            header["self-weight"] = d.payload.self_weight
-            header["adopt"] = d.payload.adopt
-            header["reset"] = d.payload.reset
-            vectors[messages.MIX] = d.payload.mix
-        every = self.config.checkpoint_every
-        if self.run_dir is not None and every and d.round % every == 0 and not d.final:
+        vectors: dict[str, np.ndarray | None] = {}
+        d = e.start
+        if d is not None:
+            header["round"], header["local-steps"] = d.round, d.local_steps
+            vectors[messages.INIT] = self.x0 if d.init else None
+            if d.payload is not None:
+                header["sync"] = d.payload.sync
+                header["self-weight"] = d.payload.self_weight
+                header["adopt"] = d.payload.adopt
+                header["reset"] = d.payload.reset
+                vectors[messages.MIX] = d.payload.mix
+        if self.config.eager_reply:
+            header["collect"] = 0 if e.collect is None else e.collect.round
+        every, reported = self.config.checkpoint_every, e.collect
+        if (
+            self.run_dir is not None
+            and every
+            and reported is not None
+            and reported.round % every == 0
+            and not reported.final
+        ):
             header["send-state"] = True
         arrays = messages.vector_record(**vectors)
         content = messages.train_content(self.config, header, arrays)
-        if d.worker in self._to_restore:
-            state = self._to_restore.pop(d.worker)
+        if worker in self._to_restore:
+            state = self._to_restore.pop(worker)
             round_, steps, saved = state if state is not None else (0, 0, {})
             content[messages.STATE] = messages.vector_record(**saved)
             content[messages.STATE_META] = ConfigRecord({"round": round_, "steps": steps})
-        return Message(content, node, MessageType.TRAIN, group_id=str(d.round))
+        group = (d or e.awaited).round
+        return Message(content, node_of[worker], MessageType.TRAIN, group_id=str(group))
 
     def _round_row(
         self, summary: RoundSummary, tau: int, losses: list[float], started: float

@@ -50,10 +50,12 @@ def gradient_oracle(config: RunConfig) -> Callable[[int, np.ndarray, int], np.nd
 
 
 def round_of(msg: Message) -> int | None:
-    """The round a train message starts (None for other messages)."""
+    """The round a train message starts (None for other messages, and for an eager-reply
+    message that only collects)."""
     if msg.metadata.message_type != MessageType.TRAIN:
         return None
-    return int(msg.content.config_records[messages.HEADER]["round"])
+    header = msg.content.config_records[messages.HEADER]
+    return int(header["round"]) if "round" in header else None
 
 
 @pytest.fixture(autouse=True)

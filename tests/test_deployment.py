@@ -177,11 +177,16 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "algorithm='overlap' tau=2 dataset='least-squares' model='linear' batch-size=0",
         "algorithm='dpsgd' topology='ring' tau=2 dataset='mnist-embedded' model='logreg' "
         "batch-size=16",
+        # the local steps run in the long-lived ClientApp's background thread
+        "algorithm='overlap' tau=4 dataset='mnist-embedded' model='logreg' batch-size=16 "
+        "momentum=0.9 eager-reply=true",
     ],
-    ids=["overlap", "dpsgd-ring"],
+    ids=["overlap", "dpsgd-ring", "overlap-eager"],
 )
-def test_deployment_matches_simulation(deployment: Deployment, overrides: str) -> None:
-    runs = deployment.runs / overrides.split("'")[1]
+def test_deployment_matches_simulation(
+    deployment: Deployment, overrides: str, request: pytest.FixtureRequest
+) -> None:
+    runs = deployment.runs / request.node.callspec.id
     config = f"num-clients={NODES} num-rounds=3 seed=3 results-dir='{runs}' {overrides}"
     deployment.helper(*deployment.submit_args(config), timeout=600)
     (run_dir,) = runs.iterdir()
