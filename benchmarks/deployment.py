@@ -9,9 +9,10 @@ overlap: sync, local-sgd and overlap (plain, and with eager replies: the local s
 while the reply and the next message travel) at the same tau over emulated links between each
 SuperNode and the SuperLink. tc netem is absent here, so each SuperNode dials its own
 user-space TCP proxy that holds every chunk for the one-way latency after serialising it at
-the link rate (tbf could limit rate but not add delay). The communication time of a run is
-its time per round over the link minus that with the proxies passing traffic straight on;
-the fraction hidden is 1 - overlap's communication time / local-sgd's.
+the link rate (tbf could limit rate but not add delay). A round of local-sgd is the devices'
+compute (their mean `compute-time`, measured around the local steps) plus communication
+(Flower's message path and the link); the fraction of that communication an overlap variant
+hides is (local-sgd's s/round - its s/round) / (local-sgd's s/round - local-sgd's compute).
 
     python benchmarks/deployment.py overhead --rounds 4
     python benchmarks/deployment.py overlap --rounds 4 --tau 32
@@ -203,6 +204,11 @@ def per_round(rows: Sequence[dict[str, float]]) -> float:
     return (wall[-1] - wall[0]) / (len(wall) - 1)
 
 
+def compute_per_round(rows: Sequence[dict[str, float]]) -> float:
+    """The devices' mean seconds of local steps per round, over the rounds after the first."""
+    return sum(row["compute-time"] for row in rows[1:]) / (len(rows) - 1)
+
+
 def simulated_per_round(run_config: str, nodes: int) -> float:
     """The same config through InProcessGrid in this process: compute and no transport."""
     import tomllib
@@ -239,6 +245,7 @@ def overlap(args: argparse.Namespace) -> None:
     print(f"run config: {common}")
     link = Link()
     table: dict[str, dict[str, float]] = {}
+    compute: dict[str, dict[str, float]] = {}
     port = deploy.free_port()
     proxies = Proxies(port, args.nodes, link)
     try:
@@ -248,25 +255,34 @@ def overlap(args: argparse.Namespace) -> None:
                 for algorithm, chosen in ALGORITHMS.items():
                     rows = deployment.submit(f"{chosen} {common}")
                     table.setdefault(algorithm, {})[preset] = per_round(rows)
-                    print(f"{preset:12} {algorithm:13} {table[algorithm][preset]:.3f} s/round")
+                    compute.setdefault(algorithm, {})[preset] = compute_per_round(rows)
+                    print(
+                        f"{preset:12} {algorithm:13} {table[algorithm][preset]:.3f} s/round, "
+                        f"compute {compute[algorithm][preset]:.3f} s"
+                    )
     finally:
         proxies.close()
-    print_table(table, args.presets)
+    print_table(table, compute, args.presets)
 
 
-def print_table(table: dict[str, dict[str, float]], presets: Sequence[str]) -> None:
-    """Markdown: s/round per link, communication s/round, and overlap's hidden fraction."""
-    head = ["algorithm", "no delay", *presets, *[f"comm {p}" for p in presets]]
+def print_table(
+    table: dict[str, dict[str, float]],
+    compute: dict[str, dict[str, float]],
+    presets: Sequence[str],
+) -> None:
+    """Markdown: s/round per link, mean compute s/round, and the share of local-sgd's
+    communication each overlap variant hides per link."""
+    links = ["none", *presets]
+    head = ["algorithm", *links, "compute", *[f"hidden, {p}" for p in links]]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for algorithm, row in table.items():
-        comm = [row[p] - row["none"] for p in presets]
-        cells = [f"{row['none']:.2f}", *[f"{row[p]:.2f}" for p in presets]]
-        print(f"| {algorithm} | " + " | ".join(cells + [f"{c:.2f}" for c in comm]) + " |")
-    for p in presets:
-        local = table["local-sgd"][p] - table["local-sgd"]["none"]
-        for name in OVERLAPS:
-            mine = table[name][p] - table[name]["none"]
-            print(f"hidden by {name} at {p}: {1 - mine / local:.0%} of local-sgd's {local:.2f} s")
+        cells = [f"{row[p]:.2f}" for p in links]
+        cells.append(f"{sum(compute[algorithm].values()) / len(links):.2f}")
+        for p in links:
+            local, local_compute = table["local-sgd"][p], compute["local-sgd"][p]
+            share = (local - row[p]) / (local - local_compute)
+            cells.append(f"{share:.0%}" if algorithm in OVERLAPS else "")
+        print(f"| {algorithm} | " + " | ".join(cells) + " |")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,6 +20,7 @@ another process) before the reply, with the same result.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 import uuid
 from collections import OrderedDict
@@ -57,7 +58,8 @@ class _Steps:
     worker: LocalWorker
     config: RunConfig
     keep_snapshot: bool
-    loss: Future[float]
+    #: (mean training loss, seconds) of the steps
+    outcome: Future[tuple[float, float]]
 
 
 #: the background steps of each node (run id, node id) of this process, until collected
@@ -118,6 +120,7 @@ def _save(
     round_: int,
     *,
     loss: float,
+    seconds: float,
     keep_snapshot: bool,
 ) -> None:
     """Write the worker (whose model vector is x) into context.state, the record of truth,
@@ -137,7 +140,13 @@ def _save(
     )
     token = uuid.uuid4().hex
     context.state[STATE_META] = ConfigRecord(
-        {"round": round_, "token": token, "steps": worker.steps_done, "loss": loss}
+        {
+            "round": round_,
+            "token": token,
+            "steps": worker.steps_done,
+            "loss": loss,
+            "seconds": seconds,
+        }
     )
     context.state.config_records.pop(FAILURE, None)
     _persist(context)
@@ -335,40 +344,59 @@ def _train(msg: Message, context: Context) -> Message:
     correction = client_rule is ClientRule.CORRECTION
     job = _Steps(round_, worker, config, correction, Future())
     if collected is not None and bool(context.node_config.get("background-steps", False)):
-        job.loss = _EXECUTOR.submit(worker.run, steps, update_rule, generator)
+        job.outcome = _EXECUTOR.submit(_timed, worker, steps, update_rule, generator)
         _BACKGROUND[context.run_id, context.node_id] = job
         return Message(collected, reply_to=msg)
     try:
-        job.loss.set_result(worker.run(steps, update_rule, generator))
+        job.outcome.set_result(_timed(worker, steps, update_rule, generator))
     except Exception as exc:
         if collected is None:
             raise
-        job.loss.set_exception(exc)  # eager: reported when round_ is collected
+        job.outcome.set_exception(exc)  # eager: reported when round_ is collected
     _finish(context, job)
     if collected is not None:
         return Message(collected, reply_to=msg)
     return Message(_report(context, bool(header.get("send-state", False))), reply_to=msg)
 
 
+def _timed(
+    worker: LocalWorker, steps: int, rule: UpdateRule, generator: torch.Generator
+) -> tuple[float, float]:
+    """(mean loss, seconds) of the round's local steps: a device's compute time per round,
+    next to the wall time per round the server sees."""
+    start = time.perf_counter()
+    loss = worker.run(steps, rule, generator)
+    return loss, time.perf_counter() - start
+
+
 def _finish(context: Context, job: _Steps) -> None:
     """Keep the outcome of a round's local steps in context.state: the worker after them,
     or (eager replies) why they failed, for the message that collects the round."""
     try:
-        loss = job.loss.result()
+        loss, seconds = job.outcome.result()
     except Exception as exc:
         _LIVE.pop((context.run_id, context.node_id), None)  # half-way through the round
         reason = "".join(traceback.format_exception(exc))
         context.state[FAILURE] = ConfigRecord({"round": job.round, "reason": reason})
         return
     x = job.worker.vector().cpu().numpy()
-    _save(job.worker, x, context, job.config, job.round, loss=loss, keep_snapshot=job.keep_snapshot)
+    _save(
+        job.worker,
+        x,
+        context,
+        job.config,
+        job.round,
+        loss=loss,
+        seconds=seconds,
+        keep_snapshot=job.keep_snapshot,
+    )
 
 
 def _settle_background(context: Context) -> None:
     """Wait for this node's background steps, if any, and keep their outcome."""
     job = _BACKGROUND.pop((context.run_id, context.node_id), None)
     if job is not None:
-        job.loss.exception()  # waits
+        job.outcome.exception()  # waits
         _finish(context, job)
 
 
@@ -390,14 +418,17 @@ def _collected(context: Context, header: ConfigRecord) -> RecordDict:
 
 
 def _report(context: Context, send_state: bool) -> RecordDict:
-    """The reply content for the round context.state holds: its model and training loss,
-    and with `send_state` the whole state, for a checkpoint."""
+    """The reply content for the round context.state holds: its model, training loss and
+    compute seconds, and with `send_state` the whole state, for a checkpoint."""
     meta = context.state.config_records[STATE_META]
     x = context.state.array_records[STATE_ARRAYS][messages.MODEL].numpy()
-    content = messages.reply_content(
-        messages.vector_record(**{messages.MODEL: x}),
-        {"train-loss": float(meta.get("loss", float("nan"))), "round": int(meta["round"])},
-    )
+    nan = float("nan")  # a state restored from elsewhere does not know them
+    metrics = {
+        "train-loss": float(meta.get("loss", nan)),
+        "compute-time": float(meta.get("seconds", nan)),
+        "round": int(meta["round"]),
+    }
+    content = messages.reply_content(messages.vector_record(**{messages.MODEL: x}), metrics)
     if send_state:
         for key, record in _state_content(context, with_model=False).items():
             content[key] = record

@@ -62,10 +62,11 @@ class RunResult:
 
 @dataclass
 class _Tally:
-    """Per-round figures gathered while rounds are open: losses, [bytes up, bytes down],
-    and the workers' final models."""
+    """Per-round figures gathered while rounds are open: losses, seconds of local steps,
+    [bytes up, bytes down], and the workers' final models."""
 
     losses: dict[int, list[float]] = field(default_factory=dict)
+    compute: dict[int, list[float]] = field(default_factory=dict)
     traffic: dict[int, list[int]] = field(default_factory=dict)
     final: dict[int, np.ndarray] = field(default_factory=dict)
 
@@ -382,6 +383,7 @@ class CooperativeStrategy:
         else:
             metrics = reply.content.metric_records[messages.METRICS]
             tally.losses.setdefault(d.round, []).append(float(metrics["train-loss"]))
+            tally.compute.setdefault(d.round, []).append(float(metrics["compute-time"]))
 
     def _settled(
         self,
@@ -408,6 +410,8 @@ class CooperativeStrategy:
             )
         losses = tally.losses.pop(summary.round, [])
         row = self._round_row(summary, coordinator.spec.tau, losses, started)
+        compute = tally.compute.pop(summary.round, [])
+        row["compute-time"] = float(np.mean(compute)) if compute else float("nan")
         row["bytes-up"], row["bytes-down"] = tally.traffic.pop(summary.round, [0, 0])
         row["virtual-time"] = clock.round(summary.round, summary.survivors)
         result.rounds.append(row)

@@ -32,6 +32,10 @@ LEAST_SQUARES = dict(
 )
 
 
+#: per-round metrics that are measured times, which no two runs share
+TIMINGS = frozenset({"wall-time", "compute-time"})
+
+
 def least_squares_config(**changes: object) -> RunConfig:
     """A deterministic, full-batch least-squares run: every step is exactly reproducible."""
     return RunConfig.from_mapping({**LEAST_SQUARES, **changes})

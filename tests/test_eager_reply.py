@@ -70,6 +70,8 @@ def test_eager_replies_end_with_the_plain_schedules_models(case: str, background
     assert [r["train-loss"] for r in got.rounds] == pytest.approx(want_losses, rel=1e-12)
     assert [r["participants"] for r in got.rounds] == [plain.num_clients] * 5
     assert got.events == [] and grid.overlapping_messages == 0
+    # the devices' seconds of local steps, measured where they ran
+    assert all(0 < r["compute-time"] < r["wall-time"] for r in got.rounds)
 
 
 # -- the ClientApp's side of the protocol -----------------------------------------------------
@@ -145,6 +147,7 @@ def test_steps_that_fail_in_the_background_fail_the_message_that_collects_them(
     node, context = next(iter(grid.contexts.items()))
     x0 = x0_of(config)
     client_app(eager_message(node, 1, 0, x0), context)
+    client_module._BACKGROUND[context.run_id, context.node_id].outcome.result()  # round 1 ran
 
     def broken(self: LocalWorker, *args: object) -> float:
         raise RuntimeError("out of memory on the device")
@@ -161,7 +164,7 @@ def test_steps_lost_with_the_process_are_a_clear_error() -> None:
     node, context = next(iter(grid.contexts.items()))
     x0 = x0_of(config)
     client_app(eager_message(node, 1, 0, x0), context)
-    client_module._BACKGROUND.pop((context.run_id, context.node_id)).loss.result()
+    client_module._BACKGROUND.pop((context.run_id, context.node_id)).outcome.result()
     with pytest.raises(ValueError, match="holds round 0: its local steps of that round were lost"):
         client_app(eager_message(node, 2, 1, x0), context)
 
