@@ -9,13 +9,13 @@ overlap: sync, local-sgd and overlap (plain, and with eager replies: the local s
 while the reply and the next message travel) at the same tau over emulated links between each
 SuperNode and the SuperLink. tc netem is absent here, so each SuperNode dials its own
 user-space TCP proxy that holds every chunk for the one-way latency after serialising it at
-the link rate (tbf could limit rate but not add delay). A round of local-sgd is the devices'
-compute (their mean `compute-time`, measured around the local steps) plus communication
-(Flower's message path and the link); the fraction of that communication an overlap variant
-hides is (local-sgd's s/round - its s/round) / (local-sgd's s/round - local-sgd's compute).
+the link rate (tbf could limit rate but not add delay). Each run reports the devices' mean
+`compute-time` per round (measured around the local steps); the rest of a round is
+communication the devices waited for (Flower's message path and the link). The fraction an
+overlap variant hides is 1 - its exposed communication / local-sgd's.
 
     python benchmarks/deployment.py overhead --rounds 4
-    python benchmarks/deployment.py overlap --rounds 4 --tau 32
+    python benchmarks/deployment.py overlap --rounds 4 --tau 256 --nodes 2 --out overlap.json
 """
 
 from __future__ import annotations
@@ -263,6 +263,10 @@ def overlap(args: argparse.Namespace) -> None:
     finally:
         proxies.close()
     print_table(table, compute, args.presets)
+    if args.out is not None:
+        results = {"run-config": common, "s-per-round": table, "compute-per-round": compute}
+        args.out.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.out}")
 
 
 def print_table(
@@ -270,19 +274,18 @@ def print_table(
     compute: dict[str, dict[str, float]],
     presets: Sequence[str],
 ) -> None:
-    """Markdown: s/round per link, mean compute s/round, and the share of local-sgd's
-    communication each overlap variant hides per link."""
-    links = ["none", *presets]
-    head = ["algorithm", *links, "compute", *[f"hidden, {p}" for p in links]]
-    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for algorithm, row in table.items():
-        cells = [f"{row[p]:.2f}" for p in links]
-        cells.append(f"{sum(compute[algorithm].values()) / len(links):.2f}")
-        for p in links:
-            local, local_compute = table["local-sgd"][p], compute["local-sgd"][p]
-            share = (local - row[p]) / (local - local_compute)
-            cells.append(f"{share:.0%}" if algorithm in OVERLAPS else "")
-        print(f"| {algorithm} | " + " | ".join(cells) + " |")
+    """Markdown, a row per algorithm and link: s/round, the devices' compute s/round, the
+    communication they waited for (s/round - compute), and the share of local-sgd's that an
+    overlap variant hides."""
+    print("\n| algorithm | link | s/round | compute | exposed communication | hidden |")
+    print("|---|---|---|---|---|---|")
+    for p in ["none", *presets]:
+        local = table["local-sgd"][p] - compute["local-sgd"][p]
+        for algorithm, row in table.items():
+            exposed = max(0.0, row[p] - compute[algorithm][p])
+            hidden = f"{1 - exposed / local:.0%}" if algorithm in OVERLAPS else ""
+            cells = [algorithm, p, f"{row[p]:.2f}", f"{compute[algorithm][p]:.2f}"]
+            print("| " + " | ".join([*cells, f"{exposed:.2f}", hidden]) + " |")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -299,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--model", default="cnn")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    p.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     p.set_defaults(func=overlap)
     args = parser.parse_args(argv)
     args.func(args)
