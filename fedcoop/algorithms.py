@@ -17,6 +17,7 @@ import numpy as np
 from fedcoop import mixing, participation, topology
 from fedcoop.config import AUTO, RunConfig
 from fedcoop.cooperative import ClientRule, CooperativeSpec, UpdateRule
+from fedcoop.coordinator import check_eager
 from fedcoop.errors import ConfigError
 
 #: The overlap paper's defaults (section 4): pullback alpha and anchor momentum beta.
@@ -237,7 +238,10 @@ def resolve(config: RunConfig, sample_counts: Sequence[int] | None = None) -> Co
                 "anchor-momentum", beta, f"{config.algorithm} has no anchor: leave it at auto or 0"
             )
         spec = replace(spec, anchor_momentum=beta)
-    return spec.validate(num_clients=m)
+    spec = spec.validate(num_clients=m)
+    if config.eager_reply:
+        check_eager(spec, config.participation, config.update_norm_bound)
+    return spec
 
 
 def local_optimizer(config: RunConfig) -> tuple[float, bool]:

@@ -43,6 +43,26 @@ class QuorumLost(RuntimeError):
     """Too few workers answered a round to continue; the message lists why each did not."""
 
 
+def check_eager(spec: CooperativeSpec, participation: float, norm_bound: float) -> None:
+    """Eager replies need every payload computable before the worker's own report is in: a
+    column that reads only the worker and auxiliary nodes, every worker in every round, and
+    no check that compares the round's models first."""
+    m = spec.num_workers
+    readers = [i for i in range(m) if any(j < m for j in spec.incoming(i))]
+    if readers:
+        raise ConfigError(
+            "eager-reply",
+            True,
+            "needs workers whose column of W reads only themselves and auxiliary nodes "
+            f"(overlap, easgd, eamsgd, hierarchical, cocod); workers {readers} read other "
+            "workers",
+        )
+    if participation < 1:
+        raise ConfigError("eager-reply", True, "needs participation = 1")
+    if norm_bound:
+        raise ConfigError("eager-reply", True, "needs update-norm-bound = 0 (off)")
+
+
 @dataclass(frozen=True)
 class Payload:
     """What worker `worker` needs to apply sync `sync` to its own model.
@@ -157,7 +177,7 @@ class Coordinator:
             i for i in range(m) if any(j < m for j in self.spec.incoming(i))
         )
         if self.eager:
-            self._check_eager()
+            check_eager(self.spec, self.participation, self.norm_bound)
 
     # -- what the strategy asks ----------------------------------------------------------
     @property
@@ -331,23 +351,6 @@ class Coordinator:
         self._pending = {int(i): Payload(**p) for i, p in cut["pending"].items()}
 
     # -- internals -----------------------------------------------------------------------
-    def _check_eager(self) -> None:
-        """Eager replies need every payload computable before the worker's own report is
-        in: a column that reads only the worker and auxiliary nodes, every worker in every
-        round, and no check that compares the round's models first."""
-        if self._reads_workers:
-            raise ConfigError(
-                "eager-reply",
-                True,
-                "needs workers whose column of W reads only themselves and auxiliary nodes "
-                f"(overlap, easgd, eamsgd, hierarchical, cocod); workers "
-                f"{sorted(self._reads_workers)} read other workers",
-            )
-        if self.participation < 1:
-            raise ConfigError("eager-reply", True, "needs participation = 1")
-        if self.norm_bound:
-            raise ConfigError("eager-reply", True, "needs update-norm-bound = 0 (off)")
-
     def _take_back_ahead(self, worker: int, missed: int) -> None:
         """Eager: the round started ahead of `missed` assumed the worker's report of it; it
         is released again (adopting) once `missed` has settled without the worker."""

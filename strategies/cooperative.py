@@ -277,8 +277,8 @@ class CooperativeStrategy:
                 out = [self._message(e, node_of, coordinator.spec) for e in exchanges]
                 for e, msg in zip(exchanges, out, strict=True):
                     queued.pop(e.awaited.worker, None)
-                    sent = tally.traffic.setdefault((e.start or e.awaited).round, [0, 0])
-                    sent[1] += _nbytes(msg)
+                    down = tally.traffic.setdefault((e.start or e.awaited).round, [0, 0])
+                    down[1] += _nbytes(msg)
                 now = time.monotonic()
                 for msg_id, e in zip(grid.push_messages(out), exchanges, strict=True):
                     in_flight[msg_id] = (e, now)

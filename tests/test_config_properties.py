@@ -82,6 +82,7 @@ VALID: dict[str, list[Any]] = {
     "quorum": [0.5, 1],
     "update-norm-bound": [0, 3],
     "checkpoint-every": [0, 1, 5],
+    "eager-reply": [False, True],
 }
 #: (data set, model) pairs that go together, drawn as one so that a config that names only one
 #: of them never trips over the other's default.
@@ -138,6 +139,7 @@ INVALID: dict[str, list[Any]] = {
     "quorum": [0, 1.5, NAN],
     "update-norm-bound": [-1, NAN],
     "checkpoint-every": [-1, 1.5],
+    "eager-reply": ["yes", 1, True],
     "resume": [7],
     "learning-rate": [0.1],
     "num_client": [4],
@@ -156,6 +158,7 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "shards-per-partition": {"partition": "shards"},
     "dirichlet-alpha": {"partition": "dirichlet"},
     "decay-epochs": {"lr-schedule": "paper"},
+    "eager-reply": {"algorithm": "local-sgd"},
 }
 #: The tiny least-squares run that the accepted configs are run with.
 TINY = {"dataset": "least-squares", "model": "linear", "batch-size": 0, "results-dir": ""}

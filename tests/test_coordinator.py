@@ -424,3 +424,19 @@ def test_a_run_of_numpy_workers_equals_the_reference(name: str, order_seed: int)
     # The run is not trivial: the workers moved away from x0 and do not all agree.
     assert np.linalg.norm(x - X0) > 1e-2
     assert np.ptp(x, axis=0).max() > 1e-6
+
+
+def test_a_reset_not_yet_delivered_survives_the_next_missed_sync() -> None:
+    """Worker 1's round-1 model is rejected; it is not sampled for round 2, so it gets no
+    message before sync 2 replaces its pending payload: that one still clears its momentum."""
+    coordinator = Coordinator(spec_of("local-sgd", 4, 1), X0, num_rounds=3, participation=0.5)
+    driver = Driver(coordinator)
+    assert set(driver.poll()) == {1, 3}  # participation.sample(0, r, 4, 0.5): {1,3},{0,2},{1,3}
+    driver.reply(1, np.full(D, np.nan))
+    driver.reply(3, models(1, 4)[3])
+    assert set(driver.poll()) == {0, 2}
+    for i in (0, 2):
+        driver.reply(i, models(2, 4)[i])
+    ready = driver.poll()
+    assert ready[1].round == 3 and ready[1].payload.adopt and ready[1].payload.reset
+    assert not ready[3].payload.reset
