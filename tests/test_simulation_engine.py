@@ -1,8 +1,9 @@
 """The same equivalence, through Flower's real simulation engine (Ray actors, SuperLink state).
 
 One algorithm per family: periodic (server average), elastic (anchor, Remark-1 rule),
-decentralized (peer rule on a ring), and the pipelined overlap and CoCoD-SGD rules. The
-ClientApps run in Ray worker processes, so their state really lives in Flower's contexts.
+decentralized (peer rule on a ring), and the pipelined overlap and CoCoD-SGD rules, and overlap
+with eager replies. The ClientApps run in Ray worker processes, so their state really lives in
+Flower's contexts.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from tests.test_equivalence import reference_final
         dict(algorithm="dpsgd", tau=2),
         dict(algorithm="overlap", tau=2),
         dict(algorithm="cocod", tau=2),
+        # the steps run before the reply: the next message may reach another Ray actor
+        dict(algorithm="overlap", tau=2, eager_reply=True),
     ],
-    ids=lambda c: c["algorithm"],
+    ids=lambda c: c["algorithm"] + ("-eager" if c.get("eager_reply") else ""),
 )
 def test_simulation_engine_equals_matrix_rule(changes: dict[str, object]) -> None:
     config = least_squares_config(num_clients=4, **changes)
