@@ -27,6 +27,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.training import LocalSGD, LocalWorker, default_device, evaluate
 
 LOG = logging.getLogger("flwr.fedcoop")
+_T = TypeVar("_T")
 STATE_ARRAYS = "worker"
 STATE_META = "worker-meta"
 #: eager replies: why the local steps of a round failed, reported when it is collected
@@ -63,7 +65,7 @@ class _Steps:
 
 
 #: the background steps of each node (run id, node id) of this process, until collected
-_BACKGROUND: dict[tuple[int, int], _Steps] = {}
+_BACKGROUND: OrderedDict[tuple[int, int], _Steps] = OrderedDict()
 _EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fedcoop-steps")
 
 app = ClientApp()
@@ -151,10 +153,16 @@ def _save(
     context.state.config_records.pop(FAILURE, None)
     _persist(context)
     key = (context.run_id, context.node_id)
-    _LIVE[key] = (token, config, worker)
-    _LIVE.move_to_end(key)
-    while len(_LIVE) > _MAX_LIVE:
-        _LIVE.popitem(last=False)
+    _remember(_LIVE, key, (token, config, worker))
+
+
+def _remember(table: OrderedDict[tuple[int, int], _T], key: tuple[int, int], value: _T) -> None:
+    """Keep `value` under `key` in one of this process's per-node tables, forgetting the
+    oldest entries beyond _MAX_LIVE (runs that ended without a last message leave some)."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > _MAX_LIVE:
+        table.popitem(last=False)
 
 
 def _state_file(context: Context) -> Path | None:
@@ -345,7 +353,7 @@ def _train(msg: Message, context: Context) -> Message:
     job = _Steps(round_, worker, config, correction, Future())
     if collected is not None and bool(context.node_config.get("background-steps", False)):
         job.outcome = _EXECUTOR.submit(_timed, worker, steps, update_rule, generator)
-        _BACKGROUND[context.run_id, context.node_id] = job
+        _remember(_BACKGROUND, (context.run_id, context.node_id), job)
         return Message(collected, reply_to=msg)
     try:
         job.outcome.set_result(_timed(worker, steps, update_rule, generator))

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 
 from clients import client_app as client_module
 from clients import messages
@@ -253,3 +253,28 @@ def test_eager_replies_refuse_what_they_cannot_do(changes: dict, needs: str) -> 
     config = least_squares_config(**changes, eager_reply=True)
     with pytest.raises(ConfigError, match=f"eager-reply.*{needs}"):
         run(InProcessGrid(client_app, config.num_clients), config)
+
+
+def test_background_steps_nobody_collects_are_forgotten_beyond_a_bound() -> None:
+    """Runs that end without a last message leave their steps behind: the process keeps
+    at most _MAX_LIVE of them, forgetting the oldest."""
+    config = least_squares_config()
+    x0 = x0_of(config)
+    node_config = {"partition-id": 0, "num-partitions": config.num_clients}
+    runs = client_module._MAX_LIVE + 2
+    for run_id in range(1, runs + 1):
+        context = Context(
+            run_id=run_id,
+            node_id=7,
+            node_config={**node_config, "background-steps": True},
+            state=RecordDict(),
+            run_config={},
+        )
+        client_app(eager_message(7, 1, 0, x0), context)
+    left = client_module._BACKGROUND
+    try:
+        assert [run_id for run_id, _ in left] == list(range(3, runs + 1))
+    finally:
+        for job in left.values():
+            job.outcome.result()
+        left.clear()
