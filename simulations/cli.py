@@ -34,7 +34,8 @@ from fedcoop.analysis import analyze
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
 from simulations import compare, deploy, histogram, plots
-from simulations.runner import ENGINES, RunFailed, default_gpus_per_client, run_config
+from simulations.runner import ENGINES, default_gpus_per_client, run_config
+from strategies.cooperative import RunFailed
 
 #: `compare` options and their defaults when neither the command line nor [compare] sets them.
 COMPARE_OPTIONS: dict[str, Any] = {

@@ -17,13 +17,9 @@ from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
 from simulations.inprocess import InProcessGrid
 from strategies import server_app
-from strategies.cooperative import RunResult
+from strategies.cooperative import RunFailed, RunResult
 
 ENGINES = ("simulation", "inprocess")
-
-
-class RunFailed(RuntimeError):
-    """The engine returned without the ServerApp finishing (its log says why)."""
 
 
 def default_gpus_per_client() -> float:

@@ -110,3 +110,15 @@ def test_histogram_prints_the_split_and_refuses_regression_data(capsys, tmp_path
         cli.main(["histogram", "dataset=least-squares", "model=linear"])
     assert exit_.value.code == 2
     assert "has no classes" in capsys.readouterr().err
+
+
+def test_a_run_that_loses_its_quorum_exits_1_with_every_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The strategy's RunFailed (here: a norm bound so tight that a round keeps too few
+    workers) ends the command with its message, not a traceback."""
+    argv = [*LEAST_SQUARES, "num-clients=4", "update-norm-bound=0.01", "quorum=1"]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", *argv, "results-dir=''", "--engine", "inprocess", "--quiet"])
+    assert exit_.value.code == 1
+    assert "error: round 1: " in capsys.readouterr().err
