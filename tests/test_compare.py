@@ -91,7 +91,10 @@ def test_compared_runs_share_one_partition(compared: Path) -> None:
     runs = compare.load_runs(compared)
     configs = [RunConfig.from_mapping(r.config) for r in runs]
     assert {c.seed for c in configs} == {0} and {c.partition for c in configs} == {"skewed"}
-    splits = [workload.partition_indices(c, c.num_clients) for c in configs]
+    splits = []
+    for c in configs:  # each split computed afresh from its run's config, not from a cache
+        workload.clear_caches()
+        splits.append(workload.partition_indices(c, c.num_clients))
     for split in splits[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(split, splits[0], strict=True))
 

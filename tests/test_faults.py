@@ -140,6 +140,8 @@ def test_a_bad_update_is_rejected_counted_and_the_run_goes_on(
     assert [row["rejected"] for row in result.rounds] == [0, 1, 0, 0]
     assert np.all(np.isfinite(result.workers)) and np.all(np.isfinite(result.aux))
     assert np.isfinite(result.rounds[-1]["test-loss"])
+    # the rejected model was mixed into nothing
+    assert_matches_reference(config, result)
 
 
 @pytest.mark.parametrize("algorithm", ["local-sgd", "easgd", "dpsgd"])
@@ -286,6 +288,5 @@ def test_a_late_worker_misses_rounds_and_its_late_reply_is_discarded() -> None:
     # reply arrives while round 4 runs, is discarded, and it joins round 4 in time
     assert kinds == [(2, "deadline", 2), (3, "busy", 2), (2, "late", 2)]
     assert [row["participants"] for row in result.rounds] == [5, 4, 4, 5, 5, 5]
-    assert result.rounds[-1]["participants"] == 5
     assert grid.overlapping_messages == 0
     assert_matches_reference(config, result)
