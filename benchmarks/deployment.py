@@ -139,7 +139,7 @@ class Loopback:
         self, root: Path, nodes: int, helper: bool, port: int, dial: Sequence[int] | None
     ) -> None:
         self.root, self.state, self.port = root, root / "state", port
-        self.env = {**os.environ, **deploy.FLOWER_ENV, "FLWR_HOME": str(root / "cli")}
+        self.env = deploy.process_env(root / "cli")
         self.ca = root / "certs" / "ca.crt"
         deploy.write_certificates(root / "certs", ["localhost", "127.0.0.1"])
         keys = deploy.write_node_keys(root / "keys", nodes)
@@ -152,8 +152,6 @@ class Loopback:
         deploy.wait_for_port(self.port)
         self.helper("register", *self.link(self.port), *[str(k) for k in keys[1::2]])
         for i in range(nodes):
-            secret = self.state / f"superexec-{i}.secret"
-            secret.write_bytes(os.urandom(32))
             commands = deploy.supernode_commands(
                 partition_id=i,
                 num_partitions=nodes,
@@ -162,7 +160,7 @@ class Loopback:
                 key=keys[2 * i].resolve(),
                 runtime_port=deploy.free_port(),
                 isolation="process" if helper else "subprocess",
-                secret=secret,
+                secret=deploy.superexec_secret(self.state, i) if helper else None,
             )
             env = deploy.process_env(self.state / "home" / f"supernode-{i}")
             for name, command in commands:
@@ -211,14 +209,14 @@ def compute_per_round(rows: Sequence[dict[str, float]]) -> float:
 
 def simulated_per_round(run_config: str, nodes: int) -> float:
     """The same config through InProcessGrid in this process: compute and no transport."""
-    import tomllib
+    from flwr.common.config import parse_config_args
 
     from clients.client_app import app
     from fedcoop.config import RunConfig
     from simulations.inprocess import InProcessGrid
     from strategies.server_app import run
 
-    values = tomllib.loads("\n".join(run_config.split()))
+    values = parse_config_args([run_config])  # as `flwr run --run-config` reads it
     config = RunConfig.from_mapping({**values, "num-clients": nodes, "results-dir": ""})
     return per_round(run(InProcessGrid(app, nodes), config).rounds)
 
@@ -291,13 +289,12 @@ def print_table(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="benchmark", required=True)
-    p = sub.add_parser("overhead", help="per-round overhead, Flower default vs the helper")
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=4)
-    p.set_defaults(func=overhead)
-    p = sub.add_parser("overlap", help="sync / local-sgd / overlaps over emulated links")
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=4)
+    both = argparse.ArgumentParser(add_help=False)
+    both.add_argument("--nodes", type=int, default=3)
+    both.add_argument("--rounds", type=int, default=4)
+    help_ = "per-round overhead, Flower default vs the helper"
+    sub.add_parser("overhead", parents=[both], help=help_).set_defaults(func=overhead)
+    p = sub.add_parser("overlap", parents=[both], help="sync / local-sgd / overlaps over links")
     p.add_argument("--tau", type=int, default=32)
     p.add_argument("--model", default="cnn")
     p.add_argument("--batch-size", type=int, default=32)

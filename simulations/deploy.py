@@ -34,7 +34,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,6 +161,14 @@ def write_node_keys(directory: Path, nodes: int) -> list[Path]:
     return paths
 
 
+def superexec_secret(state: Path, partition_id: int) -> Path:
+    """A fresh secret (mode 0600) that SuperNode `partition_id` and its long-lived ClientApp
+    share, so that no other local process can take the SuperNode's tasks."""
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / f"superexec-{partition_id}.secret"
+    return _write(path, secrets.token_bytes(32), secret=True).resolve()
+
+
 def _write(path: Path, content: bytes, *, secret: bool = False) -> Path:
     path.write_bytes(content)
     if secret:
@@ -170,32 +177,24 @@ def _write(path: Path, content: bytes, *, secret: bool = False) -> Path:
 
 
 # -- the CLI's SuperLink connection ---------------------------------------------------------
-def flwr_home() -> Path:
-    """The FLWR_HOME the `flwr` CLI reads (its own default when unset)."""
-    return Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")).expanduser()
-
-
 def write_connection(
     name: str, address: str, root_certificates: Path | None, insecure: bool = False
 ) -> Path:
     """Add or replace [superlink.<name>] in $FLWR_HOME/config.toml, where Flower 1.41 keeps
-    connections (never pyproject.toml), keeping every other entry."""
-    import tomli_w
+    connections (never pyproject.toml), keeping every other entry; returns the file."""
+    from flwr.cli.flower_config import write_superlink_connection
+    from flwr.cli.typing import SuperLinkConnection
+    from flwr.supercore.utils import get_flwr_home
 
-    path = flwr_home() / "config.toml"
-    config: dict[str, Any] = tomllib.loads(path.read_text()) if path.exists() else {}
-    links = config.setdefault("superlink", {})
-    links.setdefault("default", "local")
-    links.setdefault("local", {"address": ":local:"})
-    entry: dict[str, Any] = {"address": address}
-    if insecure:
-        entry["insecure"] = True
-    elif root_certificates is not None:
-        entry["root-certificates"] = str(root_certificates.expanduser().resolve())
-    links[name] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(config))
-    return path
+    tls = None if insecure or root_certificates is None else root_certificates
+    connection = SuperLinkConnection(
+        name=name,
+        address=address,
+        root_certificates=None if tls is None else str(tls.expanduser().resolve()),
+        insecure=True if insecure else None,
+    )
+    write_superlink_connection(connection)
+    return get_flwr_home() / "config.toml"
 
 
 # -- loopback ports ---------------------------------------------------------------------------
@@ -382,8 +381,8 @@ def supernode_commands(
     name = f"supernode-{partition_id}"
     if isolation == "subprocess":
         return [(name, ["flower-supernode", *flags])]
-    if secret is not None:
-        flags += ["--superexec-auth-secret-file", str(secret)]
+    auth = [] if secret is None else ["--superexec-auth-secret-file", str(secret)]
+    flags += auth
     me = [sys.executable, "-m", "simulations.deploy"]
     node_flags = [
         "--poll-interval",
@@ -391,7 +390,6 @@ def supernode_commands(
         "--heartbeat-interval",
         str(heartbeat_interval),
     ]
-    auth = [] if secret is None else ["--superexec-auth-secret-file", str(secret)]
     return [
         (name, [*me, "supernode-process", *node_flags, "--", *flags]),
         (
@@ -412,8 +410,7 @@ def _cmd_keys(args: argparse.Namespace) -> None:
 
 
 def _cmd_superlink(args: argparse.Namespace) -> None:
-    if args.insecure == (args.certs is not None):
-        raise SystemExit("superlink: give --certs DIR (TLS), or --insecure to run without TLS")
+    _tls_or_insecure(args.insecure, args.certs, "superlink", "--certs DIR")
     command = superlink_command(
         None if args.insecure else args.certs, args.host, args.port, not args.no_node_auth
     )
@@ -442,18 +439,13 @@ def serverapp_shim(
 
 
 def _cmd_supernode(args: argparse.Namespace) -> None:
-    if args.insecure == (args.root_cert is not None):
-        raise SystemExit("supernode: give --root-cert CA (TLS), or --insecure")
+    _tls_or_insecure(args.insecure, args.root_cert, "supernode", "--root-cert CA")
     if args.heartbeat_interval != DEFAULT_HEARTBEAT and args.isolation == "subprocess":
         raise SystemExit("supernode: --heartbeat-interval needs --isolation process")
     runtime_port = args.runtime_port or DEFAULT_RUNTIME_PORT + args.partition_id
     secret = None
     if args.isolation == "process":
-        secret = _write(
-            args.state / f"superexec-{args.partition_id}.secret",
-            secrets.token_bytes(32),
-            secret=True,
-        ).resolve()
+        secret = superexec_secret(args.state, args.partition_id)
     commands = supernode_commands(
         partition_id=args.partition_id,
         num_partitions=args.num_partitions,
@@ -478,8 +470,7 @@ def _flwr(args: Sequence[str]) -> int:
 
 
 def _connection(args: argparse.Namespace) -> None:
-    if args.insecure == (args.root_cert is not None):
-        raise SystemExit("give --root-cert CA (TLS), or --insecure")
+    _tls_or_insecure(args.insecure, args.root_cert, args.command, "--root-cert CA")
     path = write_connection(args.connection, args.superlink, args.root_cert, args.insecure)
     print(f"connection '{args.connection}' -> {args.superlink} in {path}")
 
@@ -608,8 +599,11 @@ def serve_clientapp(
     the new context) for every task, so torch is imported once and the app's own in-process
     cache (clients.client_app keeps workers alive between rounds) stays warm. Apps are
     imported from the FAB as Flower installs it; a task of a different FAB re-executes this
-    process, because Python cannot unload the first app's modules.
+    process, because Python cannot unload the first app's modules. Flower's own task input
+    pull is used, its retries for content the SuperNode is still fetching shortened to
+    poll-interval (rather than 1 s, doubling): a long-lived ClientApp asks for it at once.
     """
+    import flwr.supernode.runtime.run_clientapp as runtime
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import (
@@ -633,9 +627,12 @@ def serve_clientapp(
         interceptors=interceptors,
         retry_invoker=make_simple_http_retry_invoker(),
     )
+    runtime.pull_and_inflate_object_from_tree = functools.partial(  # type: ignore[assignment]
+        runtime.pull_and_inflate_object_from_tree, **_backoff(poll_interval)
+    )
     apps: dict[str, Any] = {}
     if first_token is not None:
-        _run_task(address, first_token, apps, poll_interval)
+        _run_task(address, first_token, apps)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
     while True:
         reply = tasks.AcquireTask(request)
@@ -645,14 +642,14 @@ def serve_clientapp(
                 argv = [a for a in sys.argv if a != "--token" and a != first_token]
                 os.execv(sys.executable, [sys.executable, *argv, "--token", reply.token])
             try:
-                _run_task(address, reply.token, apps, poll_interval)
+                _run_task(address, reply.token, apps)
             except Exception as ex:  # the task failed; the SuperNode expires it, this serves on
                 print(f"task failed: {ex!r}", file=sys.stderr, flush=True)
         else:
             time.sleep(poll_interval)
 
 
-def _run_task(address: str, token: str, apps: dict[str, Any], poll_interval: float) -> None:
+def _run_task(address: str, token: str, apps: dict[str, Any]) -> None:
     """One task, as flwr.supernode.runtime.run_clientapp runs it, minus the process exit."""
     from flwr.app import Error, Message
     from flwr.cli.install import install_from_fab
@@ -666,7 +663,11 @@ def _run_task(address: str, token: str, apps: dict[str, Any], poll_interval: flo
     )
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
-    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+    from flwr.supernode.runtime.run_clientapp import (
+        pull_task_input,
+        push_message,
+        push_task_output,
+    )
 
     client = RuntimeHttpClient.from_server_address(
         server_address=address,
@@ -692,7 +693,7 @@ def _run_task(address: str, token: str, apps: dict[str, Any], poll_interval: flo
     message = context = reply = None
     status, details = SubStatus.FAILED, "ClientApp task failed"
     try:
-        message, context, run, fab = _pull_task_input(client, poll_interval)
+        message, context, run, fab = pull_task_input(client)
         if fab.hash_str not in apps:
             install_from_fab(fab.content, skip_prompt=True)
             load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
@@ -713,44 +714,6 @@ def _run_task(address: str, token: str, apps: dict[str, Any], poll_interval: flo
         finally:
             beats.stop()
             client.close()
-
-
-def _pull_task_input(client: Any, poll_interval: float) -> tuple[Any, Any, Any, Any]:
-    """(message, context, run, fab) of the task, as flwr.supernode.runtime.run_clientapp's
-    pull_task_input, but retrying content the SuperNode is still fetching every
-    poll-interval rather than after 1 s: a long-lived ClientApp asks for it at once."""
-    from flwr.app import Message
-    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
-    from flwr.proto.node_pb2 import Node
-    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
-    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
-        make_confirm_message_received_fn_protobuf,
-        make_pull_object_fn_protobuf,
-    )
-    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
-    from flwr.supercore.task_identity import TaskIdentity
-
-    task = client.PullTaskInput(PullTaskInputRequest())
-    TaskIdentity.task_id = task.task_id
-    TaskIdentity.run_id = task.run.run_id
-    TaskIdentity.node_id = task.context.node_id
-    context = context_from_proto(task.context)
-    pulled = client.PullMessages(PullAppMessagesRequest())
-    if not pulled.messages_list:
-        raise RuntimeError("the SuperNode's Runtime API has no message for this task")
-    node, tree = Node(node_id=context.node_id), pulled.message_object_trees[0]
-    message = pull_and_inflate_object_from_tree(
-        tree,
-        make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
-        make_confirm_message_received_fn_protobuf(
-            client.ConfirmMessageReceived, node, context.run_id
-        ),
-        return_type=Message,
-        **_backoff(poll_interval),
-    )
-    # The deflated message does not carry its own id (its object id).
-    message.metadata.__dict__["_message_id"] = tree.object_id
-    return message, context, run_from_proto(task.run), fab_from_proto(task.fab)
 
 
 # -- argument parsing -----------------------------------------------------------------------
@@ -782,6 +745,15 @@ def _heartbeat(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _poll(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=DEFAULT_POLL,
+        help=f"seconds between polls of a waiting process (default {DEFAULT_POLL:g})",
+    )
+
+
 def _pull_timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pull-timeout",
@@ -792,11 +764,22 @@ def _pull_timeout(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _link(parser: argparse.ArgumentParser) -> None:
+def _superlink(parser: argparse.ArgumentParser) -> None:
+    """How a SuperNode or the CLI reaches the SuperLink: its address, and TLS or not."""
     parser.add_argument("--superlink", required=True, help="SuperLink address HOST:PORT")
     parser.add_argument("--root-cert", type=Path, help="CA certificate (certs DIR/ca.crt)")
     parser.add_argument("--insecure", action="store_true", help="no TLS (testing only)")
+
+
+def _link(parser: argparse.ArgumentParser) -> None:
+    _superlink(parser)
     parser.add_argument("--connection", default=DEFAULT_CONNECTION, help="name in config.toml")
+
+
+def _tls_or_insecure(insecure: bool, tls: Path | None, command: str, flag: str) -> None:
+    """Exactly one of TLS (`flag`) and --insecure, so that no link is insecure by accident."""
+    if insecure == (tls is not None):
+        raise SystemExit(f"{command}: give {flag} (TLS), or --insecure to run without TLS")
 
 
 def add_commands(subparsers: Any) -> None:
@@ -824,7 +807,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--no-node-auth", action="store_true", help="TLS without node auth")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL, help="seconds")
+    _poll(p)
     _pull_timeout(p)
     p.set_defaults(func=_cmd_superlink)
 
@@ -832,10 +815,8 @@ def add_commands(subparsers: Any) -> None:
     _state(p)
     p.add_argument("--partition-id", type=int, required=True)
     p.add_argument("--num-partitions", type=int, required=True)
-    p.add_argument("--superlink", required=True, help="SuperLink address HOST:PORT")
-    p.add_argument("--root-cert", type=Path, help="CA certificate (certs DIR/ca.crt)")
+    _superlink(p)
     p.add_argument("--key", type=Path, help="auth private key (keys DIR/supernode-<i>.key)")
-    p.add_argument("--insecure", action="store_true", help="no TLS (testing only)")
     p.add_argument(
         "--runtime-port",
         type=int,
@@ -847,7 +828,7 @@ def add_commands(subparsers: Any) -> None:
         default="process",
         help="process: long-lived ClientApp (default); subprocess: Flower's, one per message",
     )
-    p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL, help="seconds")
+    _poll(p)
     _heartbeat(p)
     p.add_argument(
         "--state-dir",
@@ -884,7 +865,7 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "supernode-process", help="(started by supernode) Flower's SuperNode, short polls"
     )
-    p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL)
+    _poll(p)
     _heartbeat(p)
     p.add_argument("flags", nargs=argparse.REMAINDER, help="-- then flower-supernode flags")
     p.set_defaults(func=_cmd_supernode_process)
@@ -892,7 +873,7 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "serverapp-process", help="(started by superlink) Flower's ServerApp, short retries"
     )
-    p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL)
+    _poll(p)
     _pull_timeout(p)
     p.add_argument("flags", nargs=argparse.REMAINDER, help="-- then flwr-serverapp flags")
     p.set_defaults(func=_cmd_serverapp_process)
@@ -901,7 +882,7 @@ def add_commands(subparsers: Any) -> None:
         "clientapp", help="(started by supernode) long-lived ClientApp for one SuperNode"
     )
     p.add_argument("runtime_api_address", help="the SuperNode's Runtime API HOST:PORT")
-    p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL)
+    _poll(p)
     p.add_argument("--superexec-auth-secret-file", type=Path)
     p.add_argument("--token", help="serve this task first (after a restart for a new app)")
     p.set_defaults(func=_cmd_clientapp)

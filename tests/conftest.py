@@ -16,8 +16,9 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 from flwr.app import Message, MessageType
 
 from clients import messages
-from fedcoop import workload
+from fedcoop import algorithms, workload
 from fedcoop.config import RunConfig
+from fedcoop.cooperative import CooperativeSpec
 
 LEAST_SQUARES = dict(
     dataset="least-squares",
@@ -34,6 +35,11 @@ LEAST_SQUARES = dict(
 
 #: per-round metrics that are measured times, which no two runs share
 TIMINGS = frozenset({"wall-time", "compute-time"})
+
+
+def spec_of(algorithm: str, m: int = 6, **changes: object) -> CooperativeSpec:
+    """The resolved spec of `algorithm` on m workers; `changes` are more config fields."""
+    return algorithms.resolve(RunConfig(algorithm=algorithm, num_clients=m, **changes).checked())
 
 
 def least_squares_config(**changes: object) -> RunConfig:

@@ -16,8 +16,8 @@ import pytest
 from fedcoop import algorithms
 from fedcoop.clock import LINK_PRESETS, Link, StepTime, VirtualClock, parse_link
 from fedcoop.config import RunConfig
-from fedcoop.cooperative import CooperativeSpec
 from fedcoop.errors import ConfigError
+from tests.conftest import spec_of
 
 M, B = 4, 1_000_000
 TAU, STEP = 4, 0.25
@@ -37,10 +37,6 @@ class Scripted(StepTime):
         return self.script.pop(0).ravel() if self.script else super().sample(rng, n)
 
 
-def spec_of(algorithm: str, m: int = M, **changes: object) -> CooperativeSpec:
-    return algorithms.resolve(RunConfig(algorithm=algorithm, num_clients=m, tau=TAU, **changes))
-
-
 def clock_of(
     algorithm: str,
     transfer: float,
@@ -53,7 +49,7 @@ def clock_of(
 ) -> VirtualClock:
     """A clock whose star transfers, shared by all m workers, take latency + transfer s."""
     link = Link(latency=latency, bandwidth=m * B / transfer)
-    spec = spec_of(algorithm, m, **changes)
+    spec = spec_of(algorithm, m, tau=TAU, **changes)
     return VirtualClock(spec, model_bytes=B, step_time=step_time, link=link, seed=seed)
 
 
@@ -224,7 +220,7 @@ def test_non_participants_do_not_compute_or_upload() -> None:
 def test_peer_exchange_time_grows_with_the_degree(topology: str, degree: int) -> None:
     """D-PSGD sends B to each of deg(i) neighbours over the worker's own link."""
     m, per_copy = 8, 0.25
-    spec = spec_of("dpsgd", m, topology=topology)
+    spec = spec_of("dpsgd", m, tau=TAU, topology=topology)
     link = Link(latency=0.01, bandwidth=B / per_copy)
     clock = VirtualClock(spec, model_bytes=B, step_time=StepTime(STEP), link=link)
     assert clock.peer

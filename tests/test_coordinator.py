@@ -14,21 +14,14 @@ import weakref
 import numpy as np
 import pytest
 
-from fedcoop import algorithms, mixing, topology
-from fedcoop.config import RunConfig
+from fedcoop import mixing, topology
 from fedcoop.cooperative import CooperativeSpec, UpdateRule, reference_trajectory
 from fedcoop.coordinator import Coordinator, Dispatch
 from fedcoop.errors import ConfigError
+from tests.conftest import spec_of
 
 D = 3
 X0 = np.array([1.0, -2.0, 0.5])
-
-
-def spec_of(algorithm: str, m: int, tau: int, **changes: object) -> CooperativeSpec:
-    config = RunConfig.from_mapping(
-        {"algorithm": algorithm, "num-clients": m, "tau": tau, **changes}
-    )
-    return algorithms.resolve(config)
 
 
 class Driver:
@@ -58,7 +51,7 @@ def models(seed: int, m: int) -> np.ndarray:
 
 def test_overlap_starts_the_next_round_before_the_others_report() -> None:
     m, alpha, beta = 3, 0.6, 0.7
-    spec = spec_of("overlap", m, 2)
+    spec = spec_of("overlap", m, tau=2)
     assert spec.anchor_momentum == beta
     driver = Driver(Coordinator(spec, X0, num_rounds=5))
     assert set(driver.poll()) == {0, 1, 2}
@@ -107,7 +100,7 @@ def test_overlap_starts_the_next_round_before_the_others_report() -> None:
 
 def started(algorithm: str, m: int = 3) -> tuple[Driver, np.ndarray, np.ndarray]:
     """A 4-round run of `algorithm` (tau 2) with round 1 sent, and the models for rounds 1-2."""
-    driver = Driver(Coordinator(spec_of(algorithm, m, 2), X0, num_rounds=4))
+    driver = Driver(Coordinator(spec_of(algorithm, m, tau=2), X0, num_rounds=4))
     driver.poll()
     return driver, models(1, m), models(2, m)
 
@@ -175,7 +168,7 @@ def test_a_sparse_column_waits_for_the_round_to_settle() -> None:
 
 
 def test_ready_never_releases_a_second_message_to_a_busy_worker() -> None:
-    coordinator = Coordinator(spec_of("overlap", 3, 1), X0, num_rounds=3)
+    coordinator = Coordinator(spec_of("overlap", 3, tau=1), X0, num_rounds=3)
     first = coordinator.ready()
     assert sorted(d.worker for d in first) == [0, 1, 2]
     assert coordinator.ready() == []
@@ -186,7 +179,7 @@ def test_ready_never_releases_a_second_message_to_a_busy_worker() -> None:
 
 
 def test_a_reply_for_the_wrong_round_is_refused() -> None:
-    coordinator = Coordinator(spec_of("local-sgd", 3, 1), X0, num_rounds=3)
+    coordinator = Coordinator(spec_of("local-sgd", 3, tau=1), X0, num_rounds=3)
     coordinator.ready()
     with pytest.raises(ConfigError, match="expected round 1") as err:
         coordinator.record(2, 2, X0.copy())
@@ -195,7 +188,7 @@ def test_a_reply_for_the_wrong_round_is_refused() -> None:
 
 
 def test_a_reply_from_a_worker_with_nothing_in_flight_is_refused() -> None:
-    coordinator = Coordinator(spec_of("local-sgd", 3, 1), X0, num_rounds=3)
+    coordinator = Coordinator(spec_of("local-sgd", 3, tau=1), X0, num_rounds=3)
     with pytest.raises(ConfigError, match="worker 0") as err:
         coordinator.record(0, 1, X0.copy())
     assert "round 1" in str(err.value) and "in flight" in str(err.value)
@@ -220,7 +213,7 @@ def test_a_reply_from_a_worker_with_nothing_in_flight_is_refused() -> None:
     ],
 )
 def test_a_bad_model_is_left_out_and_its_worker_reset(model: np.ndarray, what: str) -> None:
-    coordinator = Coordinator(spec_of("local-sgd", 3, 1), X0, num_rounds=2)
+    coordinator = Coordinator(spec_of("local-sgd", 3, tau=1), X0, num_rounds=2)
     driver = Driver(coordinator)
     driver.poll()
     x = models(2, 3)
@@ -246,7 +239,7 @@ def test_a_bad_model_is_left_out_and_its_worker_reset(model: np.ndarray, what: s
 
 def test_the_final_message_applies_the_last_sync_without_steps() -> None:
     m, rounds = 3, 2
-    coordinator = Coordinator(spec_of("local-sgd", m, 4), X0, num_rounds=rounds)
+    coordinator = Coordinator(spec_of("local-sgd", m, tau=4), X0, num_rounds=rounds)
     driver = Driver(coordinator)
     for r in range(1, rounds + 1):
         sent = driver.poll()
@@ -272,7 +265,7 @@ def test_the_final_message_applies_the_last_sync_without_steps() -> None:
 
 def test_summaries_one_per_round_in_order() -> None:
     m, alpha = 3, 0.6
-    spec = spec_of("overlap", m, 1, anchor_momentum=0)
+    spec = spec_of("overlap", m, tau=1, anchor_momentum=0)
     coordinator = Coordinator(spec, X0, num_rounds=3)
     driver = Driver(coordinator)
     driver.poll()
@@ -305,7 +298,7 @@ def test_summaries_one_per_round_in_order() -> None:
 
 def test_full_averaging_summary_average_is_the_mean_of_the_reports() -> None:
     m = 4
-    coordinator = Coordinator(spec_of("local-sgd", m, 1), X0, num_rounds=1)
+    coordinator = Coordinator(spec_of("local-sgd", m, tau=1), X0, num_rounds=1)
     driver = Driver(coordinator)
     driver.poll()
     x = models(5, m)
@@ -320,7 +313,7 @@ def test_full_averaging_summary_average_is_the_mean_of_the_reports() -> None:
 def test_old_reports_are_released(algorithm: str) -> None:
     """After many rounds only the last few rounds' reports are still referenced."""
     m, rounds = 4, 40
-    coordinator = Coordinator(spec_of(algorithm, m, 1), X0, num_rounds=rounds)
+    coordinator = Coordinator(spec_of(algorithm, m, tau=1), X0, num_rounds=rounds)
     rng = np.random.default_rng(0)
     refs: list[weakref.ref[np.ndarray]] = []
     pending: dict[int, Dispatch] = {}
@@ -429,7 +422,7 @@ def test_a_run_of_numpy_workers_equals_the_reference(name: str, order_seed: int)
 def test_a_reset_not_yet_delivered_survives_the_next_missed_sync() -> None:
     """Worker 1's round-1 model is rejected; it is not sampled for round 2, so it gets no
     message before sync 2 replaces its pending payload: that one still clears its momentum."""
-    coordinator = Coordinator(spec_of("local-sgd", 4, 1), X0, num_rounds=3, participation=0.5)
+    coordinator = Coordinator(spec_of("local-sgd", 4, tau=1), X0, num_rounds=3, participation=0.5)
     driver = Driver(coordinator)
     assert set(driver.poll()) == {1, 3}  # participation.sample(0, r, 4, 0.5): {1,3},{0,2},{1,3}
     driver.reply(1, np.full(D, np.nan))

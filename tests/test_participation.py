@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedcoop import algorithms, mixing, participation, topology
-from fedcoop.config import RunConfig
-
-
-def spec_of(algorithm: str, m: int = 6, **changes: object):
-    return algorithms.resolve(
-        RunConfig.from_mapping({"algorithm": algorithm, "num-clients": m, **changes})
-    )
-
+from fedcoop import mixing, participation, topology
+from tests.conftest import spec_of
 
 SURVIVOR_SETS = [frozenset({0, 1, 2, 4}), frozenset({3}), frozenset({0, 5}), frozenset(range(5))]
 ALGORITHMS = ["local-sgd", "fedavg", "easgd", "dpsgd", "generalized-elastic", "hierarchical"]
