@@ -196,6 +196,10 @@ class RunConfig:
             raise ConfigError(
                 "step-time-sigma", self.step_time_sigma, "must be a finite number >= 0"
             )
+        # (fedcoop.clock reads RunConfig, hence the import here)
+        from fedcoop.clock import parse_link
+
+        parse_link(self.link)  # refuses an unknown preset or a malformed "<ms>ms/<mbit>mbit"
         if not 0 < self.participation <= 1:
             raise ConfigError("participation", self.participation, "must be in (0, 1]")
         if not self.round_deadline >= 0:

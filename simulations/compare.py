@@ -10,7 +10,6 @@ come from the same files a later `fedcoop plot` reads, never from memory.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
@@ -26,6 +25,7 @@ from rich.table import Table
 from fedcoop import algorithms, workload
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
+from simulations.results import write_csv
 from simulations.runner import run_config
 
 #: Keys that differ between runs for bookkeeping only, never a swept setting.
@@ -185,11 +185,7 @@ def write_summary(
     directory: Path, summary: Sequence[Mapping[str, Any]], target: float | None
 ) -> list[Path]:
     """summary.csv (one row per run, empty cells for n/a) and summary.json (with the target)."""
-    columns = list(dict.fromkeys(k for row in summary for k in row))
-    with (directory / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(summary)
+    write_csv(directory / "summary.csv", summary)
     payload = {"target-accuracy": target, "runs": list(summary)}
     (directory / "summary.json").write_text(json.dumps(payload, indent=2))
     return [directory / "summary.csv", directory / "summary.json"]

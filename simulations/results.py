@@ -13,6 +13,8 @@ import csv
 import json
 import platform
 import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,30 +61,35 @@ def write_results(result: RunResult, path: Path) -> Path:
         },
     }
     (path / "config.json").write_text(json.dumps(config, indent=2))
-    with (path / "metrics.jsonl").open("w") as f:
-        for row in result.rounds:
-            f.write(json.dumps(row) + "\n")
+    write_jsonl(path / "metrics.jsonl", result.rounds)
     if result.rounds:
-        columns = list(dict.fromkeys(k for row in result.rounds for k in row))
-        with (path / "metrics.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(result.rounds)
+        write_csv(path / "metrics.csv", result.rounds)
     if result.workers is not None:
         models = {"workers": result.workers}
         if result.aux is not None:
             models["aux"] = result.aux
         np.savez(path / "final-models.npz", **models)
-    with (path / "events.jsonl").open("w") as f:
-        for event in result.events:
-            f.write(json.dumps(event) + "\n")
-    faults: dict[str, int] = {}
-    for event in result.events:
-        faults[event["kind"]] = faults.get(event["kind"], 0) + 1
+    write_jsonl(path / "events.jsonl", result.events)
     final = {
         "last-round": result.rounds[-1] if result.rounds else {},
         **result.client_evaluation,
-        "faults": faults,
+        "faults": dict(Counter(event["kind"] for event in result.events)),
     }
     (path / "final.json").write_text(json.dumps(final, indent=2))
     return path
+
+
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """One JSON object per line."""
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """A CSV with every key any row has (in first-seen order); empty cells for the rest."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)

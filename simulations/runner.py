@@ -40,13 +40,13 @@ def run_config(
         raise ConfigError("engine", engine, f"one of {', '.join(ENGINES)}")
     if quiet:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    config, _ = server_app.with_checkpoint(config)  # a resumed run keeps its node count
+    config, resumed = server_app.with_checkpoint(config)  # a resumed run keeps its node count
     if engine == "inprocess":
         grid = InProcessGrid(client_app, config.num_clients, seed=config.seed)
-        return server_app.run(grid, config)
+        return server_app.run(grid, config, resumed)
     results: list[RunResult] = []
     run_simulation(
-        server_app=server_app.make_server_app(config, on_result=results.append),
+        server_app=server_app.make_server_app(config, results.append, resumed),
         client_app=client_app,
         num_supernodes=config.num_clients,
         backend_config={

@@ -408,11 +408,7 @@ class CooperativeStrategy:
             result.events.append(
                 {"round": summary.round, "kind": "split", "reason": f"{summary.components} parts"}
             )
-        losses = tally.losses.pop(summary.round, [])
-        row = self._round_row(summary, coordinator.spec.tau, losses, started)
-        compute = tally.compute.pop(summary.round, [])
-        row["compute-time"] = float(np.mean(compute)) if compute else float("nan")
-        row["bytes-up"], row["bytes-down"] = tally.traffic.pop(summary.round, [0, 0])
+        row = self._round_row(summary, coordinator.spec.tau, tally, started)
         row["virtual-time"] = clock.round(summary.round, summary.survivors)
         result.rounds.append(row)
         self._survivors.append(summary.survivors)
@@ -545,13 +541,18 @@ class CooperativeStrategy:
         return Message(content, node_of[worker], MessageType.TRAIN, group_id=str(group))
 
     def _round_row(
-        self, summary: RoundSummary, tau: int, losses: list[float], started: float
+        self, summary: RoundSummary, tau: int, tally: _Tally, started: float
     ) -> dict[str, Any]:
-        """One round's metrics; bytes count the round's messages and replies."""
+        """One round's metrics, taking what `tally` gathered for it; bytes count the round's
+        messages and replies."""
+
+        def mean(values: list[float]) -> float:
+            return float(np.mean(values)) if values else float("nan")
+
         row: dict[str, Any] = {
             "round": summary.round,
             "local-steps": summary.round * tau,
-            "train-loss": float(np.mean(losses)) if losses else float("nan"),
+            "train-loss": mean(tally.losses.pop(summary.round, [])),
             "consensus-distance": summary.consensus_distance,
             "participants": len(summary.survivors),
             "dropped": len(summary.missing) - len(summary.rejected),
@@ -560,6 +561,8 @@ class CooperativeStrategy:
         if self.evaluate_fn is not None:
             row.update({f"test-{k}": v for k, v in self.evaluate_fn(summary.average).items()})
         row["wall-time"] = time.monotonic() - started
+        row["compute-time"] = mean(tally.compute.pop(summary.round, []))
+        row["bytes-up"], row["bytes-down"] = tally.traffic.pop(summary.round, [0, 0])
         return row
 
     def _evaluate_clients(self, grid: Grid, nodes: list[int]) -> dict[str, float]:

@@ -17,7 +17,6 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedcoop import algorithms, checkpoint, data, workload
-from fedcoop.clock import VirtualClock
 from fedcoop.config import RunConfig
 from fedcoop.training import default_device, evaluate, load_model_vector, model_vector
 from simulations.results import run_directory, write_results
@@ -55,23 +54,24 @@ def with_checkpoint(config: RunConfig) -> tuple[RunConfig, dict[str, Any] | None
     return RunConfig.from_mapping({**saved["config"], "resume": config.resume}), saved
 
 
-def run(grid: Grid, config: RunConfig) -> RunResult:
+def run(grid: Grid, config: RunConfig, resumed: dict[str, Any] | None = None) -> RunResult:
     """One run of `config` over `grid`, its results written to config.results_dir.
 
     With `resume` set to a run directory, the run continues from that directory's
-    checkpoint, under the config it was started with, and writes its results there.
+    checkpoint, under the config it was started with, and writes its results there;
+    `resumed` is that checkpoint when the caller has already read it (`with_checkpoint`).
     """
-    config, resumed = with_checkpoint(config)
+    if resumed is None:
+        config, resumed = with_checkpoint(config)
     if resumed is not None:
         LOG.info("fedcoop: resuming %s after round %d", config.resume, resumed["round"])
     _, test = workload.load_split(config)
     # The algorithm and the partitions are functions of the config: refuse a bad one here,
     # before any node is waited for, rather than after the handshake or in every client.
-    spec = algorithms.resolve(config)
+    algorithms.resolve(config)
     workload.partition_indices(config, config.num_clients)
     model = initial_model(config)
     x0 = model_vector(model).to(test.x.dtype).numpy()
-    VirtualClock.from_config(config, spec, model_bytes=x0.nbytes)  # refuses a bad link
     directory = None
     if config.resume:
         directory = Path(config.resume).expanduser().resolve()
@@ -93,15 +93,18 @@ def run(grid: Grid, config: RunConfig) -> RunResult:
 
 
 def make_server_app(
-    config: RunConfig | None = None, on_result: Callable[[RunResult], None] | None = None
+    config: RunConfig | None = None,
+    on_result: Callable[[RunResult], None] | None = None,
+    resumed: dict[str, Any] | None = None,
 ) -> ServerApp:
     """A ServerApp running `config` (or the run config Flower passes when it is None);
-    `on_result` receives the finished run, for callers that run it in-process."""
+    `on_result` receives the finished run, for callers that run it in-process; `resumed`:
+    the checkpoint of config.resume, already read."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        result = run(grid, config or RunConfig.from_mapping(context.run_config))
+        result = run(grid, config or RunConfig.from_mapping(context.run_config), resumed)
         if on_result is not None:
             on_result(result)
 

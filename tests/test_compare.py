@@ -172,3 +172,9 @@ def test_expand_names_the_bad_key(grid: dict[str, list[Any]], key: str) -> None:
     with pytest.raises(ConfigError) as error:
         compare.expand({"results-dir": ""}, grid)
     assert error.value.parameter == key
+
+
+def test_a_bad_link_in_the_grid_is_refused_before_any_run() -> None:
+    with pytest.raises(ConfigError) as error:
+        compare.expand({}, {"link": ["wifi", "bogus"]})
+    assert error.value.parameter == "link" and error.value.value == "bogus"

@@ -133,7 +133,7 @@ INVALID: dict[str, list[Any]] = {
     "step-time": [-1, NAN, INF],
     "step-time-distribution": ["normal", 1],
     "step-time-sigma": [-0.5, NAN, INF],
-    "link": [5],
+    "link": [5, "fast", "10ms/0mbit", "50ms"],
     "participation": [0, 1.5, -0.1, NAN],
     "round-deadline": [-1, NAN],
     "quorum": [0, 1.5, NAN],
