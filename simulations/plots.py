@@ -51,12 +51,14 @@ def plot_directory(directory: str | Path) -> list[Path]:
     return written + partition_histograms(runs, out)
 
 
-def save(figure: Figure, stem: Path) -> list[Path]:
-    """Write `figure` as stem.png and stem.pdf."""
+def save(
+    figure: Figure, stem: Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150
+) -> list[Path]:
+    """Write `figure` as stem.png and stem.pdf (or the `formats` given)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    paths = [stem.with_suffix(f".{suffix}") for suffix in formats]
     for path in paths:
-        figure.savefig(path, dpi=150)
+        figure.savefig(path, dpi=dpi)
     return paths
 
 

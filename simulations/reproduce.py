@@ -189,9 +189,8 @@ def steps_configs(
 
 def save_png(figure: Figure, path: Path) -> Path:
     """Write one PNG (the report embeds PNGs only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    (png,) = plots.save(figure, path, formats=("png",), dpi=120)
+    return png
 
 
 def graph_zeta(config: Mapping[str, Any]) -> float:
