@@ -23,7 +23,7 @@ _NUMBER_OR_AUTO = frozenset({"alpha", "anchor_momentum"})
 LR_SCHEDULES = ("constant", "paper")
 STEP_TIME_DISTRIBUTIONS = ("constant", "exponential", "lognormal")
 #: The dense (m+v) x (m+v) mixing matrix and its eigenvalues grow as m^2 and m^3: beyond this
-#: many workers a run cannot even build W (num-clients = 10**9 would ask for 8 EiB).
+#: many workers a run cannot even build W (num-clients = 10**9 would ask for 8 EB).
 MAX_CLIENTS = 10_000
 #: torch.manual_seed takes at most a signed 64-bit seed, numpy's SeedSequence no negative one.
 MAX_SEED = 2**63 - 1

@@ -741,7 +741,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--runs", help="folder for the runs (default: a new one per invocation)")
     parser.add_argument("--smoke", action="store_true", help="toy scale into a temp folder")
     args = parser.parse_args(argv)
-    # Tiny models on shared cores: one thread avoids oversubscription (about 10x faster here);
+    # Tiny models on shared cores: one thread avoids oversubscribing them;
     # the caller's setting comes back afterwards (tests share the process).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
