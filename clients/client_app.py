@@ -24,8 +24,10 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,7 +40,8 @@ from clients import messages
 from fedcoop import algorithms, checkpoint, workload
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import ClientRule, UpdateRule
-from fedcoop.training import LocalSGD, LocalWorker, default_device, evaluate
+from fedcoop.local_rule import LocalRule, WorkerState
+from fedcoop.training import LocalSGD, default_device, loss_function, model_vector
 
 LOG = logging.getLogger("flwr.fedcoop")
 _T = TypeVar("_T")
@@ -48,7 +51,7 @@ STATE_META = "worker-meta"
 FAILURE = "worker-failure"
 #: Workers kept alive in this process, by (run id, node id): (state token, config, worker).
 #: Bounded so that a process serving many nodes of a large model cannot grow without limit.
-_LIVE: OrderedDict[tuple[int, int], tuple[str, RunConfig, LocalWorker]] = OrderedDict()
+_LIVE: OrderedDict[tuple[int, int], tuple[str, RunConfig, WorkerState]] = OrderedDict()
 _MAX_LIVE = 64
 
 
@@ -57,7 +60,7 @@ class _Steps:
     """A round's local steps running in the background (eager replies)."""
 
     round: int
-    worker: LocalWorker
+    worker: WorkerState
     config: RunConfig
     keep_snapshot: bool
     #: (mean training loss, seconds) of the steps
@@ -82,9 +85,10 @@ def _node_partition(context: Context) -> tuple[int, int]:
         ) from None
 
 
-def _worker(config: RunConfig, context: Context) -> LocalWorker:
-    partition_id, num_partitions = _node_partition(context)
-    shard = workload.shard(config, partition_id, num_partitions)
+@lru_cache(maxsize=8)
+def _rule(config: RunConfig) -> LocalRule:
+    """The local rule every worker of `config` in this process shares (its model layout,
+    optimizer, schedule and augmentation)."""
     momentum, nesterov = algorithms.local_optimizer(config)
     sgd = LocalSGD(
         lr=config.lr,
@@ -93,29 +97,45 @@ def _worker(config: RunConfig, context: Context) -> LocalWorker:
         weight_decay=config.weight_decay,
         batch_size=config.batch_size,
     )
-    return LocalWorker(
+    train, _ = workload.load_split(config)
+    return LocalRule(
         workload.build_model(config),
-        shard,
         sgd,
         default_device(),
+        train.x.dtype,
+        loss_fn=loss_function(train),
         lr_at=workload.schedule(config).lr,
         augment=workload.augmentation(config),
     )
 
 
-def _restore(worker: LocalWorker, state: RecordDict) -> None:
+def _worker(config: RunConfig, context: Context) -> WorkerState:
+    """A worker that holds this node's shard and no model yet (the template's values,
+    which its first message replaces)."""
+    partition_id, num_partitions = _node_partition(context)
+    rule = _rule(config)
+    return rule.worker(
+        workload.shard(config, partition_id, num_partitions), model_vector(rule.model)
+    )
+
+
+def _restore(rule: LocalRule, worker: WorkerState, state: RecordDict) -> None:
     arrays = state.array_records[STATE_ARRAYS]
-    worker.load_vector(torch.from_numpy(arrays[messages.MODEL].numpy()))
-    if "momentum" in arrays:
-        worker.load_momentum(torch.from_numpy(arrays["momentum"].numpy()))
-    if "snapshot" in arrays:
-        worker.snapshot = torch.from_numpy(arrays["snapshot"].numpy()).to(worker.device)
-    if "pending" in arrays:
-        worker.load_pending(torch.from_numpy(arrays["pending"].numpy()))
+
+    def tensor(key: str) -> torch.Tensor | None:
+        if key not in arrays:
+            return None
+        return rule.vector(torch.from_numpy(arrays[key].numpy()))
+
+    worker.x = tensor(messages.MODEL)
+    worker.momentum, worker.snapshot, worker.pending = (
+        tensor(k) for k in ("momentum", "snapshot", "pending")
+    )
 
 
 def _save(
-    worker: LocalWorker,
+    rule: LocalRule,
+    worker: WorkerState,
     x: np.ndarray,
     context: Context,
     config: RunConfig,
@@ -135,9 +155,9 @@ def _save(
     context.state[STATE_ARRAYS] = messages.vector_record(
         **{
             messages.MODEL: x,
-            "momentum": cpu(worker.momentum_vector()),
+            "momentum": cpu(rule.momentum_of(worker)),
             "snapshot": cpu(worker.snapshot) if keep_snapshot else None,
-            "pending": cpu(worker.pending_vector()),
+            "pending": cpu(worker.pending),
         }
     )
     token = uuid.uuid4().hex
@@ -209,14 +229,13 @@ def _install(context: Context, arrays: ArrayRecord, round_: int, steps: int) -> 
     )
 
 
-def _current_worker(config: RunConfig, context: Context) -> LocalWorker:
+def _current_worker(config: RunConfig, context: Context) -> WorkerState:
     """The worker as context.state describes it after its last round.
 
-    When this process ran that round itself, the worker it kept alive (model, optimizer and
-    data already on the device) is used as is, which saves rebuilding the model and copying
-    every tensor back; the token written with the state proves it is the same round's state.
-    Otherwise (another simulation actor ran the last round, or this process restarted) the
-    worker is rebuilt from context.state.
+    When this process ran that round itself, the worker it kept alive (its tensors already
+    on the device) is used as is, which saves copying every tensor back; the token written
+    with the state proves it is the same round's state. Otherwise (another simulation actor
+    ran the last round, or this process restarted) the worker is rebuilt from context.state.
     """
     meta = context.state.config_records.get(STATE_META)
     live = _LIVE.get((context.run_id, context.node_id))
@@ -224,7 +243,7 @@ def _current_worker(config: RunConfig, context: Context) -> LocalWorker:
         return live[2]
     worker = _worker(config, context)
     if meta is not None:
-        _restore(worker, context.state)
+        _restore(_rule(config), worker, context.state)
         worker.steps_done = int(meta["steps"])
     return worker
 
@@ -260,15 +279,48 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Apply the sync the message carries, run the round's local steps, reply with x_i
     (eager replies: with the model of the round run since the previous message)."""
-    _settle_background(context)
-    _recover(context)
-    try:
-        return _train(msg, context)
-    except Exception:
-        # The worker kept alive may be half-way through the round: the next message must
-        # start again from context.state, which still holds the last completed round.
-        _LIVE.pop((context.run_id, context.node_id), None)
-        raise
+    (reply,) = train_many([(msg, context)])
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def train_many(batch: Sequence[tuple[Message, Context]]) -> list[Message | Exception]:
+    """The replies to train messages of several nodes of this process, each to its own
+    context: every message is read and checked alone, then their syncs and local steps run
+    as batches of the local rule. A message that cannot be served gets its exception in
+    place of a reply, and the others go on."""
+    out: list[Message | Exception | None] = [None] * len(batch)
+    jobs: list[tuple[int, _Train]] = []
+    for k, (msg, context) in enumerate(batch):
+        try:
+            _settle_background(context)
+            _recover(context)
+            prepared = _prepare(msg, context)
+        except Exception as exc:
+            _forget(context)
+            out[k] = exc
+            continue
+        if isinstance(prepared, Message):
+            out[k] = prepared
+        else:
+            jobs.append((k, prepared))
+    _apply_syncs([t for _, t in jobs])
+    _run_steps([t for _, t in jobs if not t.background])
+    for k, t in jobs:
+        try:
+            out[k] = _complete(t)
+        except Exception as exc:
+            _forget(t.context)
+            out[k] = exc
+    assert all(reply is not None for reply in out)
+    return out  # type: ignore[return-value]
+
+
+def _forget(context: Context) -> None:
+    """The worker kept alive may be half-way through a round: the next message must start
+    again from context.state, which still holds the last completed round."""
+    _LIVE.pop((context.run_id, context.node_id), None)
 
 
 def _state_content(
@@ -290,7 +342,7 @@ def _state_content(
 
 def _restore_state(msg: Message, context: Context) -> None:
     """Replace this node's state with the one a resumed run sends (round 0: no state)."""
-    _LIVE.pop((context.run_id, context.node_id), None)
+    _forget(context)
     meta = msg.content.config_records[messages.STATE_META]
     for records, key in (
         (context.state.array_records, STATE_ARRAYS),
@@ -309,7 +361,31 @@ def query_state(msg: Message, context: Context) -> Message:
     return Message(RecordDict(_state_content(context)), reply_to=msg)
 
 
-def _train(msg: Message, context: Context) -> Message:
+@dataclass
+class _Train:
+    """A train message read and checked, its sync and local steps still to run."""
+
+    msg: Message
+    context: Context
+    job: _Steps
+    steps: int
+    update_rule: UpdateRule
+    client_rule: ClientRule
+    generator: torch.Generator
+    #: (self weight, mix) of the sync to apply first (None: no sync)
+    sync: tuple[float, torch.Tensor | None] | None
+    #: eager replies: what the reply reports (the round run since the previous message)
+    collected: RecordDict | None
+    send_state: bool
+    #: eager replies: run the steps in this process's background, after the reply
+    background: bool
+    #: why the sync or the steps failed
+    failure: Exception | None = None
+
+
+def _prepare(msg: Message, context: Context) -> Message | _Train:
+    """Read a train message against the worker's state: the reply at once (an eager
+    message that only collects), or the work to do; raises on a message it must refuse."""
     config = messages.read_config(msg)
     header = msg.content.config_records[messages.HEADER]
     if messages.STATE_META in msg.content.config_records:
@@ -329,52 +405,132 @@ def _train(msg: Message, context: Context) -> Message:
         )
     update_rule = UpdateRule(str(header["update-rule"]))
     client_rule = ClientRule(str(header["client-rule"]))
+    rule = _rule(config)
     worker = _current_worker(config, context)
     init = messages.read_vector(msg, messages.INIT)
     mix = messages.read_vector(msg, messages.MIX)
+    sync = None
     if init is not None:
-        worker.load_vector(torch.from_numpy(init))
-        worker.snapshot = worker.vector()
+        worker.x = rule.vector(torch.from_numpy(init))
+        worker.snapshot = worker.x.clone()
     elif adopt:
         if mix is None:
             raise ValueError(f"round {round_} asks to adopt a model it does not carry")
-        worker.adopt(torch.from_numpy(mix), reset=bool(header.get("reset", False)))
+        rule.adopt(worker, torch.from_numpy(mix), reset=bool(header.get("reset", False)))
     elif last == 0:
         raise ValueError(f"round {round_} is this worker's first and carries no model")
     elif "sync" in header:
-        worker.apply_sync(
-            float(header["self-weight"]),
-            None if mix is None else torch.from_numpy(mix),
-            client_rule,
-            update_rule,
-        )
+        sync = (float(header["self-weight"]), None if mix is None else torch.from_numpy(mix))
+        rule.check_sync(worker, sync[1], client_rule, update_rule)
     generator = workload.seeded_generator(config.seed, _node_partition(context)[0], round_)
     correction = client_rule is ClientRule.CORRECTION
-    job = _Steps(round_, worker, config, correction, Future())
-    if collected is not None and bool(context.node_config.get("background-steps", False)):
-        job.outcome = _EXECUTOR.submit(_timed, worker, steps, update_rule, generator)
+    return _Train(
+        msg,
+        context,
+        _Steps(round_, worker, config, correction, Future()),
+        steps,
+        update_rule,
+        client_rule,
+        generator,
+        sync,
+        collected,
+        bool(header.get("send-state", False)),
+        background=collected is not None
+        and bool(context.node_config.get("background-steps", False)),
+    )
+
+
+def _groups(trains: Sequence[_Train], key: Callable[[_Train], Hashable]) -> list[list[_Train]]:
+    """`trains` in groups of equal `key`, in order of first appearance."""
+    out: dict[Hashable, list[_Train]] = {}
+    for t in trains:
+        out.setdefault(key(t), []).append(t)
+    return list(out.values())
+
+
+def _apply_syncs(trains: Sequence[_Train]) -> None:
+    """Apply the pending syncs, a batch of the rule per kind of sync."""
+    with_sync = [t for t in trains if t.sync is not None]
+    for group in _groups(with_sync, lambda t: (t.job.config, t.client_rule, t.update_rule)):
+        try:
+            _rule(group[0].job.config).apply_sync(
+                [t.job.worker for t in group],
+                [t.sync[0] for t in group],  # type: ignore[index]
+                [t.sync[1] for t in group],  # type: ignore[index]
+                group[0].client_rule,
+                group[0].update_rule,
+            )
+        except Exception as exc:
+            for t in group:
+                t.failure = exc
+
+
+def _run_steps(trains: Sequence[_Train]) -> None:
+    """Run the local steps, a batch of the rule per (config, steps, rule); each message's
+    compute time is its share of its batch's seconds."""
+    ready = [t for t in trains if t.failure is None]
+    for group in _groups(ready, lambda t: (t.job.config, t.steps, t.update_rule)):
+        first = group[0]
+        try:
+            losses, seconds = _timed(
+                _rule(first.job.config),
+                [t.job.worker for t in group],
+                first.steps,
+                first.update_rule,
+                [t.generator for t in group],
+            )
+        except Exception as exc:
+            for t in group:
+                t.job.outcome.set_exception(exc)
+            continue
+        for t, loss in zip(group, losses, strict=True):
+            t.job.outcome.set_result((loss, seconds / len(group)))
+
+
+def _complete(t: _Train) -> Message:
+    """The reply of a prepared message whose sync and steps have run (or fail)."""
+    if t.failure is not None:
+        raise t.failure
+    context, job = t.context, t.job
+    if t.background:
+        job.outcome = _EXECUTOR.submit(
+            _single, job.config, job.worker, t.steps, t.update_rule, t.generator
+        )
         _remember(_BACKGROUND, (context.run_id, context.node_id), job)
-        return Message(collected, reply_to=msg)
-    try:
-        job.outcome.set_result(_timed(worker, steps, update_rule, generator))
-    except Exception as exc:
-        if collected is None:
-            raise
-        job.outcome.set_exception(exc)  # eager: reported when round_ is collected
+        return Message(t.collected, reply_to=t.msg)  # type: ignore[arg-type]
+    if t.collected is None:
+        job.outcome.result()  # raises why the steps failed
+    # eager: a failure is kept in context.state and reported when round_ is collected
     _finish(context, job)
-    if collected is not None:
-        return Message(collected, reply_to=msg)
-    return Message(_report(context, bool(header.get("send-state", False))), reply_to=msg)
+    if t.collected is not None:
+        return Message(t.collected, reply_to=t.msg)
+    return Message(_report(context, t.send_state), reply_to=t.msg)
 
 
 def _timed(
-    worker: LocalWorker, steps: int, rule: UpdateRule, generator: torch.Generator
-) -> tuple[float, float]:
-    """(mean loss, seconds) of the round's local steps: a device's compute time per round,
-    next to the wall time per round the server sees."""
+    rule: LocalRule,
+    workers: Sequence[WorkerState],
+    steps: int,
+    update_rule: UpdateRule,
+    generators: Sequence[torch.Generator],
+) -> tuple[list[float], float]:
+    """(mean loss per worker, seconds) of a round's local steps: a device's compute time
+    per round, next to the wall time per round the server sees."""
     start = time.perf_counter()
-    loss = worker.run(steps, rule, generator)
-    return loss, time.perf_counter() - start
+    losses = rule.run(workers, steps, update_rule, generators)
+    return losses, time.perf_counter() - start
+
+
+def _single(
+    config: RunConfig,
+    worker: WorkerState,
+    steps: int,
+    update_rule: UpdateRule,
+    generator: torch.Generator,
+) -> tuple[float, float]:
+    """(mean loss, seconds) of one worker's local steps (in the background)."""
+    (loss,), seconds = _timed(_rule(config), [worker], steps, update_rule, [generator])
+    return loss, seconds
 
 
 def _finish(context: Context, job: _Steps) -> None:
@@ -383,12 +539,14 @@ def _finish(context: Context, job: _Steps) -> None:
     try:
         loss, seconds = job.outcome.result()
     except Exception as exc:
-        _LIVE.pop((context.run_id, context.node_id), None)  # half-way through the round
+        _forget(context)  # half-way through the round
         reason = "".join(traceback.format_exception(exc))
         context.state[FAILURE] = ConfigRecord({"round": job.round, "reason": reason})
         return
-    x = job.worker.vector().cpu().numpy()
+    rule = _rule(job.config)
+    x = job.worker.x.cpu().numpy()
     _save(
+        rule,
         job.worker,
         x,
         context,
@@ -451,7 +609,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     config = messages.read_config(msg)
     worker = _current_worker(config, context)
     _, test = workload.load_split(config)
-    loss, accuracy = evaluate(worker.model, test)
+    loss, accuracy = _rule(config).evaluate(worker, test)
     metrics = {"loss": loss, "num-examples": len(test)}
     if not np.isnan(accuracy):
         metrics["accuracy"] = accuracy

@@ -23,7 +23,7 @@ from clients import messages
 from clients.client_app import app as client_app
 from fedcoop import workload
 from fedcoop.errors import ConfigError
-from fedcoop.training import LocalWorker
+from fedcoop.local_rule import LocalRule, WorkerState
 from simulations.inprocess import InProcessGrid
 from strategies.server_app import run
 from tests.conftest import least_squares_config
@@ -95,14 +95,14 @@ def reported(reply: Message) -> tuple[int, np.ndarray] | None:
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
     """(started, go): local steps signal `started`, then wait for `go`."""
     started, go = threading.Event(), threading.Event()
-    steps = LocalWorker.run
+    steps = LocalRule.run
 
-    def gated(self: LocalWorker, *args: object) -> float:
+    def gated(self: LocalRule, *args: object) -> list[float]:
         started.set()
         assert go.wait(30), "the test never let the steps go on"
         return steps(self, *args)
 
-    monkeypatch.setattr(LocalWorker, "run", gated)
+    monkeypatch.setattr(LocalRule, "run", gated)
     yield started, go
     go.set()
 
@@ -149,10 +149,10 @@ def test_steps_that_fail_in_the_background_fail_the_message_that_collects_them(
     client_app(eager_message(node, 1, 0, x0), context)
     client_module._BACKGROUND[context.run_id, context.node_id].outcome.result()  # round 1 ran
 
-    def broken(self: LocalWorker, *args: object) -> float:
+    def broken(self: LocalRule, *args: object) -> list[float]:
         raise RuntimeError("out of memory on the device")
 
-    monkeypatch.setattr(LocalWorker, "run", broken)
+    monkeypatch.setattr(LocalRule, "run", broken)
     assert reported(client_app(eager_message(node, 2, 1, x0), context))[0] == 1
     with pytest.raises(RuntimeError, match=r"(?s)round 2 failed.*out of memory on the device"):
         client_app(eager_message(node, 3, 2, x0), context)
@@ -189,14 +189,15 @@ def test_steps_that_fail_in_the_background_leave_their_worker_out_of_that_round(
 ) -> None:
     config = least_squares_config(algorithm="easgd", tau=2, num_rounds=5, eager_reply=True)
     victim = workload.shard(config, 3, config.num_clients)
-    steps = LocalWorker.run
+    steps = LocalRule.run
 
-    def fails_once(self: LocalWorker, *args: object) -> float:
-        if torch.equal(self.data.y, victim.y) and self.steps_done == 2 * config.tau:
-            raise RuntimeError("the device overheated")
-        return steps(self, *args)
+    def fails_once(self: LocalRule, workers: list[WorkerState], *args: object) -> list[float]:
+        for w in workers:
+            if torch.equal(w.data.y, victim.y) and w.steps_done == 2 * config.tau:
+                raise RuntimeError("the device overheated")
+        return steps(self, workers, *args)
 
-    monkeypatch.setattr(LocalWorker, "run", fails_once)
+    monkeypatch.setattr(LocalRule, "run", fails_once)
     result = run(background_grid(client_app, config.num_clients), config)
     ((round_, worker, kind, reason),) = [
         (e["round"], e["worker"], e["kind"], e["reason"]) for e in result.events

@@ -17,8 +17,9 @@ from fedcoop import algorithms, workload
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import UpdateRule
 from fedcoop.data import ArrayDataset
+from fedcoop.local_rule import LocalRule
 from fedcoop.models import LinearRegression
-from fedcoop.training import LocalSGD, LocalWorker, model_vector
+from fedcoop.training import LocalSGD, loss_function, model_vector
 from simulations.inprocess import InProcessGrid
 from strategies.server_app import initial_model, run
 from tests.conftest import TIMINGS
@@ -67,13 +68,17 @@ def test_worker_steps_at_the_scheduled_learning_rates() -> None:
     data = ArrayDataset(
         x=torch.ones(1, 1, dtype=torch.float64), y=torch.zeros(1, dtype=torch.float64)
     )
-    model = LinearRegression(1)
-    worker = LocalWorker(
-        model, data, LocalSGD(lr=1.0, batch_size=0), torch.device("cpu"), lr_at=lambda k: 0.1 * k
+    rule = LocalRule(
+        LinearRegression(1),
+        LocalSGD(lr=1.0, batch_size=0),
+        torch.device("cpu"),
+        torch.float64,
+        loss_fn=loss_function(data),
+        lr_at=lambda k: 0.1 * k,
     )
-    worker.load_vector(torch.tensor([1.0], dtype=torch.float64))
-    worker.run(3, UpdateRule.MIX_AFTER_STEP, torch.Generator())
-    assert worker.vector().item() == pytest.approx(0.9 * 0.8 * 0.7)
+    worker = rule.worker(data, torch.tensor([1.0], dtype=torch.float64))
+    rule.run([worker], 3, UpdateRule.MIX_AFTER_STEP, [torch.Generator()])
+    assert worker.x.item() == pytest.approx(0.9 * 0.8 * 0.7)
     assert worker.steps_done == 3
 
 

@@ -1,0 +1,336 @@
+"""The worker side of every rule, written once as functions over a batch of workers.
+
+A worker is its flat state (`WorkerState`: the model vector x_i in the layout of
+`fedcoop.training.model_vector`, its momentum buffer, CoCoD snapshot and Remark-1 held-back
+gradient, and its count of local steps); `LocalRule` holds what the workers of one run share
+(the model's layout, the optimizer's settings, the learning-rate schedule, the augmentation)
+and applies a sync, or runs tau local steps, to any number of workers at once. The Flower
+ClientApp runs it on a batch of one; the vectorized engine on the round's whole cohort, one
+`torch.func.vmap` over the stacked parameters per step. Each worker draws its batches from its
+own generator exactly as it would alone, so the batch changes the speed, not the models.
+
+The optimizer is torch.optim.SGD's rule without dampening, written out over flat tensors
+(weight decay folded into the gradient, so that a gradient held back under Remark 1 includes
+the decay of the unmixed model; a missing momentum buffer is a zero one, as in torch):
+buf <- mu buf + g; d <- g + mu buf (Nesterov) or buf; x <- x - lr d. Every update is an
+element-wise operation on its own, so a worker's result does not depend on its neighbours in
+the batch.
+
+Models with buffers that training updates in place (BatchNorm's running statistics) cannot
+run under `vmap` as they are; their gradients are taken one worker at a time, with each
+worker's own statistics as the buffers, so they run (correctly, without the batch speed-up)
+wherever the others do.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from fedcoop.augment import Augmentation
+from fedcoop.cooperative import ClientRule, UpdateRule
+from fedcoop.data import ArrayDataset
+from fedcoop.training import LocalSGD, evaluate, load_model_vector
+
+
+@dataclass
+class WorkerState:
+    """Worker i between messages: flat tensors on the rule's device.
+
+    ``momentum`` and ``pending`` span the parameters only (the layout of
+    ``model.parameters()``); ``x`` and ``snapshot`` every floating-point state entry.
+    """
+
+    data: ArrayDataset
+    x: torch.Tensor
+    momentum: torch.Tensor | None = None
+    snapshot: torch.Tensor | None = None
+    pending: torch.Tensor | None = None
+    #: local steps applied so far; the next one is step `steps_done + 1` of the schedule
+    steps_done: int = 0
+
+
+class LocalRule:
+    """The local optimizer and the client half of the sync rules, for a run's workers."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sgd: LocalSGD,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        loss_fn: nn.Module,
+        lr_at: Callable[[int], float] | None = None,
+        augment: Augmentation | None = None,
+    ) -> None:
+        self.device = device
+        #: a template only: the workers' values are passed in with every call
+        self.model = model.to(device=device, dtype=dtype)
+        self.dtype = dtype
+        self.sgd = sgd
+        self.lr_at = lr_at or (lambda _: sgd.lr)
+        self.augment = augment
+        self.loss_fn = loss_fn
+        entries = [(k, t) for k, t in self.model.state_dict().items() if t.is_floating_point()]
+        params = dict(self.model.named_parameters())
+        offsets, start = {}, 0
+        for name, t in entries:
+            offsets[name] = (start, t.numel(), t.shape)
+            start += t.numel()
+        #: entries of x that are parameters (None: all of them, in order)
+        self._names = list(params)
+        self._shapes = [params[k].shape for k in self._names]
+        self._sizes = [params[k].numel() for k in self._names]
+        self._buffers = [(k, offsets[k]) for k, _ in entries if k not in params]
+        if [k for k, _ in entries] == self._names:
+            self._index: torch.Tensor | None = None
+        else:
+            self._index = torch.cat(
+                [torch.arange(offsets[k][0], offsets[k][0] + offsets[k][1]) for k in self._names]
+            ).to(device)
+        #: the template module is swapped in and out by functional_call: one caller at a time
+        self._lock = threading.Lock()
+        self._batched = vmap(grad_and_value(self._loss))
+
+    @property
+    def batched(self) -> bool:
+        """True when a batch of workers takes its gradients in one vmap (no buffers)."""
+        return not self._buffers
+
+    # -- workers --------------------------------------------------------------------------
+    def worker(self, data: ArrayDataset, x: torch.Tensor) -> WorkerState:
+        """A worker holding `data` (kept on the device for good) and starting from `x`."""
+        data = ArrayDataset(x=data.x.to(self.device), y=data.y.to(self.device))
+        return WorkerState(data=data, x=self.vector(x))
+
+    def vector(self, x: torch.Tensor) -> torch.Tensor:
+        """A copy of a flat vector on the rule's device, in its dtype."""
+        return x.to(device=self.device, dtype=self.dtype).clone()
+
+    def momentum_of(self, worker: WorkerState) -> torch.Tensor | None:
+        """The worker's momentum buffer, zeros before its first step; None without momentum."""
+        if not self.sgd.momentum:
+            return None
+        if worker.momentum is None:
+            return torch.zeros_like(self.parameters_of(worker.x))
+        return worker.momentum
+
+    def parameters_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The parameter entries of model vectors (the last dimension), in parameter order."""
+        return x if self._index is None else x.index_select(-1, self._index)
+
+    def evaluate(self, worker: WorkerState, test: ArrayDataset) -> tuple[float, float]:
+        """(loss, accuracy) of the worker's own model on `test`."""
+        with self._lock:
+            load_model_vector(self.model, worker.x)
+            return evaluate(self.model, test)
+
+    # -- the rules --------------------------------------------------------------------------
+    def apply_sync(
+        self,
+        workers: Sequence[WorkerState],
+        self_weights: Sequence[float],
+        mixes: Sequence[torch.Tensor | None],
+        client_rule: ClientRule,
+        update_rule: UpdateRule,
+    ) -> None:
+        """Apply each worker's part of a sync, then any step held back for it.
+
+        MIX: x_i <- w_ii x_i + mix_i. CORRECTION (CoCoD-SGD): x_i <- avg + x_i - snapshot_i,
+        snapshot_i <- x_i. Under Remark 1 the gradient held back at the last step is then
+        applied to the mixed model.
+        """
+        if not workers:
+            return
+        for w, mix in zip(workers, mixes, strict=True):
+            self.check_sync(w, mix, client_rule, update_rule)
+        x = torch.stack([w.x for w in workers])
+        if client_rule is ClientRule.CORRECTION:
+            avg = torch.stack([self.vector(m) for m in mixes])  # type: ignore[arg-type]
+            x = avg + x - torch.stack([w.snapshot for w in workers])  # type: ignore[misc]
+            for w, row in zip(workers, x.unbind(0), strict=True):
+                w.snapshot = row.clone()
+        else:
+            weights = torch.tensor(self_weights, dtype=self.dtype, device=self.device)
+            x = weights[:, None] * x
+            for b, mix in enumerate(mixes):
+                if mix is not None:
+                    x[b] = x[b] + self.vector(mix)
+        if update_rule is UpdateRule.MIX_BEFORE_STEP:
+            pending = torch.stack([w.pending for w in workers])  # type: ignore[misc]
+            x = self._step(workers, x, pending)
+            for w in workers:
+                w.pending = None
+        for w, row in zip(workers, x.unbind(0), strict=True):
+            w.x = row
+
+    @staticmethod
+    def check_sync(
+        worker: WorkerState,
+        mix: torch.Tensor | None,
+        client_rule: ClientRule,
+        update_rule: UpdateRule,
+    ) -> None:
+        """Refuse a sync the worker cannot apply (before any worker of a batch changes)."""
+        if client_rule is ClientRule.CORRECTION and (mix is None or worker.snapshot is None):
+            raise ValueError("CoCoD-SGD correction needs the stale average and a snapshot")
+        if update_rule is UpdateRule.MIX_BEFORE_STEP and worker.pending is None:
+            raise ValueError("a mix-before-step sync needs the gradient of the last step")
+
+    def adopt(self, worker: WorkerState, x: torch.Tensor, *, reset: bool) -> None:
+        """Take `x` as the worker's model after a sync it missed: what it held back for that
+        sync (a pending gradient, a CoCoD snapshot) no longer applies; `reset` (its last
+        update was rejected) also clears the momentum buffer it was made with."""
+        worker.x = self.vector(x)
+        worker.pending = None
+        worker.snapshot = worker.x.clone()
+        if reset:
+            worker.momentum = None
+
+    def run(
+        self,
+        workers: Sequence[WorkerState],
+        steps: int,
+        update_rule: UpdateRule,
+        generators: Sequence[torch.Generator],
+    ) -> list[float]:
+        """The local steps of one round on every worker; each one's mean training loss.
+
+        Under Remark 1 the last step's gradient is only computed here and applied after the
+        next sync, so the reported model is the one it was taken at. Workers whose batches
+        differ in shape (full-batch gradients on shards of different sizes) run in groups.
+        """
+        if steps == 0:
+            return [math.nan] * len(workers)
+        groups: dict[int, list[int]] = {}
+        for b, w in enumerate(workers):
+            groups.setdefault(self._batch_rows(w), []).append(b)
+        losses = [math.nan] * len(workers)
+        for members in groups.values():
+            out = self._run_group(
+                [workers[b] for b in members], steps, update_rule, [generators[b] for b in members]
+            )
+            for b, loss in zip(members, out, strict=True):
+                losses[b] = loss
+        return losses
+
+    # -- internals --------------------------------------------------------------------------
+    def _batch_rows(self, worker: WorkerState) -> int:
+        n, size = len(worker.data), self.sgd.batch_size
+        return n if size == 0 or size >= n else size
+
+    def _run_group(
+        self,
+        workers: Sequence[WorkerState],
+        steps: int,
+        update_rule: UpdateRule,
+        generators: Sequence[torch.Generator],
+    ) -> list[float]:
+        indices = [self._batches(w, steps, g) for w, g in zip(workers, generators, strict=True)]
+        x = torch.stack([w.x for w in workers])
+        losses: list[list[float]] = [[] for _ in workers]
+        for k in range(steps):
+            inputs, targets = [], []
+            for w, g, idx in zip(workers, generators, indices, strict=True):
+                xb = w.data.x if idx[k] is None else w.data.x[idx[k]]
+                inputs.append(xb if self.augment is None else self.augment(xb, g))
+                targets.append(w.data.y if idx[k] is None else w.data.y[idx[k]])
+            grads, values = self._gradients(x, torch.stack(inputs), torch.stack(targets))
+            if self.sgd.weight_decay:
+                grads = grads + self.sgd.weight_decay * self.parameters_of(x)
+            for b, value in enumerate(values.tolist()):
+                losses[b].append(value)
+            if update_rule is UpdateRule.MIX_BEFORE_STEP and k == steps - 1:
+                for w, g in zip(workers, grads.unbind(0), strict=True):
+                    w.pending = g
+            else:
+                x = self._step(workers, x, grads)
+        for w, row in zip(workers, x.unbind(0), strict=True):
+            w.x = row
+        return [sum(values) / len(values) for values in losses]
+
+    def _step(
+        self, workers: Sequence[WorkerState], x: torch.Tensor, grads: torch.Tensor
+    ) -> torch.Tensor:
+        """One optimizer step of every worker at its own scheduled learning rate."""
+        lr = torch.tensor(
+            [self.lr_at(w.steps_done + 1) for w in workers], dtype=self.dtype, device=self.device
+        )[:, None]
+        direction = grads
+        mu = self.sgd.momentum
+        if mu:
+            zero = torch.zeros_like(grads[0])
+            buf = torch.stack([zero if w.momentum is None else w.momentum for w in workers])
+            buf = mu * buf + grads
+            direction = grads + mu * buf if self.sgd.nesterov else buf
+            for w, row in zip(workers, buf.unbind(0), strict=True):
+                w.momentum = row
+        for w in workers:
+            w.steps_done += 1
+        params = self.parameters_of(x) - lr * direction
+        if self._index is None:
+            return params
+        out = x.clone()
+        out[:, self._index] = params
+        return out
+
+    def _loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of one worker's flat parameters on its batch (what vmap maps)."""
+        return self.loss_fn(functional_call(self.model, self._unflatten(params), (x,)), y)
+
+    def _unflatten(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named views of one worker's flat parameters, shaped as the model's."""
+        pieces = params.split(self._sizes)
+        return {
+            name: t.view(shape)
+            for name, t, shape in zip(self._names, pieces, self._shapes, strict=True)
+        }
+
+    def _gradients(
+        self, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gradient over the parameters, loss) of every worker on its batch; a model with
+        buffers updates each worker's own buffers (rows of x) in place."""
+        params = self.parameters_of(x)
+        with self._lock:
+            self.model.train()
+            if self.batched:
+                grads, values = self._batched(params, inputs, targets)
+                return grads.detach(), values.detach()
+            grads, values = [], []
+            for b in range(len(params)):
+                p = params[b].detach().requires_grad_(True)
+                tensors = self._unflatten(p)
+                for name, (start, size, shape) in self._buffers:
+                    tensors[name] = x[b, start : start + size].view(shape)
+                out = functional_call(self.model, tensors, (inputs[b],))
+                loss = self.loss_fn(out, targets[b])
+                (g,) = torch.autograd.grad(loss, p)
+                grads.append(g)
+                values.append(loss.detach())
+            return torch.stack(grads), torch.stack(values)
+
+    def _batches(
+        self, worker: WorkerState, steps: int, generator: torch.Generator
+    ) -> list[torch.Tensor | None]:
+        """Mini-batch indices for `steps` steps: consecutive slices of seeded permutations
+        (None: the whole shard)."""
+        n, size = len(worker.data), self.sgd.batch_size
+        if size == 0 or size >= n:
+            return [None] * steps
+        out: list[torch.Tensor | None] = []
+        perm = torch.randperm(n, generator=generator)
+        pos = 0
+        for _ in range(steps):
+            if pos + size > n:
+                perm, pos = torch.randperm(n, generator=generator), 0
+            out.append(perm[pos : pos + size].to(self.device))
+            pos += size
+        return out
