@@ -285,6 +285,10 @@ def train(msg: Message, context: Context) -> Message:
     return reply
 
 
+#: serves a batch of train messages, each to its node's context (a reply or its exception)
+TrainMany = Callable[[Sequence[tuple[Message, Context]]], list[Message | Exception]]
+
+
 def train_many(batch: Sequence[tuple[Message, Context]]) -> list[Message | Exception]:
     """The replies to train messages of several nodes of this process, each to its own
     context: every message is read and checked alone, then their syncs and local steps run

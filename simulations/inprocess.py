@@ -125,6 +125,13 @@ class InProcessGrid(Grid):
         try:
             reply = self.client_app(msg, context)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-            reply = Message(Error(code=CLIENT_APP_RAISED, reason=reason), reply_to=msg)
+            reply = error_reply(msg, exc)
         self._replies[msg.metadata.message_id] = reply
+
+
+def error_reply(msg: Message, exc: BaseException) -> Message:
+    """The reply Flower's runtimes send for a message whose ClientApp raised `exc`."""
+    trace = "".join(traceback.format_exception(exc))
+    return Message(
+        Error(code=CLIENT_APP_RAISED, reason=f"{type(exc).__name__}: {exc}\n{trace}"), reply_to=msg
+    )

@@ -2,7 +2,9 @@
 
 "simulation" is Flower's simulation engine (Ray, one SuperNode per client): the real
 deployment path. "inprocess" runs the same ClientApp through `InProcessGrid` in this process:
-no Ray start-up, so small sweeps and tests take seconds.
+no Ray start-up, so small sweeps and tests take seconds. "vectorized" is the in-process grid
+that runs each pull's train messages as one batch of the local rule (`VectorizedGrid`): the
+same models, the cohort's steps in one vmap.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from clients.client_app import app as client_app
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
 from simulations.inprocess import InProcessGrid
+from simulations.vectorized import VectorizedGrid
 from strategies import server_app
 from strategies.cooperative import RunFailed, RunResult
 
-ENGINES = ("simulation", "inprocess")
+ENGINES = ("simulation", "inprocess", "vectorized")
+#: the in-process engines, by name
+GRIDS = {"inprocess": InProcessGrid, "vectorized": VectorizedGrid}
 
 
 def default_gpus_per_client() -> float:
@@ -41,8 +46,8 @@ def run_config(
     if quiet:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     config, resumed = server_app.with_checkpoint(config)  # a resumed run keeps its node count
-    if engine == "inprocess":
-        grid = InProcessGrid(client_app, config.num_clients, seed=config.seed)
+    if engine in GRIDS:
+        grid = GRIDS[engine](client_app, config.num_clients, seed=config.seed)
         return server_app.run(grid, config, resumed)
     results: list[RunResult] = []
     run_simulation(

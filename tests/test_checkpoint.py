@@ -38,18 +38,22 @@ class Crash(Exception):
     """The server process dying, as far as the run can tell."""
 
 
-class CrashingGrid(InProcessGrid):
-    """Dies the moment the server tries to start round `at`."""
+class Crashes(InProcessGrid):
+    """A grid that dies the moment the server tries to start round `at`."""
 
-    def __init__(self, num_nodes: int, at: int) -> None:
-        super().__init__(client_app, num_nodes, seed=5)
-        self.at = at
+    at: int
 
     def push_messages(self, out: Iterable[Message]) -> Iterable[str]:
         out = list(out)
         if any((round_of(msg) or 0) >= self.at for msg in out):
             raise Crash
         return super().push_messages(out)
+
+
+class CrashingGrid(Crashes):
+    def __init__(self, num_nodes: int, at: int) -> None:
+        super().__init__(client_app, num_nodes, seed=5)
+        self.at = at
 
 
 def assert_same_rows(got: list[dict], want: list[dict]) -> None:

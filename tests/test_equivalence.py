@@ -1,11 +1,12 @@
 """The heart of the engine: the Flower path equals the papers' matrix rule.
 
 Every algorithm runs through the real strategy and the real ClientApp exchanging Messages
-(delivered in a shuffled order by InProcessGrid, so replies arrive out of order) on per-client
-least squares with full-batch gradients. The workers' and auxiliary nodes' final models must
-equal `reference_trajectory` - the dense rule X_{k+1} = (X_k - eta G_k) W_k, its Remark-1
-form, the overlap paper's eq. (5)-(8) with anchor momentum, or CoCoD-SGD written literally -
-to 1e-6.
+(delivered in a shuffled order by InProcessGrid, so replies arrive out of order; or all
+waiting train messages as one batch of the local rule by the vectorized engine) on
+per-client least squares with full-batch gradients. The workers' and auxiliary nodes' final
+models must equal `reference_trajectory` - the dense rule X_{k+1} = (X_k - eta G_k) W_k, its
+Remark-1 form, the overlap paper's eq. (5)-(8) with anchor momentum, or CoCoD-SGD written
+literally - to 1e-6.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from fedcoop.config import RunConfig
 from fedcoop.cooperative import reference_trajectory
 from fedcoop.training import model_vector
 from simulations.inprocess import InProcessGrid
+from simulations.runner import GRIDS
 from strategies.cooperative import RunResult
 from strategies.server_app import initial_model, run
 from tests.conftest import gradient_oracle, least_squares_config
 
 
-def run_in_process(config: RunConfig, seed: int = 0) -> tuple[RunResult, InProcessGrid]:
-    grid = InProcessGrid(client_app, config.num_clients, seed=seed)
+def run_in_process(
+    config: RunConfig, seed: int = 0, engine: str = "inprocess"
+) -> tuple[RunResult, InProcessGrid]:
+    grid = GRIDS[engine](client_app, config.num_clients, seed=seed)
     return run(grid, config), grid
 
 
@@ -93,10 +97,11 @@ PARTIAL = {
 }
 
 
+@pytest.mark.parametrize("engine", list(GRIDS))
 @pytest.mark.parametrize("case", list(CASES))
-def test_flower_path_equals_matrix_rule(case: str) -> None:
+def test_flower_path_equals_matrix_rule(case: str, engine: str) -> None:
     config = least_squares_config(**CASES[case])
-    result, grid = run_in_process(config)
+    result, grid = run_in_process(config, engine=engine)
     ref = reference_final(config, result)
     m = result.spec.num_workers
     assert result.workers is not None and result.aux is not None
@@ -109,10 +114,11 @@ def test_flower_path_equals_matrix_rule(case: str) -> None:
     assert len(result.rounds) == config.num_rounds
 
 
+@pytest.mark.parametrize("engine", list(GRIDS))
 @pytest.mark.parametrize("case", list(PARTIAL))
-def test_partial_participation_equals_the_reweighted_matrix_rule(case: str) -> None:
+def test_partial_participation_equals_the_reweighted_matrix_rule(case: str, engine: str) -> None:
     config = least_squares_config(**PARTIAL[case], participation=0.6, seed=3)
-    result, grid = run_in_process(config)
+    result, grid = run_in_process(config, engine=engine)
     ref = reference_final(config, result)
     m = result.spec.num_workers
     np.testing.assert_allclose(result.workers, ref[:, :m].T, rtol=0, atol=1e-6)
@@ -125,7 +131,8 @@ def test_partial_participation_equals_the_reweighted_matrix_rule(case: str) -> N
     assert len(samples) > 1
 
 
-def test_cooperative_takes_any_matrix_from_a_file(tmp_path) -> None:
+@pytest.mark.parametrize("engine", list(GRIDS))
+def test_cooperative_takes_any_matrix_from_a_file(tmp_path, engine: str) -> None:
     """The generic strategy: a user's W (a star with an anchor, via Lemma 2) from a .csv."""
     w = mixing.generalized_elastic(topology.weigh("metropolis-hastings", topology.star(5)))
     path = tmp_path / "w.csv"
@@ -133,7 +140,7 @@ def test_cooperative_takes_any_matrix_from_a_file(tmp_path) -> None:
     config = least_squares_config(
         algorithm="cooperative", matrix_file=str(path), num_aux=1, num_clients=5, tau=2
     )
-    result, _ = run_in_process(config)
+    result, _ = run_in_process(config, engine=engine)
     ref = reference_final(config, result)
     np.testing.assert_allclose(result.workers, ref[:, :5].T, rtol=0, atol=1e-6)
     np.testing.assert_allclose(result.aux, ref[:, 5:].T, rtol=0, atol=1e-6)

@@ -1,0 +1,51 @@
+"""The vectorized engine: in-process nodes whose waiting train messages run as one batch.
+
+It is `InProcessGrid` (the real ClientApp's code on real Messages, one persistent Context per
+node, the real strategy and Coordinator on the server side) except for how it delivers: on
+each pull it serves every waiting message, and the train messages among them together,
+through `clients.client_app.train_many`, which reads and checks each message alone and then
+runs the cohort's syncs and local steps as batches of `fedcoop.local_rule.LocalRule` (one
+`torch.func.vmap` over the stacked parameters per local step). The models are the ones the
+Flower path computes (the same rule, the same seeded batches); only the speed differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Message, MessageType
+from flwr.clientapp import ClientApp
+
+from clients.client_app import TrainMany, train_many
+from simulations.inprocess import InProcessGrid, error_reply
+
+
+class VectorizedGrid(InProcessGrid):
+    """`num_nodes` in-process nodes; train messages waiting at a pull run as one batch."""
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        *,
+        seed: int = 0,
+        node_config: dict[str, bool | int | float | str] | None = None,
+        train: TrainMany = train_many,
+    ) -> None:
+        """`client_app` serves the other messages (handshake, evaluation, checkpoint
+        queries); `train` the train messages (tests wrap it to inject faults)."""
+        super().__init__(client_app, num_nodes, seed=seed, node_config=node_config)
+        self._train = train
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        waiting, self._waiting = list(self._waiting.values()), {}
+        trains = [m for m in waiting if m.metadata.message_type == MessageType.TRAIN]
+        for msg in waiting:
+            if msg.metadata.message_type != MessageType.TRAIN:
+                self._deliver(msg)
+        batch = [(m, self.contexts[m.metadata.dst_node_id]) for m in trains]
+        for msg, reply in zip(trains, self._train(batch) if batch else [], strict=True):
+            if isinstance(reply, Exception):
+                reply = error_reply(msg, reply)
+            self._replies[msg.metadata.message_id] = reply
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]

@@ -1,0 +1,131 @@
+"""The vectorized engine: the Flower path's models, the cohort's local steps as one batch.
+
+tests/test_equivalence.py runs every algorithm on it against the matrix rule (least squares,
+float64, 1e-6). Here: the train messages of a round really arrive as one batch; the image
+models give the in-process Flower path's per-round losses in float32 (relative 1e-5: the
+batched kernels round differently in the last bits, nothing else differs); and faults and
+a crash followed by a resume behave as on the Flower path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message
+
+from clients import client_app as client_module
+from clients.client_app import app as client_app
+from fedcoop import checkpoint
+from fedcoop.config import RunConfig
+from simulations.inprocess import InProcessGrid
+from simulations.vectorized import VectorizedGrid
+from strategies.server_app import run
+from tests.conftest import TIMINGS, least_squares_config, round_of
+from tests.test_checkpoint import Crash, Crashes, assert_same_run
+from tests.test_faults import assert_matches_reference, misbehaving, set_model, tamper
+
+FLOAT32_RTOL = 1e-5
+
+
+def recording(sizes: list[int]) -> client_module.TrainMany:
+    def train(batch: Sequence[tuple[Message, Context]]) -> list[Message | Exception]:
+        sizes.append(len(batch))
+        return client_module.train_many(batch)
+
+    return train
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "participation", "batch"),
+    [("local-sgd", 1.0, 6), ("fedavg", 0.5, 3), ("dpsgd", 1.0, 6)],
+)
+def test_a_rounds_train_messages_run_as_one_batch(
+    algorithm: str, participation: float, batch: int
+) -> None:
+    sizes: list[int] = []
+    config = least_squares_config(
+        algorithm=algorithm, num_clients=6, participation=participation, tau=2
+    )
+    run(VectorizedGrid(client_app, 6, train=recording(sizes)), config)
+    # every round's cohort at once, and the final sync to all six
+    assert sizes == [batch] * config.num_rounds + [6]
+
+
+@pytest.mark.parametrize("model", ["cnn", "mlp"])
+def test_image_models_give_the_flower_paths_losses(model: str) -> None:
+    config = RunConfig.from_mapping(
+        {
+            "model": model,
+            "algorithm": "overlap",
+            "num-clients": 4,
+            "num-rounds": 2,
+            "tau": 2,
+            "momentum": 0.9,
+            "results-dir": "",
+        }
+    )
+    flower = run(InProcessGrid(client_app, 4), config)
+    vectorized = run(VectorizedGrid(client_app, 4), config)
+    assert len(flower.rounds) == len(vectorized.rounds) == 2
+    for a, b in zip(flower.rounds, vectorized.rounds, strict=True):
+        assert a.keys() == b.keys()
+        for key in a.keys() - TIMINGS:
+            assert b[key] == pytest.approx(a[key], rel=FLOAT32_RTOL, abs=1e-7), key
+    np.testing.assert_allclose(vectorized.workers, flower.workers, rtol=0, atol=1e-5)
+    assert flower.rounds[-1]["train-loss"] < flower.rounds[0]["train-loss"]
+
+
+NAN = set_model(lambda x: np.where(np.arange(x.size) == 0, np.nan, x))
+
+
+def tampered(partition: int, round_: int) -> client_module.TrainMany:
+    """train_many, except that `partition`'s reply to `round_` carries a NaN."""
+
+    def train(batch: Sequence[tuple[Message, Context]]) -> list[Message | Exception]:
+        replies = client_module.train_many(batch)
+        for (msg, context), reply in zip(batch, replies, strict=True):
+            mine = context.node_config["partition-id"] == partition
+            if mine and round_of(msg) == round_ and isinstance(reply, Message):
+                NAN(reply)
+        return replies
+
+    return train
+
+
+@pytest.mark.parametrize("algorithm", ["local-sgd", "overlap"])
+def test_a_nan_worker_is_rejected_and_the_rest_follow_the_matrix_rule(algorithm: str) -> None:
+    config = least_squares_config(algorithm=algorithm)
+    grid = VectorizedGrid(client_app, config.num_clients, train=tampered(1, 2))
+    result = run(grid, config)
+    (rejected,) = result.events
+    assert (rejected["round"], rejected["worker"], rejected["kind"]) == (2, 1, "rejected")
+    assert "NaN or Inf" in rejected["reason"]
+    assert [row["rejected"] for row in result.rounds] == [0, 1, 0, 0]
+    assert_matches_reference(config, result)
+    flower = InProcessGrid(misbehaving(1, [2], tamper(NAN)), config.num_clients)
+    np.testing.assert_allclose(result.workers, run(flower, config).workers, rtol=0, atol=1e-12)
+
+
+class CrashingVectorizedGrid(Crashes, VectorizedGrid):
+    def __init__(self, num_nodes: int, at: int) -> None:
+        super().__init__(client_app, num_nodes, seed=5)
+        self.at = at
+
+
+@pytest.mark.parametrize("algorithm", ["local-sgd", "overlap"])
+def test_a_crashed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, algorithm: str) -> None:
+    config = least_squares_config(algorithm=algorithm, num_rounds=6, momentum=0.9)
+    whole = run(VectorizedGrid(client_app, config.num_clients), config)
+    crashing = config.replace(results_dir=str(tmp_path))
+    with pytest.raises(Crash):
+        run(CrashingVectorizedGrid(config.num_clients, at=5), crashing)
+    (directory,) = tmp_path.iterdir()
+    assert checkpoint.read(directory)["round"] in (3, 4)
+    resumed = run(
+        VectorizedGrid(client_app, config.num_clients, seed=9),
+        crashing.replace(resume=str(directory)),
+    )
+    assert_same_run(whole, resumed)
