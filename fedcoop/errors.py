@@ -1,4 +1,5 @@
-"""The one error type that bad user input raises, so callers can catch it and users can read it."""
+"""The errors a user reads: bad input (ConfigError) and a run that could not go on (RunFailed),
+so callers can catch them and print the message instead of a traceback."""
 
 from __future__ import annotations
 
@@ -18,3 +19,7 @@ class ConfigError(ValueError):
         self.value = value
         self.valid = valid
         super().__init__(f"{parameter}={value!r} is invalid: {valid}")
+
+
+class RunFailed(RuntimeError):
+    """A worker failed or stopped answering; the message says which and why."""

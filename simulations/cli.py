@@ -27,15 +27,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
-from fedcoop.analysis import analyze
 from fedcoop.config import RunConfig
-from fedcoop.errors import ConfigError
-from simulations import compare, deploy, histogram, plots
-from simulations.runner import ENGINES, default_gpus_per_client, run_config
-from strategies.cooperative import RunFailed
+from fedcoop.errors import ConfigError, RunFailed
+from simulations.engines import ENGINES
+
+# Each command imports what it needs when it runs (torch, Flower, the data and plotting
+# libraries take seconds to import), so that `fedcoop --help` and `fedcoop analyze` start at
+# once.
 
 #: `compare` options and their defaults when neither the command line nor [compare] sets them.
 COMPARE_OPTIONS: dict[str, Any] = {
@@ -86,6 +84,8 @@ def _grid_values(raw: str) -> list[Any]:
 
 def _run(args: argparse.Namespace) -> None:
     """One config on the chosen engine, as many nodes as num-clients."""
+    from simulations.runner import run_config
+
     config = _config(args)
     result = run_config(
         config,
@@ -118,6 +118,10 @@ def _compare_options(args: argparse.Namespace, table: dict[str, Any]) -> dict[st
 
 def _compare(args: argparse.Namespace) -> None:
     """Run the grid over the fixed keys, then summarize and plot from the files written."""
+    from rich.console import Console
+
+    from simulations import compare, plots
+
     file = _file(args)
     grid = {
         **file.pop("grid", {}),
@@ -147,6 +151,11 @@ def _print_written(paths: list[Path]) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedcoop.analysis import analyze
+
     config = _config(args)
     findings = analyze(config, L=args.L, sigma2=args.sigma2, t_comm=args.t_comm, t_step=args.t_step)
     table = Table(title=f"{config.algorithm}: m={config.num_clients}, lr={config.lr}")
@@ -169,7 +178,7 @@ def _engine_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any])
         "--gpus-per-client",
         type=float,
         default=defaults["gpus-per-client"],
-        help=f"GPU share per simulated client (here {default_gpus_per_client()})",
+        help="GPU share per simulated client (default: 0.25 with a GPU, else 0)",
     )
 
 
@@ -177,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["deploy"]:
         # The deploy helper has its own command tree (and passes flags through to Flower).
+        from simulations import deploy
+
         deploy.main(argv[1:])
         return
     parser = argparse.ArgumentParser(prog="fedcoop", description=__doc__.splitlines()[0])
@@ -215,10 +226,14 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "compare":
             _compare(args)
         elif args.command == "plot":
+            from simulations import plots
+
             _print_written(plots.plot_directory(args.directory))
         elif args.command == "analyze":
             _analyze(args)
         else:
+            from simulations import histogram
+
             histogram.show(_config(args), args.plot)
     except ConfigError as error:
         parser.exit(2, f"error: {error}\n")

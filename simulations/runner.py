@@ -12,17 +12,16 @@ from __future__ import annotations
 import logging
 
 import torch
-from flwr.simulation import run_simulation
 
 from clients.client_app import app as client_app
 from fedcoop.config import RunConfig
-from fedcoop.errors import ConfigError
+from fedcoop.errors import ConfigError, RunFailed
+from simulations.engines import ENGINES
 from simulations.inprocess import InProcessGrid
 from simulations.vectorized import VectorizedGrid
 from strategies import server_app
-from strategies.cooperative import RunFailed, RunResult
+from strategies.cooperative import RunResult
 
-ENGINES = ("simulation", "inprocess", "vectorized")
 #: the in-process engines, by name
 GRIDS = {"inprocess": InProcessGrid, "vectorized": VectorizedGrid}
 
@@ -49,6 +48,8 @@ def run_config(
     if engine in GRIDS:
         grid = GRIDS[engine](client_app, config.num_clients, seed=config.seed)
         return server_app.run(grid, config, resumed)
+    from flwr.simulation import run_simulation  # Ray: only this engine pays for its import
+
     results: list[RunResult] = []
     run_simulation(
         server_app=server_app.make_server_app(config, results.append, resumed),

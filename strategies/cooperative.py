@@ -28,16 +28,12 @@ from fedcoop.clock import VirtualClock
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import CooperativeSpec
 from fedcoop.coordinator import Coordinator, Dispatch, QuorumLost, RoundSummary
-from fedcoop.errors import ConfigError
+from fedcoop.errors import ConfigError, RunFailed
 
 LOG = logging.getLogger("flwr.fedcoop")
 
 #: (model vector) -> metrics of the server-side evaluation, e.g. test loss and accuracy
 EvaluateFn = Callable[[np.ndarray], dict[str, float]]
-
-
-class RunFailed(RuntimeError):
-    """A worker failed or stopped answering; the message says which and why."""
 
 
 @dataclass

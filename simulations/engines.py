@@ -1,0 +1,5 @@
+"""The engines a config runs on, by name: importable without torch or Flower, so that the
+command line lists them (and starts) at once. `simulations.runner` runs them."""
+
+#: Flower's simulation engine (Ray), the in-process grid, the vectorized in-process grid
+ENGINES = ("simulation", "inprocess", "vectorized")
