@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulations import compare, reproduce
+from simulations import compare
+from simulations.reproduce import overlap_sgd
+from simulations.reproduce.__main__ import main
+from simulations.reproduce.runner import find
+from simulations.reproduce.scale import SMOKE
+from simulations.reproduce.verdicts import fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 VERDICT = re.compile(r"^\*\*Verdict: (reproduced|partly|not reproduced)\*\*$", re.MULTILINE)
@@ -23,7 +28,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
     """One real smoke run: (the markdown, the output folder, the runs folder)."""
     root = tmp_path_factory.mktemp("reproduce")
     out, runs = root / "out", root / "runs"
-    path = reproduce.main(["--smoke", "--out", str(out), "--runs", str(runs)])
+    path = main(["--smoke", "--out", str(out), "--runs", str(runs)])
     return path.read_text(), out, runs
 
 
@@ -53,13 +58,13 @@ def floor_of(run: compare.RecordedRun) -> str:
     """The floor as the report defines it (mean test loss over the last quarter of
     rounds), worked out here from the run's rows."""
     losses = [row["test-loss"] for row in run.rows]
-    return reproduce.fmt(sum(losses[-(len(losses) // 4 or 1) :]) / (len(losses) // 4 or 1))
+    return fmt(sum(losses[-(len(losses) // 4 or 1) :]) / (len(losses) // 4 or 1))
 
 
 def zeta_of(run: compare.RecordedRun) -> str:
     """zeta = ||W - J||_2 of the W the run's config.json records."""
     w = np.array(json.loads((run.path / "config.json").read_text())["spec"]["W"])
-    return reproduce.fmt(np.linalg.norm(w - 1 / len(w), 2), 3)
+    return fmt(np.linalg.norm(w - 1 / len(w), 2), 3)
 
 
 def test_convex_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> None:
@@ -71,10 +76,10 @@ def test_convex_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> Non
         else:
             assert f"| {run.config['topology']} | 1 | {zeta_of(run)} | {floor} |" in markdown
     for run in compare.load_runs(runs / "claim2-easgd"):
-        assert f"| {reproduce.fmt(run.config['alpha'])} | {floor_of(run)} |" in markdown
+        assert f"| {fmt(run.config['alpha'])} | {floor_of(run)} |" in markdown
     reference = json.loads((runs / "claim2-easgd" / "reference-easgd.json").read_text())
     for alpha, curve in reference["curves"].items():
-        assert f"| {reproduce.fmt(float(alpha))} | {curve[-1]:.4g} | {curve[0]:.4g} |" in markdown
+        assert f"| {fmt(float(alpha))} | {curve[-1]:.4g} | {curve[0]:.4g} |" in markdown
 
 
 def test_image_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> None:
@@ -82,27 +87,23 @@ def test_image_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> None
     image = compare.load_runs(runs / "claim4-5-image")
     summary = json.loads((runs / "claim4-5-image" / "summary.json").read_text())["runs"]
     assert {row["run"] for row in summary} == {r.path.name for r in image}
-    taus = reproduce.SMOKE.image_taus
-    for split in reproduce.SPLITS:
+    taus = SMOKE.image_taus
+    for split in overlap_sgd.SPLITS:
         section = markdown.split(f"**{split}** split")[1]
-        for algorithm in reproduce.IMAGE_ALGORITHMS:
+        for algorithm in overlap_sgd.IMAGE_ALGORITHMS:
             accuracy = [
-                reproduce.find(image, algorithm=algorithm, partition=split, tau=t).rows[-1][
-                    "test-accuracy"
-                ]
+                find(image, algorithm=algorithm, partition=split, tau=t).rows[-1]["test-accuracy"]
                 for t in taus
             ]
-            row = " | ".join([algorithm, *map(reproduce.fmt, accuracy)])
+            row = " | ".join([algorithm, *map(fmt, accuracy)])
             assert f"| {row} |" in section
         for tau in taus:
             last = [
-                reproduce.find(image, algorithm=a, partition=split, tau=tau).rows[-1]
+                find(image, algorithm=a, partition=split, tau=tau).rows[-1]
                 for a in ("local-sgd", "overlap")
             ]
             cells = [split, str(tau)] + [
-                c
-                for row in last
-                for c in (reproduce.fmt(row["virtual-time"], 2), reproduce.fmt(row["test-loss"]))
+                c for row in last for c in (fmt(row["virtual-time"], 2), fmt(row["test-loss"]))
             ]
             assert "| " + " | ".join(cells) + " |" in markdown
 
