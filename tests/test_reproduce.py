@@ -1,17 +1,21 @@
 """simulations.reproduce: the --smoke path writes a report with every claim and a verdict, its
-figures, and tables whose numbers are those of the run files it names."""
+figures, and tables whose numbers are those of the run files it names; run again over the
+same runs folder it reuses every finished run of the same config and runs only the rest."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fedcoop.config import RunConfig
 from simulations import compare
-from simulations.reproduce import overlap_sgd
+from simulations.reproduce import overlap_sgd, runner
 from simulations.reproduce.__main__ import main
 from simulations.reproduce.runner import find
 from simulations.reproduce.scale import SMOKE
@@ -111,3 +115,82 @@ def test_image_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> None
 def test_committed_report_is_complete() -> None:
     """docs/reproductions.md from the full run: every claim judged, every figure committed."""
     check_report((ROOT / "docs" / "reproductions.md").read_text(), ROOT / "docs")
+
+
+def copy_runs(runs: Path, tmp_path: Path) -> Path:
+    """A copy of the smoke's runs folder, for a test to change while the others keep theirs.
+    The copy's recorded results-dir still names the original folder, which must not stop a
+    reuse (it is a location, not a setting)."""
+    return Path(shutil.copytree(runs, tmp_path / "runs"))
+
+
+def rerun(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, list[RunConfig]]:
+    """Another --smoke invocation over `runs`: (its markdown, the configs it actually ran)."""
+    ran: list[RunConfig] = []
+    real = runner.run_config
+
+    def counting(config: RunConfig, **options: object) -> object:
+        ran.append(config)
+        return real(config, **options)
+
+    monkeypatch.setattr(runner, "run_config", counting)
+    path = main(["--smoke", "--out", str(tmp_path / "out"), "--runs", str(runs)])
+    return path.read_text(), ran
+
+
+def body(markdown: str, runs: Path) -> str:
+    """The report after its first line (command, wall time, date), runs folder named X."""
+    return markdown.split("\n", 1)[1].replace(str(runs.resolve()), "X")
+
+
+RUN_FOLDERS = ("claim1-3-convex", "claim2-easgd", "claim4-5-image")
+
+
+def test_second_invocation_reuses_every_finished_run(
+    smoke: tuple[str, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    markdown, _, runs = smoke
+    copy = copy_runs(runs, tmp_path)
+    again, ran = rerun(copy, tmp_path, monkeypatch)
+    assert ran == []
+    total = sum(len(compare.load_runs(runs / folder)) for folder in RUN_FOLDERS)
+    assert f"running 0 runs and reusing {total} finished ones" in again.splitlines()[0]
+    assert body(again, copy) == body(markdown, runs)
+    check_report(again, tmp_path / "out")
+
+
+def test_unfinished_run_runs_again(
+    smoke: tuple[str, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run directory without final.json (cut short) is not reused: that config runs again,
+    alone, and gives the same numbers (every run is seeded)."""
+    markdown, _, runs = smoke
+    copy = copy_runs(runs, tmp_path)
+    image = compare.load_runs(copy / "claim4-5-image")
+    (find(image, algorithm="overlap", partition="skewed", tau=2).path / "final.json").unlink()
+    again, ran = rerun(copy, tmp_path, monkeypatch)
+    assert [(c.algorithm, c.partition, c.tau) for c in ran] == [("overlap", "skewed", 2)]
+    assert body(again, copy) == body(markdown, runs)
+
+
+def test_changed_config_key_runs_exactly_that_run_again(
+    smoke: tuple[str, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One graph of the D-PSGD grid changed (ring -> star): only D-PSGD on the star runs; the
+    ring's run stays on disk but is left out of the folder's summary and of the report."""
+    _, _, runs = smoke
+    monkeypatch.setattr(
+        "simulations.reproduce.__main__.SMOKE",
+        dataclasses.replace(SMOKE, graphs=("complete", "star")),
+    )
+    copy = copy_runs(runs, tmp_path)
+    again, ran = rerun(copy, tmp_path, monkeypatch)
+    assert [(c.algorithm, c.topology) for c in ran] == [("dpsgd", "star")]
+    convex = copy / "claim1-3-convex"
+    on_disk = {r.path.name: r.config.get("topology") for r in compare.load_runs(convex)}
+    summary = {row["run"] for row in json.loads((convex / "summary.json").read_text())["runs"]}
+    assert len(on_disk) == 5 and len(summary) == 4
+    assert {on_disk[name] for name in set(on_disk) - summary} == {"ring"}
+    assert "| star | 1 |" in again and "| ring |" not in again
