@@ -28,8 +28,9 @@ from fedcoop.errors import ConfigError
 from simulations.results import write_csv
 from simulations.runner import run_config
 
-#: Keys that differ between runs for bookkeeping only, never a swept setting.
-_NOT_SETTINGS = frozenset({"results-dir", "resume"})
+#: Keys that say where a run's files are, never a setting: not swept, and not compared when
+#: simulations.reproduce matches a finished run to a config.
+NOT_SETTINGS = frozenset({"results-dir", "resume"})
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def load_runs(directory: str | Path) -> list[RecordedRun]:
 
 def varying_keys(configs: Sequence[Mapping[str, Any]]) -> list[str]:
     """The config keys whose values differ among the runs: what a comparison swept."""
-    keys = dict.fromkeys(k for c in configs for k in c if k not in _NOT_SETTINGS)
+    keys = dict.fromkeys(k for c in configs for k in c if k not in NOT_SETTINGS)
     return [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
 
 
@@ -83,7 +84,7 @@ def expand(base: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]) -> list[R
     fails now rather than after the runs before it."""
     grid = {k.replace("_", "-"): list(v) for k, v in grid.items()}
     for key, values in grid.items():
-        if key in _NOT_SETTINGS:
+        if key in NOT_SETTINGS:
             raise ConfigError(key, values, "set by compare for each run; not a swept key")
         if not values:
             raise ConfigError(key, values, "needs at least one value to sweep")

@@ -1,16 +1,25 @@
 """simulations.reproduce: the --smoke path writes a report with every claim and a verdict, its
-figures, and tables whose numbers are those of the run files it names."""
+figures, and tables whose numbers are those of the run files it names; run again over the
+same runs folder it reuses every finished run of the same config and runs only the rest."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from simulations import compare, reproduce
+from fedcoop.config import RunConfig
+from simulations import compare
+from simulations.reproduce import overlap_sgd, runner
+from simulations.reproduce.__main__ import main
+from simulations.reproduce.runner import find
+from simulations.reproduce.scale import SMOKE
+from simulations.reproduce.verdicts import fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 VERDICT = re.compile(r"^\*\*Verdict: (reproduced|partly|not reproduced)\*\*$", re.MULTILINE)
@@ -23,7 +32,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
     """One real smoke run: (the markdown, the output folder, the runs folder)."""
     root = tmp_path_factory.mktemp("reproduce")
     out, runs = root / "out", root / "runs"
-    path = reproduce.main(["--smoke", "--out", str(out), "--runs", str(runs)])
+    path = main(["--smoke", "--out", str(out), "--runs", str(runs)])
     return path.read_text(), out, runs
 
 
@@ -53,13 +62,13 @@ def floor_of(run: compare.RecordedRun) -> str:
     """The floor as the report defines it (mean test loss over the last quarter of
     rounds), worked out here from the run's rows."""
     losses = [row["test-loss"] for row in run.rows]
-    return reproduce.fmt(sum(losses[-(len(losses) // 4 or 1) :]) / (len(losses) // 4 or 1))
+    return fmt(sum(losses[-(len(losses) // 4 or 1) :]) / (len(losses) // 4 or 1))
 
 
 def zeta_of(run: compare.RecordedRun) -> str:
     """zeta = ||W - J||_2 of the W the run's config.json records."""
     w = np.array(json.loads((run.path / "config.json").read_text())["spec"]["W"])
-    return reproduce.fmt(np.linalg.norm(w - 1 / len(w), 2), 3)
+    return fmt(np.linalg.norm(w - 1 / len(w), 2), 3)
 
 
 def test_convex_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> None:
@@ -71,10 +80,10 @@ def test_convex_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> Non
         else:
             assert f"| {run.config['topology']} | 1 | {zeta_of(run)} | {floor} |" in markdown
     for run in compare.load_runs(runs / "claim2-easgd"):
-        assert f"| {reproduce.fmt(run.config['alpha'])} | {floor_of(run)} |" in markdown
+        assert f"| {fmt(run.config['alpha'])} | {floor_of(run)} |" in markdown
     reference = json.loads((runs / "claim2-easgd" / "reference-easgd.json").read_text())
     for alpha, curve in reference["curves"].items():
-        assert f"| {reproduce.fmt(float(alpha))} | {curve[-1]:.4g} | {curve[0]:.4g} |" in markdown
+        assert f"| {fmt(float(alpha))} | {curve[-1]:.4g} | {curve[0]:.4g} |" in markdown
 
 
 def test_image_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> None:
@@ -82,27 +91,23 @@ def test_image_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> None
     image = compare.load_runs(runs / "claim4-5-image")
     summary = json.loads((runs / "claim4-5-image" / "summary.json").read_text())["runs"]
     assert {row["run"] for row in summary} == {r.path.name for r in image}
-    taus = reproduce.SMOKE.image_taus
-    for split in reproduce.SPLITS:
+    taus = SMOKE.image_taus
+    for split in overlap_sgd.SPLITS:
         section = markdown.split(f"**{split}** split")[1]
-        for algorithm in reproduce.IMAGE_ALGORITHMS:
+        for algorithm in overlap_sgd.IMAGE_ALGORITHMS:
             accuracy = [
-                reproduce.find(image, algorithm=algorithm, partition=split, tau=t).rows[-1][
-                    "test-accuracy"
-                ]
+                find(image, algorithm=algorithm, partition=split, tau=t).rows[-1]["test-accuracy"]
                 for t in taus
             ]
-            row = " | ".join([algorithm, *map(reproduce.fmt, accuracy)])
+            row = " | ".join([algorithm, *map(fmt, accuracy)])
             assert f"| {row} |" in section
         for tau in taus:
             last = [
-                reproduce.find(image, algorithm=a, partition=split, tau=tau).rows[-1]
+                find(image, algorithm=a, partition=split, tau=tau).rows[-1]
                 for a in ("local-sgd", "overlap")
             ]
             cells = [split, str(tau)] + [
-                c
-                for row in last
-                for c in (reproduce.fmt(row["virtual-time"], 2), reproduce.fmt(row["test-loss"]))
+                c for row in last for c in (fmt(row["virtual-time"], 2), fmt(row["test-loss"]))
             ]
             assert "| " + " | ".join(cells) + " |" in markdown
 
@@ -110,3 +115,82 @@ def test_image_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> None
 def test_committed_report_is_complete() -> None:
     """docs/reproductions.md from the full run: every claim judged, every figure committed."""
     check_report((ROOT / "docs" / "reproductions.md").read_text(), ROOT / "docs")
+
+
+def copy_runs(runs: Path, tmp_path: Path) -> Path:
+    """A copy of the smoke's runs folder, for a test to change while the others keep theirs.
+    The copy's recorded results-dir still names the original folder, which must not stop a
+    reuse (it is a location, not a setting)."""
+    return Path(shutil.copytree(runs, tmp_path / "runs"))
+
+
+def rerun(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, list[RunConfig]]:
+    """Another --smoke invocation over `runs`: (its markdown, the configs it actually ran)."""
+    ran: list[RunConfig] = []
+    real = runner.run_config
+
+    def counting(config: RunConfig, **options: object) -> object:
+        ran.append(config)
+        return real(config, **options)
+
+    monkeypatch.setattr(runner, "run_config", counting)
+    path = main(["--smoke", "--out", str(tmp_path / "out"), "--runs", str(runs)])
+    return path.read_text(), ran
+
+
+def body(markdown: str, runs: Path) -> str:
+    """The report after its first line (command, wall time, date), runs folder named X."""
+    return markdown.split("\n", 1)[1].replace(str(runs.resolve()), "X")
+
+
+RUN_FOLDERS = ("claim1-3-convex", "claim2-easgd", "claim4-5-image")
+
+
+def test_second_invocation_reuses_every_finished_run(
+    smoke: tuple[str, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    markdown, _, runs = smoke
+    copy = copy_runs(runs, tmp_path)
+    again, ran = rerun(copy, tmp_path, monkeypatch)
+    assert ran == []
+    total = sum(len(compare.load_runs(runs / folder)) for folder in RUN_FOLDERS)
+    assert f"running 0 runs and reusing {total} finished ones" in again.splitlines()[0]
+    assert body(again, copy) == body(markdown, runs)
+    check_report(again, tmp_path / "out")
+
+
+def test_unfinished_run_runs_again(
+    smoke: tuple[str, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run directory without final.json (cut short) is not reused: that config runs again,
+    alone, and gives the same numbers (every run is seeded)."""
+    markdown, _, runs = smoke
+    copy = copy_runs(runs, tmp_path)
+    image = compare.load_runs(copy / "claim4-5-image")
+    (find(image, algorithm="overlap", partition="skewed", tau=2).path / "final.json").unlink()
+    again, ran = rerun(copy, tmp_path, monkeypatch)
+    assert [(c.algorithm, c.partition, c.tau) for c in ran] == [("overlap", "skewed", 2)]
+    assert body(again, copy) == body(markdown, runs)
+
+
+def test_changed_config_key_runs_exactly_that_run_again(
+    smoke: tuple[str, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One graph of the D-PSGD grid changed (ring -> star): only D-PSGD on the star runs; the
+    ring's run stays on disk but is left out of the folder's summary and of the report."""
+    _, _, runs = smoke
+    monkeypatch.setattr(
+        "simulations.reproduce.__main__.SMOKE",
+        dataclasses.replace(SMOKE, graphs=("complete", "star")),
+    )
+    copy = copy_runs(runs, tmp_path)
+    again, ran = rerun(copy, tmp_path, monkeypatch)
+    assert [(c.algorithm, c.topology) for c in ran] == [("dpsgd", "star")]
+    convex = copy / "claim1-3-convex"
+    on_disk = {r.path.name: r.config.get("topology") for r in compare.load_runs(convex)}
+    summary = {row["run"] for row in json.loads((convex / "summary.json").read_text())["runs"]}
+    assert len(on_disk) == 5 and len(summary) == 4
+    assert {on_disk[name] for name in set(on_disk) - summary} == {"ring"}
+    assert "| star | 1 |" in again and "| ring |" not in again

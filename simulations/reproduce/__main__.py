@@ -1,0 +1,98 @@
+"""Reproduce the two papers' claims at small scale and write docs/reproductions.md.
+
+    python -m simulations.reproduce [--out docs] [--runs DIR] [--smoke]
+
+Given the --runs folder of an earlier invocation it resumes or extends that one: finished
+runs of the same configs are reused (simulations.reproduce.runner says what "the same" is).
+Prints a line per run (which claim folder, which run, "reused" or "ran in X s") and the
+total wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from fedcoop.config import RunConfig
+from simulations.reproduce import cooperative_sgd, overlap_sgd
+from simulations.reproduce.report import report
+from simulations.reproduce.runner import ClaimRuns
+from simulations.reproduce.scale import FULL, SMOKE, Scale
+from simulations.reproduce.verdicts import Claim
+
+
+def claim_folders(scale: Scale) -> dict[str, list[RunConfig]]:
+    """Every compare directory's configs, all checked before the first run starts."""
+    return {
+        cooperative_sgd.CONVEX_RUNS: cooperative_sgd.convex_configs(scale),
+        cooperative_sgd.EASGD_RUNS: cooperative_sgd.easgd_configs(scale),
+        overlap_sgd.IMAGE_RUNS: overlap_sgd.image_configs(scale),
+    }
+
+
+def reproduce(scale: Scale, out: Path, runs: ClaimRuns) -> list[Claim]:
+    """Run (or reuse) every claim's experiments under runs.root and draw its figures into
+    out/figures."""
+    figures = out / "figures"
+    recorded = runs.run_all(claim_folders(scale))
+    convex = recorded[cooperative_sgd.CONVEX_RUNS], runs.root / cooperative_sgd.CONVEX_RUNS
+    easgd = recorded[cooperative_sgd.EASGD_RUNS], runs.root / cooperative_sgd.EASGD_RUNS
+    image = recorded[overlap_sgd.IMAGE_RUNS], runs.root / overlap_sgd.IMAGE_RUNS
+    return [
+        cooperative_sgd.claim_floor(scale, *convex, figures),
+        cooperative_sgd.claim_easgd(scale, *easgd, figures),
+        cooperative_sgd.claim_zeta_tau(scale, *convex, figures),
+        overlap_sgd.claim_overlap_accuracy(scale, *image, figures),
+        overlap_sgd.claim_front(scale, *image, figures),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Parse the options, run everything, write the report; returns its path."""
+    parser = argparse.ArgumentParser(
+        prog="python -m simulations.reproduce", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--out", help="folder of reproductions.md and figures/ (default: docs)")
+    parser.add_argument(
+        "--runs",
+        help="folder for the runs (default: a new one per invocation); its finished runs of "
+        "the same configs are reused, not run again",
+    )
+    parser.add_argument("--smoke", action="store_true", help="toy scale into a temp folder")
+    args = parser.parse_args(argv)
+    # Tiny models on shared cores: one thread avoids oversubscribing them;
+    # the caller's setting comes back afterwards (tests share the process).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    scratch = Path(tempfile.mkdtemp(prefix="fedcoop-reproduce-")) if args.smoke else None
+    out = Path(args.out) if args.out else (scratch or Path("docs"))
+    default_runs = scratch or Path("~/fedcoop-runs").expanduser()
+    runs_root = Path(args.runs) if args.runs else default_runs / f"reproduce-{stamp}"
+    command = "python -m simulations.reproduce" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
+    scale = SMOKE if args.smoke else FULL
+    runs = ClaimRuns(runs_root.resolve())
+    start = time.perf_counter()
+    try:
+        claims = reproduce(scale, out, runs)
+        wall = time.perf_counter() - start
+        path = report(claims, out, command, wall, scale, reused=runs.reused, runs=runs.ran)
+    finally:
+        torch.set_num_threads(threads)
+    print(
+        f"wrote {path} (runs under {runs_root}: {runs.ran} ran, {runs.reused} reused) in "
+        f"{wall / 60:.1f} min ({wall:.0f} s) of wall time"
+    )
+    return path
+
+
+if __name__ == "__main__":
+    main()
