@@ -30,10 +30,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from deploy.cli import main as deploy_main
 from fedcoop.analysis import analyze
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
-from simulations import compare, deploy, histogram, plots
+from simulations import compare, histogram, plots
 from simulations.runner import ENGINES, default_gpus_per_client, run_config
 from strategies.cooperative import RunFailed
 
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["deploy"]:
         # The deploy helper has its own command tree (and passes flags through to Flower).
-        deploy.main(argv[1:])
+        deploy_main(argv[1:])
         return
     parser = argparse.ArgumentParser(prog="fedcoop", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
