@@ -2,7 +2,7 @@
 
 overhead: the same tiny run (least squares, so compute is nearly nil) on Flower's default
 deployment (stock SuperLink, `flower-supernode --isolation subprocess`: one ClientApp process
-per message) and on the helper's (simulations.deploy: long-lived ClientApps, short polls),
+per message) and on the helper's (python -m deploy: long-lived ClientApps, short polls),
 next to the same config simulated in this process (no transport at all).
 
 overlap: sync, local-sgd and overlap (plain, and with eager replies: the local steps run
@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from simulations import deploy  # noqa: E402
+from deploy import commands, credentials, processes  # noqa: E402
 
 #: name -> (one-way latency in seconds, rate in bit/s), the issue's presets
 PRESETS = {"50ms-20mbit": (0.05, 20e6), "200ms-5mbit": (0.2, 5e6)}
@@ -131,7 +131,7 @@ class Proxies:
 
 # -- a deployment on loopback -----------------------------------------------------------------
 class Loopback:
-    """A SuperLink on `port` and `nodes` SuperNodes as simulations.deploy starts them
+    """A SuperLink on `port` and `nodes` SuperNodes as `python -m deploy` starts them
     (helper=True), or as Flower starts them by default (helper=False); node i dials port
     `dial[i]` (a proxy) or the SuperLink's."""
 
@@ -139,38 +139,38 @@ class Loopback:
         self, root: Path, nodes: int, helper: bool, port: int, dial: Sequence[int] | None
     ) -> None:
         self.root, self.state, self.port = root, root / "state", port
-        self.env = deploy.process_env(root / "cli")
+        self.env = processes.process_env(root / "cli")
         self.ca = root / "certs" / "ca.crt"
-        deploy.write_certificates(root / "certs", ["localhost", "127.0.0.1"])
-        keys = deploy.write_node_keys(root / "keys", nodes)
-        env = deploy.process_env(self.state / "home" / "superlink")
+        credentials.write_certificates(root / "certs", ["localhost", "127.0.0.1"])
+        keys = credentials.write_node_keys(root / "keys", nodes)
+        env = processes.process_env(self.state / "home" / "superlink")
         if helper:
-            shim = deploy.serverapp_shim(self.state, deploy.DEFAULT_POLL)
+            shim = commands.serverapp_shim(self.state, commands.DEFAULT_POLL)
             env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
-        command = deploy.superlink_command(root / "certs", "127.0.0.1", self.port)
-        deploy.start(self.state, "superlink", command, env)
-        deploy.wait_for_port(self.port)
+        command = commands.superlink_command(root / "certs", "127.0.0.1", self.port)
+        processes.start(self.state, "superlink", command, env)
+        processes.wait_for_port(self.port)
         self.helper("register", *self.link(self.port), *[str(k) for k in keys[1::2]])
         for i in range(nodes):
-            commands = deploy.supernode_commands(
+            node_commands = commands.supernode_commands(
                 partition_id=i,
                 num_partitions=nodes,
                 superlink=f"127.0.0.1:{dial[i] if dial else self.port}",
                 root_cert=self.ca.resolve(),
                 key=keys[2 * i].resolve(),
-                runtime_port=deploy.free_port(),
+                runtime_port=processes.free_port(),
                 isolation="process" if helper else "subprocess",
-                secret=deploy.superexec_secret(self.state, i) if helper else None,
+                secret=credentials.superexec_secret(self.state, i) if helper else None,
             )
-            env = deploy.process_env(self.state / "home" / f"supernode-{i}")
-            for name, command in commands:
-                deploy.start(self.state, name, command, env)
+            env = processes.process_env(self.state / "home" / f"supernode-{i}")
+            for name, command in node_commands:
+                processes.start(self.state, name, command, env)
 
     def link(self, port: int) -> list[str]:
         return ["--superlink", f"127.0.0.1:{port}", "--root-cert", str(self.ca)]
 
     def helper(self, *args: str) -> None:
-        command = [sys.executable, "-m", "simulations.deploy", *args]
+        command = commands.helper_command(*args)
         done = subprocess.run(command, env=self.env, cwd=REPO, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{' '.join(args[:1])} failed:\n{done.stdout}{done.stderr}")
@@ -191,9 +191,9 @@ def loopback(
     """A Loopback deployment in a temporary directory, stopped however the block ends."""
     with tempfile.TemporaryDirectory(prefix="fedcoop-deploy-bench-") as root:
         try:
-            yield Loopback(Path(root), nodes, helper, port or deploy.free_port(), dial)
+            yield Loopback(Path(root), nodes, helper, port or processes.free_port(), dial)
         finally:
-            deploy.stop(Path(root) / "state")
+            processes.stop(Path(root) / "state")
 
 
 def per_round(rows: Sequence[dict[str, float]]) -> float:
@@ -244,7 +244,7 @@ def overlap(args: argparse.Namespace) -> None:
     link = Link()
     table: dict[str, dict[str, float]] = {}
     compute: dict[str, dict[str, float]] = {}
-    port = deploy.free_port()
+    port = processes.free_port()
     proxies = Proxies(port, args.nodes, link)
     try:
         with loopback(args.nodes, True, port, proxies.ports) as deployment:

@@ -186,9 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["deploy"]:
         # The deploy helper has its own command tree (and passes flags through to Flower).
-        from simulations import deploy
+        from deploy.cli import main as deploy_main
 
-        deploy.main(argv[1:])
+        deploy_main(argv[1:])
         return
     parser = argparse.ArgumentParser(prog="fedcoop", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)

@@ -1,4 +1,4 @@
-"""simulations.deploy: certificates, keys, process control, and a real deployment on loopback.
+"""deploy: certificates, keys, process control, and a real deployment on loopback.
 
 The slow tests start a SuperLink (TLS, node authentication) and three SuperNodes with the
 helper, exactly as docs/deployment.md tells a user to, submit runs with `flwr run`, and check
@@ -30,14 +30,19 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from clients.client_app import app as client_app
+from deploy import credentials, processes
+from deploy.clientapp_server import restart_argv
+from deploy.commands import helper_command
+from deploy.flwr_cli import DEFAULT_CONNECTION, write_connection
+from deploy.processes import free_port
 from fedcoop.config import RunConfig
-from simulations import deploy
+from simulations import cli
 from simulations.inprocess import InProcessGrid
 from strategies.server_app import run
 
 REPO = Path(__file__).resolve().parents[1]
 NODES = 3
-HELPER = [sys.executable, "-m", "simulations.deploy"]
+HELPER = helper_command()
 #: seconds between SuperNode heartbeats (Flower's least): a dead node is reported after 20 s
 HEARTBEAT = 10
 #: seconds the ServerApp waits for a reply's content (a node killed mid-push never sends it)
@@ -45,7 +50,7 @@ PULL_TIMEOUT = 10
 
 
 def test_certificates_name_every_host_and_chain_to_the_ca(tmp_path: Path) -> None:
-    deploy.write_certificates(tmp_path, ["edge-hub.local", "10.0.0.7", "127.0.0.1"])
+    credentials.write_certificates(tmp_path, ["edge-hub.local", "10.0.0.7", "127.0.0.1"])
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
     server = x509.load_pem_x509_certificate((tmp_path / "server.crt").read_bytes())
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -59,7 +64,7 @@ def test_certificates_name_every_host_and_chain_to_the_ca(tmp_path: Path) -> Non
 
 
 def test_node_keys_are_openssh_p384_pairs(tmp_path: Path) -> None:
-    deploy.write_node_keys(tmp_path, 2)
+    credentials.write_node_keys(tmp_path, 2)
     for i in range(2):
         key = load_ssh_private_key((tmp_path / f"supernode-{i}.key").read_bytes(), None)
         public = (tmp_path / f"supernode-{i}.pub").read_text()
@@ -75,8 +80,8 @@ def test_connection_is_added_to_flwr_config_keeping_others(
         '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n\n'
         '[superlink.other]\naddress = "10.0.0.1:9093"\ninsecure = true\n'
     )
-    deploy.write_connection("fedcoop", "hub:9093", tmp_path / "ca.crt")
-    deploy.write_connection("fedcoop", "hub:9094", tmp_path / "ca.crt")
+    write_connection("fedcoop", "hub:9093", tmp_path / "ca.crt")
+    write_connection("fedcoop", "hub:9094", tmp_path / "ca.crt")
     text = (tmp_path / "config.toml").read_text()
     assert 'address = "10.0.0.1:9093"' in text and 'address = "hub:9094"' in text
     assert "hub:9093" not in text and f'root-certificates = "{tmp_path}/ca.crt"' in text
@@ -88,14 +93,39 @@ def test_stop_ends_a_process_and_its_detached_children(tmp_path: Path) -> None:
         "import subprocess, time; "
         "subprocess.Popen(['sleep', '60'], start_new_session=True); time.sleep(60)"
     )
-    pid = deploy.start(tmp_path, "tree", [sys.executable, "-c", script], dict(os.environ))
+    pid = processes.start(tmp_path, "tree", [sys.executable, "-c", script], dict(os.environ))
     deadline = time.monotonic() + 10
-    while len(deploy._tree(pid)) < 2 and time.monotonic() < deadline:
+    while len(processes.process_tree(pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    tree = deploy._tree(pid)
+    tree = processes.process_tree(pid)
     assert len(tree) == 2
-    assert deploy.stop(tmp_path) == ["tree"]
-    assert not any(deploy._alive(p) for p in tree)
+    assert processes.stop(tmp_path) == ["tree"]
+    assert not any(processes.alive(p) for p in tree)
+
+
+def test_python_m_deploy_and_fedcoop_deploy_run_the_same_commands(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*HELPER, "keys", str(tmp_path / "helper"), "--nodes", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    keys = ["supernode-0.key", "supernode-0.pub"]
+    assert done.stdout.split() == [str(tmp_path / "helper" / k) for k in keys]
+    cli.main(["deploy", "keys", str(tmp_path / "fedcoop"), "--nodes", "1"])
+    assert sorted(p.name for p in (tmp_path / "fedcoop").iterdir()) == keys
+
+
+def test_a_clientapp_restarted_for_a_new_app_runs_as_started_serving_the_new_task() -> None:
+    started = [sys.executable, "-X", "utf8", *HELPER[1:], "clientapp", "127.0.0.1:9094"]
+    restarted = restart_argv([*started, "--token", "old"], "old", "new")
+    assert restarted == [*started, "--token", "new"]
+    assert restart_argv(started, None, "new") == restarted
+    # the command line runs from the repository (argparse answers --help and exits 0)
+    done = subprocess.run(
+        [*restarted, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "runtime_api_address" in done.stdout
 
 
 # -- a real deployment on loopback ------------------------------------------------------------
@@ -127,7 +157,7 @@ class Deployment:
                     "--root-cert", str(self.ca), "--partition-id", str(i),
                     "--num-partitions", str(NODES),
                     "--key", str(self.root / "keys" / f"supernode-{i}.key"),
-                    "--runtime-port", str(deploy.free_port()), "--state-dir", str(self.device(i)),
+                    "--runtime-port", str(free_port()), "--state-dir", str(self.device(i)),
                     "--heartbeat-interval", str(HEARTBEAT))  # fmt: skip
 
     def submit_args(self, config: str) -> list[str]:
@@ -148,8 +178,8 @@ class Deployment:
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """A SuperLink with TLS and node auth and three SuperNodes, all on loopback."""
     root = tmp_path_factory.mktemp("deployment")
-    env = {**os.environ, **deploy.FLOWER_ENV, "FLWR_HOME": str(root / "cli")}
-    d = Deployment(env, f"127.0.0.1:{deploy.free_port()}", root)
+    env = {**os.environ, **processes.FLOWER_ENV, "FLWR_HOME": str(root / "cli")}
+    d = Deployment(env, f"127.0.0.1:{free_port()}", root)
     link = ["--superlink", d.superlink, "--root-cert", str(d.ca)]
     try:
         d.helper("certs", str(root / "certs"), "--host", "localhost", "127.0.0.1")
@@ -158,16 +188,18 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         d.helper("superlink", "--state", str(d.state), "--certs", str(root / "certs"),
                  "--host", "127.0.0.1", "--port", port,
                  "--pull-timeout", str(PULL_TIMEOUT))  # fmt: skip
-        deploy.wait_for_port(int(port))
+        processes.wait_for_port(int(port))
         keys = [str(root / "keys" / f"supernode-{i}.pub") for i in range(NODES)]
         d.helper("register", *link, *keys)
         for i in range(NODES):
             d.start_supernode(i)
         yield d
     finally:
-        started = [p for pid in deploy.running(d.state).values() for p in deploy._tree(pid)]
-        deploy.stop(d.state)
-        assert not any(deploy._alive(p) for p in started)
+        started = [
+            p for pid in processes.running(d.state).values() for p in processes.process_tree(pid)
+        ]
+        processes.stop(d.state)
+        assert not any(processes.alive(p) for p in started)
 
 
 @pytest.mark.slow
@@ -208,7 +240,7 @@ def test_deployment_matches_simulation(
 def _nodes(d: Deployment) -> dict[str, str]:
     """Node id -> status (online, offline, ...) as the SuperLink reports them."""
     done = subprocess.run(
-        ["flwr", "supernode", "list", deploy.DEFAULT_CONNECTION, "--format", "json"],
+        ["flwr", "supernode", "list", DEFAULT_CONNECTION, "--format", "json"],
         env=d.env, cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -263,7 +295,7 @@ def test_a_killed_supernode_is_left_out_then_rejoins_from_its_state(
         )  # fmt: skip
     try:
         _wait("round 3 on the victim", lambda: _saved_round(device, earlier) >= 3, 300, 0.05)
-        deploy.stop(deployment.state, [f"supernode-{victim}", f"clientapp-{victim}"], kill=True)
+        processes.stop(deployment.state, [f"supernode-{victim}", f"clientapp-{victim}"], kill=True)
         detected = _wait(
             "the SuperLink reports the node offline",
             lambda: "offline" in _nodes(deployment).values(),
@@ -303,7 +335,7 @@ def test_a_killed_supernode_is_left_out_then_rejoins_from_its_state(
 
     # It resumed from its own state: the restarted ClientApp loaded round >= 3 from the
     # device, and its steps count every round it trained, before the kill and after.
-    restored = deploy.log_file(deployment.state, f"clientapp-{victim}").read_text()
+    restored = processes.log_file(deployment.state, f"clientapp-{victim}").read_text()
     assert "restored the worker of round" in restored
     missed = {e["round"] for e in events if e["worker"] == victim and e["kind"] != "late"}
     (state,) = set(device.glob("*-partition-*.npz")) - earlier

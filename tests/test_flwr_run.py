@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.processes import free_port
 from fedcoop.algorithms import ALGORITHMS
-from simulations import deploy
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +47,8 @@ def flwr_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(deploy.free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(deploy.free_port()),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
     }
     yield env
     for pid in _pids_with(str(home)):

@@ -1,0 +1,116 @@
+"""Command lines of a deployment's processes: the SuperLink, each SuperNode (Flower's, or the
+helper's short-poll SuperNode plus its long-lived ClientApp) and the ServerApp the SuperLink
+starts."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+#: seconds between polls of every waiting process (each costs about a millisecond of CPU)
+DEFAULT_POLL = 0.05
+#: the heartbeat interval a SuperNode reports (Flower's default; the SuperLink accepts 10 to
+#: 1800 s and marks a node offline after 2 intervals without a heartbeat)
+DEFAULT_HEARTBEAT = 30.0
+#: seconds the ServerApp waits for the content of a reply that has arrived
+DEFAULT_PULL_TIMEOUT = 300.0
+
+
+def helper_command(*args: str) -> list[str]:
+    """This helper (`python -m deploy`) with `args`, in this Python."""
+    return [sys.executable, "-m", "deploy", *args]
+
+
+def superlink_command(
+    certs: Path | None, host: str, port: int, node_auth: bool = True
+) -> list[str]:
+    """flower-superlink with TLS from `certs` and node authentication, or insecure (None)."""
+    command = ["flower-superlink", "--host", host, "--port", str(port)]
+    if certs is None:
+        return [*command, "--insecure"]
+    certs = certs.resolve()
+    command += [
+        "--ssl-ca-certfile", str(certs / "ca.crt"),
+        "--ssl-certfile", str(certs / "server.crt"),
+        "--ssl-keyfile", str(certs / "server.key"),
+    ]  # fmt: skip
+    return [*command, "--enable-supernode-auth"] if node_auth else command
+
+
+def serverapp_shim(
+    state: Path, poll_interval: float, pull_timeout: float = DEFAULT_PULL_TIMEOUT
+) -> Path:
+    """A directory whose `flwr-serverapp` is `serverapp-process`: the SuperLink's SuperExec
+    starts the ServerApp by that name from PATH, and this is the one way to give it short
+    waits without a second, process-isolated SuperLink setup."""
+    directory = (state / "bin").resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = directory / "flwr-serverapp"
+    command = helper_command(
+        "serverapp-process", "--poll-interval", str(poll_interval),
+        "--pull-timeout", str(pull_timeout),
+    )  # fmt: skip
+    shim.write_text(f'#!/bin/sh\nexec {shlex.join(command)} -- "$@"\n')
+    shim.chmod(0o755)
+    return directory
+
+
+def supernode_commands(
+    *,
+    partition_id: int,
+    num_partitions: int,
+    superlink: str,
+    root_cert: Path | None,
+    key: Path | None,
+    runtime_port: int,
+    isolation: str = "process",
+    poll_interval: float = DEFAULT_POLL,
+    secret: Path | None = None,
+    state_dir: Path | None = None,
+    heartbeat_interval: float = DEFAULT_HEARTBEAT,
+) -> list[tuple[str, list[str]]]:
+    """(name, command) of the processes of SuperNode `partition_id`.
+
+    isolation "process" (the default): the SuperNode with short polls plus a long-lived
+    `clientapp`; "subprocess": Flower's stock flower-supernode, a fresh ClientApp process per
+    message (the baseline of the overhead benchmark), which has no heartbeat flag.
+    `state_dir`: where the ClientApp keeps its worker state on the device, to resume from it
+    after a restart. With the long-lived clientapp, runs with `eager-reply` run a round's
+    local steps after replying (node config `background-steps`).
+    """
+    runtime = f"127.0.0.1:{runtime_port}"
+    node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
+    if state_dir is not None:
+        node_config += f" state-dir={json.dumps(str(state_dir))}"  # a TOML string
+    if isolation == "process":
+        # the long-lived clientapp outlives messages: eager replies compute after replying
+        node_config += " background-steps=true"
+    flags = [
+        "--superlink", superlink,
+        "--node-config", node_config,
+        "--isolation", isolation,
+        "--host", "127.0.0.1", "--port", str(runtime_port),
+    ]  # fmt: skip
+    flags += ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
+    if key is not None:
+        flags += ["--auth-supernode-private-key", str(key)]
+    name = f"supernode-{partition_id}"
+    if isolation == "subprocess":
+        return [(name, ["flower-supernode", *flags])]
+    auth = [] if secret is None else ["--superexec-auth-secret-file", str(secret)]
+    flags += auth
+    node_flags = [
+        "--poll-interval",
+        str(poll_interval),
+        "--heartbeat-interval",
+        str(heartbeat_interval),
+    ]
+    return [
+        (name, helper_command("supernode-process", *node_flags, "--", *flags)),
+        (
+            f"clientapp-{partition_id}",
+            helper_command("clientapp", runtime, "--poll-interval", str(poll_interval), *auth),
+        ),
+    ]
