@@ -15,6 +15,7 @@ from flwr.simulation import run_simulation
 from clients.client_app import app as client_app
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
+from simulations import results
 from simulations.inprocess import InProcessGrid
 from strategies import server_app
 from strategies.cooperative import RunFailed, RunResult
@@ -43,10 +44,10 @@ def run_config(
     config, resumed = server_app.with_checkpoint(config)  # a resumed run keeps its node count
     if engine == "inprocess":
         grid = InProcessGrid(client_app, config.num_clients, seed=config.seed)
-        return server_app.run(grid, config, resumed)
-    results: list[RunResult] = []
+        return server_app.run(grid, config, resumed, results)
+    finished: list[RunResult] = []
     run_simulation(
-        server_app=server_app.make_server_app(config, results.append, resumed),
+        server_app=server_app.make_server_app(config, finished.append, resumed, results),
         client_app=client_app,
         num_supernodes=config.num_clients,
         backend_config={
@@ -58,6 +59,6 @@ def run_config(
             }
         },
     )
-    if not results:
+    if not finished:
         raise RunFailed(f"{config.algorithm}: the run did not finish; see the log above")
-    return results[0]
+    return finished[0]
