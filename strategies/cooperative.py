@@ -187,12 +187,12 @@ class CooperativeStrategy:
                 f'simulation, pass --federation-config "num-supernodes={m}")'
             )
             now = time.monotonic()
-            if now - start > patience and simulated:
-                raise RunFailed(
-                    f"the simulation has {len(nodes)} SuperNodes but num-clients={m}: "
-                    f'pass --federation-config "num-supernodes={m}" to flwr run'
-                )
             if now - start > patience:
+                if simulated:
+                    raise RunFailed(
+                        f"the simulation has {len(nodes)} SuperNodes but num-clients={m}: "
+                        f'pass --federation-config "num-supernodes={m}" to flwr run'
+                    )
                 raise RunFailed(f"after {patience}s only {hint}")
             if now > next_note:
                 LOG.warning("fedcoop: waiting for nodes: %s", hint)
