@@ -15,6 +15,7 @@ from itertools import pairwise
 from typing import Any
 
 from fedcoop.errors import ConfigError
+from fedcoop.links import parse_link
 from fedcoop.topology import TOPOLOGIES, WEIGHTINGS
 
 #: Config values that mean "the algorithm's own default from the papers".
@@ -82,7 +83,7 @@ class RunConfig:
     step_time: float = 0.05
     step_time_distribution: str = "constant"
     step_time_sigma: float = 0.5
-    #: virtual clock: a link preset (fedcoop.clock.LINK_PRESETS) or "<ms>ms/<mbit>mbit"
+    #: virtual clock: a link preset (fedcoop.links.LINK_PRESETS) or "<ms>ms/<mbit>mbit"
     link: str = "datacenter-10g"
     #: share of the workers sampled (seeded) to train in each round
     participation: float = 1.0
@@ -196,9 +197,6 @@ class RunConfig:
             raise ConfigError(
                 "step-time-sigma", self.step_time_sigma, "must be a finite number >= 0"
             )
-        # (fedcoop.clock reads RunConfig, hence the import here)
-        from fedcoop.clock import parse_link
-
         parse_link(self.link)  # refuses an unknown preset or a malformed "<ms>ms/<mbit>mbit"
         if not 0 < self.participation <= 1:
             raise ConfigError("participation", self.participation, "must be in (0, 1]")

@@ -16,6 +16,7 @@ import torch
 from clients.client_app import app as client_app
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError, RunFailed
+from simulations import results
 from simulations.engines import ENGINES
 from simulations.inprocess import InProcessGrid
 from simulations.vectorized import VectorizedGrid
@@ -47,12 +48,12 @@ def run_config(
     config, resumed = server_app.with_checkpoint(config)  # a resumed run keeps its node count
     if engine in GRIDS:
         grid = GRIDS[engine](client_app, config.num_clients, seed=config.seed)
-        return server_app.run(grid, config, resumed)
+        return server_app.run(grid, config, resumed, results)
     from flwr.simulation import run_simulation  # Ray: only this engine pays for its import
 
-    results: list[RunResult] = []
+    finished: list[RunResult] = []
     run_simulation(
-        server_app=server_app.make_server_app(config, results.append, resumed),
+        server_app=server_app.make_server_app(config, finished.append, resumed, results),
         client_app=client_app,
         num_supernodes=config.num_clients,
         backend_config={
@@ -64,6 +65,6 @@ def run_config(
             }
         },
     )
-    if not results:
+    if not finished:
         raise RunFailed(f"{config.algorithm}: the run did not finish; see the log above")
-    return results[0]
+    return finished[0]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid
 
 from clients import messages
 from fedcoop import algorithms, checkpoint
@@ -31,6 +32,11 @@ from fedcoop.coordinator import Coordinator, Dispatch, QuorumLost, RoundSummary
 from fedcoop.errors import ConfigError, RunFailed
 
 LOG = logging.getLogger("flwr.fedcoop")
+#: Seconds a simulation's nodes may take to appear. Flower's simulation engine (``flwr run``
+#: on a simulation federation, and ``run_simulation``) starts the ServerApp's thread and then
+#: registers all num-supernodes nodes at once, before Ray starts; a shortfall after this is
+#: the federation's size, which will not change, so there is nothing to wait for.
+SIMULATED_NODES_GRACE = 5.0
 
 #: (model vector) -> metrics of the server-side evaluation, e.g. test loss and accuracy
 EvaluateFn = Callable[[np.ndarray], dict[str, float]]
@@ -157,20 +163,33 @@ class CooperativeStrategy:
         return result
 
     def _await_nodes(self, grid: Grid) -> list[int]:
-        """Wait until num-clients nodes are connected."""
+        """Wait until num-clients nodes are connected: up to round-timeout on a deployment,
+        where SuperNodes may join later, but only `SIMULATED_NODES_GRACE` on the simulation
+        engine's grid, whose node count is fixed: Flower's `InMemoryGrid`, which only its
+        simulation runtime hands a ServerApp (a SuperLink's ServerApp gets an `HttpGrid`)."""
+        m = self.config.num_clients
+        simulated = isinstance(grid, InMemoryGrid)
+        patience = self.config.round_timeout
+        if simulated:
+            patience = min(patience, SIMULATED_NODES_GRACE)
         start = time.monotonic()
         next_note = start + 10.0
         while True:
             nodes = sorted(grid.get_node_ids())
-            if len(nodes) >= self.config.num_clients:
+            if len(nodes) >= m:
                 return nodes
             hint = (
-                f"{len(nodes)} of num-clients={self.config.num_clients} nodes connected (in "
-                f'simulation, pass --federation-config "num-supernodes={self.config.num_clients}")'
+                f"{len(nodes)} of num-clients={m} nodes connected (in "
+                f'simulation, pass --federation-config "num-supernodes={m}")'
             )
             now = time.monotonic()
-            if now - start > self.config.round_timeout:
-                raise RunFailed(f"after {self.config.round_timeout}s only {hint}")
+            if now - start > patience:
+                if simulated:
+                    raise RunFailed(
+                        f"the simulation has {len(nodes)} SuperNodes but num-clients={m}: "
+                        f'pass --federation-config "num-supernodes={m}" to flwr run'
+                    )
+                raise RunFailed(f"after {patience}s only {hint}")
             if now > next_note:
                 LOG.warning("fedcoop: waiting for nodes: %s", hint)
                 next_note = now + 10.0

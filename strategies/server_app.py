@@ -1,7 +1,11 @@
-"""The Flower ServerApp: read the run config, run the strategy, write the results.
+"""The Flower ServerApp: read the run config, run the strategy, hand the results to a writer.
 
-``app`` reads ``context.run_config`` (what ``flwr run`` passes); `make_server_app` binds an
-explicit config instead, for ``run_simulation``, which passes an empty run config.
+`make_server_app` reads ``context.run_config`` (what ``flwr run`` passes), or binds an explicit
+config, for ``run_simulation``, which passes an empty run config. Naming the run directory and
+writing the results files belong to the experiment layer above this one (imports run one way:
+fedcoop <- clients <- strategies <- simulations), so the caller passes them in as a
+`ResultsWriter`; the app ``flwr run .`` loads is `simulations.app.app`, which binds
+`simulations.results`.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,10 +23,21 @@ from flwr.serverapp import Grid, ServerApp
 from fedcoop import algorithms, checkpoint, data, workload
 from fedcoop.config import RunConfig
 from fedcoop.training import default_device, evaluate, load_model_vector, model_vector
-from simulations.results import run_directory, write_results
 from strategies.cooperative import CooperativeStrategy, EvaluateFn, RunResult
 
 LOG = logging.getLogger("flwr.fedcoop")
+
+
+class ResultsWriter(Protocol):
+    """Where a run's files go: the module `simulations.results` is the project's writer."""
+
+    def run_directory(self, root: str | Path, config: RunConfig) -> Path:
+        """A fresh run directory under `root` (checkpoints are written there while it runs)."""
+        ...
+
+    def write_results(self, result: RunResult, path: Path) -> Path:
+        """Write the finished run's files into `path`; return the directory written."""
+        ...
 
 
 def initial_model(config: RunConfig) -> torch.nn.Module:
@@ -54,13 +69,25 @@ def with_checkpoint(config: RunConfig) -> tuple[RunConfig, dict[str, Any] | None
     return RunConfig.from_mapping({**saved["config"], "resume": config.resume}), saved
 
 
-def run(grid: Grid, config: RunConfig, resumed: dict[str, Any] | None = None) -> RunResult:
-    """One run of `config` over `grid`, its results written to config.results_dir.
+def run(
+    grid: Grid,
+    config: RunConfig,
+    resumed: dict[str, Any] | None = None,
+    results: ResultsWriter | None = None,
+) -> RunResult:
+    """One run of `config` over `grid`, its results written to config.results_dir by `results`.
 
     With `resume` set to a run directory, the run continues from that directory's
     checkpoint, under the config it was started with, and writes its results there;
     `resumed` is that checkpoint when the caller has already read it (`with_checkpoint`).
+    A config with a results-dir or a resume needs a writer: refused without one, rather than
+    silently leaving no files.
     """
+    if results is None and (config.results_dir or config.resume):
+        raise ValueError(
+            f"results-dir={config.results_dir!r}, resume={config.resume!r}: no results writer "
+            "to write them (pass results=simulations.results, or results-dir='')"
+        )
     if resumed is None:
         config, resumed = with_checkpoint(config)
     if resumed is not None:
@@ -73,10 +100,10 @@ def run(grid: Grid, config: RunConfig, resumed: dict[str, Any] | None = None) ->
     model = initial_model(config)
     x0 = model_vector(model).to(test.x.dtype).numpy()
     directory = None
-    if config.resume:
+    if results is not None and config.resume:
         directory = Path(config.resume).expanduser().resolve()
-    elif config.results_dir:
-        directory = run_directory(config.results_dir, config)
+    elif results is not None and config.results_dir:
+        directory = results.run_directory(config.results_dir, config)
     strategy = CooperativeStrategy(
         config,
         x0,
@@ -85,8 +112,8 @@ def run(grid: Grid, config: RunConfig, resumed: dict[str, Any] | None = None) ->
         resume=resumed,
     )
     result = strategy.start(grid)
-    if directory is not None:
-        result.directory = write_results(result, directory)
+    if directory is not None and results is not None:
+        result.directory = results.write_results(result, directory)
         LOG.info("fedcoop: results in %s", result.directory)
     LOG.info("fedcoop: workers' own final models: %s", result.client_evaluation)
     return result
@@ -96,19 +123,18 @@ def make_server_app(
     config: RunConfig | None = None,
     on_result: Callable[[RunResult], None] | None = None,
     resumed: dict[str, Any] | None = None,
+    results: ResultsWriter | None = None,
 ) -> ServerApp:
     """A ServerApp running `config` (or the run config Flower passes when it is None);
     `on_result` receives the finished run, for callers that run it in-process; `resumed`:
-    the checkpoint of config.resume, already read."""
+    the checkpoint of config.resume, already read; `results` writes the run's files (`run`)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        result = run(grid, config or RunConfig.from_mapping(context.run_config), resumed)
+        run_config = config or RunConfig.from_mapping(context.run_config)
+        result = run(grid, run_config, resumed, results)
         if on_result is not None:
             on_result(result)
 
     return server_app
-
-
-app = make_server_app()

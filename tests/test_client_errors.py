@@ -4,10 +4,21 @@ ClientApp on InProcessGrid; and what a worker keeps in its context.state between
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from typing import cast
 
 import numpy as np
 import pytest
 from flwr.app import Context, Message, MessageType
+from flwr.proto.task_pb2 import Task
+from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
+from flwr.server.superlink.linkstate import InMemoryLinkState, LinkStateFactory
+from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.run import Run
+from flwr.superlink.federation import NoOpFederationManager
+from flwr.superlink.grid import InMemoryGrid
 
 from clients import messages
 from clients.client_app import STATE_ARRAYS, STATE_META
@@ -16,7 +27,8 @@ from fedcoop.config import RunConfig
 from fedcoop.cooperative import reference_trajectory
 from fedcoop.training import model_vector
 from simulations.inprocess import InProcessGrid
-from strategies.cooperative import RunFailed, RunResult
+from strategies import cooperative
+from strategies.cooperative import CooperativeStrategy, RunFailed, RunResult
 from strategies.server_app import initial_model, run
 from tests.conftest import gradient_oracle, least_squares_config, round_of
 
@@ -38,6 +50,93 @@ def test_too_few_nodes_fail_fast_with_the_num_supernodes_hint() -> None:
     message = str(err.value)
     assert "num-supernodes=5" in message
     assert "only 3 of num-clients=5" in message
+
+
+class SkippedWaits:
+    """Stands in for the strategy's clock: `sleep` returns at once and `monotonic` moves on
+    by what it would have slept, so a wait of minutes takes milliseconds."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+        self._monotonic = time.monotonic
+
+    def sleep(self, seconds: float) -> None:
+        self.skipped += seconds
+
+    def monotonic(self) -> float:
+        return self._monotonic() + self.skipped
+
+
+@pytest.fixture
+def skipped_waits(monkeypatch: pytest.MonkeyPatch) -> SkippedWaits:
+    waits = SkippedWaits()
+    monkeypatch.setattr(cooperative, "time", waits)
+    return waits
+
+
+def simulated_grid(num_supernodes: int) -> InMemoryGrid:
+    """Flower's simulation Grid over `num_supernodes` nodes, set up as its engine sets it up
+    (flwr.simulation.run_simulation), without Ray or ClientApps behind the nodes."""
+    factory = LinkStateFactory(
+        FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory()
+    )
+    simulation = Run.create_empty(run_id=1)
+    simulation.federation_id, simulation.primary_task_id = NOOP_FEDERATION_ID, 1
+    state = cast(InMemoryLinkState, factory.state())
+    state.run_ids[simulation.run_id] = RunRecord(run=simulation)
+    state.task_store[simulation.primary_task_id] = Task(task_id=1, run_id=simulation.run_id)
+    _register_nodes(num_supernodes, factory)
+    grid = InMemoryGrid(state_factory=factory)
+    grid.set_run(simulation)
+    return grid
+
+
+def test_a_simulation_short_of_nodes_fails_at_once_naming_num_supernodes(
+    skipped_waits: SkippedWaits,
+) -> None:
+    """`flwr run .` without --federation-config simulates 2 nodes, and never more."""
+    config = least_squares_config(num_clients=5)  # round-timeout 600 s
+    with pytest.raises(RunFailed) as err:
+        run(simulated_grid(2), config)
+    assert skipped_waits.skipped < 15
+    assert str(err.value) == (
+        "the simulation has 2 SuperNodes but num-clients=5: "
+        'pass --federation-config "num-supernodes=5" to flwr run'
+    )
+
+
+def test_a_simulation_with_all_its_nodes_starts_without_waiting(
+    skipped_waits: SkippedWaits,
+) -> None:
+    config = least_squares_config(num_clients=5)
+    grid = simulated_grid(5)
+    strategy = CooperativeStrategy(config, x0_of(config))
+    assert strategy._await_nodes(grid) == sorted(grid.get_node_ids())
+    assert skipped_waits.skipped == 0
+
+
+class LateNodes(InProcessGrid):
+    """A deployment whose SuperNodes connect one by one, a node every `every` seconds."""
+
+    def __init__(self, num_nodes: int, every: float, clock: SkippedWaits) -> None:
+        super().__init__(client_app, num_nodes)
+        self.every, self.clock, self._start = every, clock, clock.monotonic()
+
+    def get_node_ids(self) -> Iterable[int]:
+        connected = int((self.clock.monotonic() - self._start) // self.every) + 1
+        return list(self.contexts)[:connected]
+
+
+def test_a_deployment_waits_for_supernodes_that_join_later(skipped_waits: SkippedWaits) -> None:
+    """Real SuperNodes may start after the run: the server waits for them up to
+    round-timeout, far past the simulation's grace, and the run then completes."""
+    config = least_squares_config(num_clients=4, num_rounds=2, round_timeout=60)
+    grid = LateNodes(config.num_clients, every=15, clock=skipped_waits)
+    result = run(grid, config)
+    assert skipped_waits.skipped >= 45  # the fourth node came at 45 s
+    assert len(result.rounds) == 2 and set(result.node_of_worker) == set(grid.contexts)
+    with pytest.raises(RunFailed, match=r"after 30.0s only 2 of num-clients=4"):
+        run(LateNodes(4, every=25, clock=skipped_waits), config.replace(round_timeout=30.0))
 
 
 # --- a message for the wrong round ------------------------------------------------------

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from fedcoop import algorithms
-from fedcoop.clock import LINK_PRESETS, Link, StepTime, VirtualClock, parse_link
+from fedcoop.clock import StepTime, VirtualClock
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
+from fedcoop.links import LINK_PRESETS, Link, parse_link
 from tests.conftest import spec_of
 
 M, B = 4, 1_000_000

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,3 +97,30 @@ def test_flwr_run_cooperative_with_a_user_matrix(flwr_env: dict[str, str], tmp_p
         3,
     )
     assert "round   2 | train-loss" in output, output
+
+
+def test_flwr_run_short_of_simulated_nodes_stops_at_once(
+    flwr_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The README's command without --federation-config: Flower simulates 2 nodes for
+    num-clients=8, and the run stops within 30 s of the simulation's start (not after
+    round-timeout) naming the flag to pass."""
+    cmd = ["flwr", "run", str(REPO), "--stream", "--run-config", f"results-dir='{tmp_path}'"]
+    lines: list[tuple[float, str]] = []  # (when it came, line)
+    with subprocess.Popen(
+        cmd, env=flwr_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as flwr:
+        assert flwr.stdout is not None
+        out = flwr.stdout
+        reader = threading.Thread(target=lambda: lines.extend((time.monotonic(), x) for x in out))
+        reader.start()
+        try:
+            flwr.wait(timeout=300)
+        finally:
+            flwr.kill()
+            reader.join()
+    output = "".join(line for _, line in lines)
+    started = [t for t, line in lines if "Starting Flower Simulation" in line]
+    failed = [t for t, line in lines if 'pass --federation-config "num-supernodes=8"' in line]
+    assert started and failed, output
+    assert failed[0] - started[0] < 30, output

@@ -25,6 +25,7 @@ from simulations.vectorized import VectorizedGrid
 from strategies.server_app import run
 from tests.conftest import TIMINGS, least_squares_config, round_of
 from tests.test_checkpoint import Crash, Crashes, assert_same_run
+from tests.test_checkpoint import run as run_with_files
 from tests.test_faults import assert_matches_reference, misbehaving, set_model, tamper
 
 FLOAT32_RTOL = 1e-5
@@ -121,10 +122,10 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, algor
     whole = run(VectorizedGrid(client_app, config.num_clients), config)
     crashing = config.replace(results_dir=str(tmp_path))
     with pytest.raises(Crash):
-        run(CrashingVectorizedGrid(config.num_clients, at=5), crashing)
+        run_with_files(CrashingVectorizedGrid(config.num_clients, at=5), crashing)
     (directory,) = tmp_path.iterdir()
     assert checkpoint.read(directory)["round"] in (3, 4)
-    resumed = run(
+    resumed = run_with_files(
         VectorizedGrid(client_app, config.num_clients, seed=9),
         crashing.replace(resume=str(directory)),
     )
