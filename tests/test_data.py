@@ -17,6 +17,7 @@ from fedcoop.data import (
     MNIST_STD,
     ArrayDataset,
     embedded_mnist_file,
+    generated,
     load_dataset,
     load_embedded_mnist,
     read_idx,
@@ -287,7 +288,7 @@ def test_synthetic_shapes_devices_and_split(name: str) -> None:
     assert sizes.min() >= 50
     np.testing.assert_array_equal(n_train, (0.9 * sizes).astype(np.int64))  # 90/10 per device
     iid = name == "synthetic-iid"
-    seed = data._synthetic_seed(1.0, 1.0, iid)
+    seed = generated._synthetic_seed(1.0, 1.0, iid)
     drawn = np.random.default_rng(seed).lognormal(4, 2, 30).astype(np.int64) + 50
     np.testing.assert_array_equal(sizes, drawn)  # n_k = int(lognormal(4, 2)) + 50
     # Rows are grouped by device, in device order.

