@@ -6,9 +6,7 @@ or not; CIFAR's pickled batches), points the search at them, and never lets a do
 
 from __future__ import annotations
 
-import gzip
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +16,10 @@ import torch
 from fedcoop.data import ENV_ROOT, load_dataset, read_cifar_batch
 from fedcoop.data import files as data_files
 from fedcoop.errors import ConfigError
+from tests.conftest import MNIST_FILES, write_cifar10, write_cifar100, write_mnist, write_pickle
 
 REAL_OFFLINE_LOCATIONS = dict(data_files.OFFLINE_LOCATIONS)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 
 
 @pytest.fixture(autouse=True)
@@ -44,80 +37,6 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path]]:
 
     monkeypatch.setattr(data_files, "_download", no_download)
     return calls
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An IDX file as the format defines it: magic, big-endian dims, big-endian payload."""
-    code = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}[array.dtype]
-    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def write_mnist(
-    directory: Path, seed: int, compress: bool, sizes: tuple[int, int] = (30, 12)
-) -> tuple[np.ndarray, ...]:
-    """The four MNIST-format IDX files with random images and labels; returns the arrays."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    arrays = []
-    for n in sizes:
-        arrays.append(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        arrays.append(rng.integers(0, 10, n).astype(np.uint8))
-    for name, array in zip(MNIST_FILES, arrays, strict=True):
-        raw = idx_bytes(array)
-        if compress:
-            (directory / f"{name}.gz").write_bytes(gzip.compress(raw))
-        else:
-            (directory / name).write_bytes(raw)
-    return tuple(arrays)
-
-
-def write_pickle(path: Path, doc: dict, protocol: int = 2) -> None:
-    with open(path, "wb") as handle:
-        pickle.dump(doc, handle, protocol=protocol)
-
-
-def cifar_images(rng: np.random.Generator, n: int) -> np.ndarray:
-    """N x 3072 uint8 rows whose three channel planes have clearly different statistics."""
-    planes = [rng.integers(lo, hi, (n, 1024)) for lo, hi in ((0, 256), (0, 64), (128, 256))]
-    return np.concatenate(planes, axis=1).astype(np.uint8)
-
-
-def write_cifar10(directory: Path, seed: int, per_batch: int = 6, test: int = 5) -> dict:
-    """data_batch_1..5 and test_batch as published: protocol-2 pickles with bytes keys."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    batches = {}
-    for name, n in [*((f"data_batch_{k}", per_batch) for k in range(1, 6)), ("test_batch", test)]:
-        doc = {
-            b"batch_label": f"{name} of 5".encode(),
-            b"labels": rng.integers(0, 10, n).tolist(),
-            b"data": cifar_images(rng, n),
-            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
-        }
-        write_pickle(directory / name, doc)
-        batches[name] = doc
-    return batches
-
-
-def write_cifar100(directory: Path, seed: int, sizes: tuple[int, int] = (40, 7)) -> dict:
-    """CIFAR-100's train and test files, with fine and coarse labels."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    parts = {}
-    for name, n in zip(("train", "test"), sizes, strict=True):
-        fine = rng.integers(0, 100, n)
-        fine[0] = 99
-        doc = {
-            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
-            b"batch_label": f"{name} batch 1 of 1".encode(),
-            b"fine_labels": fine.tolist(),
-            b"coarse_labels": (fine // 5).tolist(),
-            b"data": cifar_images(rng, n),
-        }
-        write_pickle(directory / name, doc)
-        parts[name] = doc
-    return parts
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

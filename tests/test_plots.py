@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations import plots
-from tests.test_compare import write_run
+from tests.conftest import write_run
 
 #: The embedded MNIST split, so that the partition histogram has classes to draw.
 DATA = dict(dataset="mnist-embedded", model="logreg", num_clients=4, partition="iid")
