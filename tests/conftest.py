@@ -1,9 +1,18 @@
-"""Shared pieces of the tests: a small least-squares run through the real Flower path."""
+"""Shared pieces of the tests, the one module test files import helpers from: a small
+least-squares run through the real Flower path, the matrix rule it must equal, clients and
+grids that misbehave, data files in their real formats, and hand-written run directories."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import math
 import os
-from collections.abc import Callable
+import pickle
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,12 +22,18 @@ import torch
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-from flwr.app import Message, MessageType
+from flwr.app import Context, Message, MessageType
 
 from clients import messages
-from fedcoop import algorithms, workload
+from clients.client_app import app as client_app
+from fedcoop import algorithms, participation, workload
 from fedcoop.config import RunConfig
-from fedcoop.cooperative import CooperativeSpec
+from fedcoop.cooperative import CooperativeSpec, reference_trajectory
+from fedcoop.training import model_vector
+from simulations.inprocess import InProcessGrid
+from simulations.runner import GRIDS
+from strategies.cooperative import RunResult
+from strategies.server_app import initial_model, run
 
 LEAST_SQUARES = dict(
     dataset="least-squares",
@@ -47,6 +62,18 @@ def least_squares_config(**changes: object) -> RunConfig:
     return RunConfig.from_mapping({**LEAST_SQUARES, **changes})
 
 
+#: The tiny least-squares run, in config keys, that property tests run accepted configs with.
+TINY = {"dataset": "least-squares", "model": "linear", "batch-size": 0, "results-dir": ""}
+#: Parameter names by which a user matrix (matrix-file) is refused: W, W[i, j], zeta(W), ...
+MATRIX_KEYS = frozenset({"W", "matrix-file", "num-aux", "num-clients"})
+
+
+def named_key(parameter: str) -> str:
+    """The config key (or W) that an error's parameter names: "W[:, 2].sum()" names W,
+    "classes_per_partition" names classes-per-partition."""
+    return re.sub(r"^zeta\(|\)$|\[.*$| column \d+$", "", parameter).replace("_", "-")
+
+
 def gradient_oracle(config: RunConfig) -> Callable[[int, np.ndarray, int], np.ndarray]:
     """grad(i, x, k) of worker i's local objective (1/2n_i)||A_i x - b_i||^2 + wd/2 ||x||^2."""
     shards = [workload.shard(config, i, config.num_clients) for i in range(config.num_clients)]
@@ -59,6 +86,81 @@ def gradient_oracle(config: RunConfig) -> Callable[[int, np.ndarray, int], np.nd
     return grad
 
 
+# --- runs on the in-process grid and the matrix rule they must equal --------------------
+
+
+def x0_of(config: RunConfig) -> np.ndarray:
+    """The initial model every worker starts from, as a float64 vector."""
+    return model_vector(initial_model(config)).double().numpy()
+
+
+def run_in_process(
+    config: RunConfig, seed: int = 0, engine: str = "inprocess"
+) -> tuple[RunResult, InProcessGrid]:
+    """The run of `config` through the real strategy and ClientApp on an in-process engine
+    (`simulations.runner.GRIDS`); `seed` shuffles delivery."""
+    grid = GRIDS[engine](client_app, config.num_clients, seed=seed)
+    return run(grid, config), grid
+
+
+def run_tiny(values: Mapping[str, Any]) -> RunResult:
+    """Run a config that passed the server's checks on the in-process grid; it must finish
+    finitely."""
+    config = RunConfig.from_mapping(values)
+    result = run(InProcessGrid(client_app, config.num_clients, seed=config.seed), config)
+    assert len(result.rounds) == config.num_rounds
+    for metrics in result.rounds:
+        assert all(math.isfinite(v) for v in metrics.values()), metrics
+    return result
+
+
+def reference_final(
+    config: RunConfig, result: RunResult, participants: Callable[[int], set[int]] | None = None
+) -> np.ndarray:
+    """X_{K+1} of the matrix rule for the spec that the run actually used (d x (m+v)), with
+    the config's seeded sample of workers per round unless `participants` says who trained."""
+    momentum, nesterov = algorithms.local_optimizer(config)
+    steps = config.num_rounds * result.spec.tau
+    m = result.spec.num_workers
+    return reference_trajectory(
+        result.spec,
+        x0_of(config),
+        gradient_oracle(config),
+        config.lr,
+        steps,
+        momentum=momentum,
+        nesterov=nesterov,
+        participants=participants
+        or (lambda r: participation.sample(config.seed, r, m, config.participation)),
+    )[-1]
+
+
+def answered(result: RunResult, m: int) -> Callable[[int], set[int]]:
+    """Who trained each round, as the run's fault events tell it."""
+    left_out: dict[int, set[int]] = {}
+    for e in result.events:
+        if e["kind"] in ("failed", "deadline", "rejected", "busy"):
+            left_out.setdefault(e["round"], set()).add(e["worker"])
+    return lambda r: set(range(m)) - left_out.get(r, set())
+
+
+def assert_matches_reference(
+    config: RunConfig, result: RunResult, workers: list[int] | None = None
+) -> None:
+    """The run's anchors and `workers`' (default all) final models equal the matrix rule
+    run over the workers that answered each round."""
+    m = result.spec.num_workers
+    workers = list(range(m)) if workers is None else workers
+    ref = reference_final(config, result, answered(result, m))
+    np.testing.assert_allclose(result.workers[workers], ref[:, workers].T, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.aux, ref[:, m:].T, rtol=0, atol=1e-6)
+
+
+# --- messages, and clients and grids that misbehave --------------------------------------
+
+ClientAppLike = Callable[[Message, Context], Message]
+
+
 def round_of(msg: Message) -> int | None:
     """The round a train message starts (None for other messages, and for an eager-reply
     message that only collects)."""
@@ -66,6 +168,198 @@ def round_of(msg: Message) -> int | None:
         return None
     header = msg.content.config_records[messages.HEADER]
     return int(header["round"]) if "round" in header else None
+
+
+def train_message(config: RunConfig, node: int, round_: int, x0: np.ndarray) -> Message:
+    """The server's train message that starts `round_` on `node` (round 1 carries `x0`)."""
+    header = {
+        "round": round_,
+        "local-steps": config.tau,
+        "update-rule": "mix-after-step",
+        "client-rule": "mix",
+    }
+    if round_ == 1:
+        arrays = messages.vector_record(**{messages.INIT: x0})
+    else:
+        header |= {"sync": round_ - 1, "self-weight": 1.0}
+        arrays = messages.vector_record()
+    content = messages.train_content(config, header, arrays)
+    return Message(content, node, MessageType.TRAIN, group_id=str(round_))
+
+
+def misbehaving(
+    partition: int, rounds: Iterable[int], action: Callable[[Message, Context], Message]
+) -> ClientAppLike:
+    """The real ClientApp, except that `partition`'s `rounds` go through `action`."""
+    rounds = set(rounds)
+
+    def app(msg: Message, context: Context) -> Message:
+        if context.node_config["partition-id"] == partition and round_of(msg) in rounds:
+            return action(msg, context)
+        return client_app(msg, context)
+
+    return app
+
+
+def explode(msg: Message, context: Context) -> Message:
+    raise RuntimeError("disk full on the device")
+
+
+def tamper(change: Callable[[Message], None]) -> Callable[[Message, Context], Message]:
+    """Run the round for real, then corrupt the reply with `change`."""
+
+    def action(msg: Message, context: Context) -> Message:
+        reply = client_app(msg, context)
+        change(reply)
+        return reply
+
+    return action
+
+
+def set_model(x_of: Callable[[np.ndarray], np.ndarray]) -> Callable[[Message], None]:
+    """A change to a reply that replaces its model x by `x_of(x)`."""
+
+    def change(reply: Message) -> None:
+        x = messages.read_vector(reply, messages.MODEL)
+        reply.content.array_records[messages.ARRAYS] = messages.vector_record(
+            **{messages.MODEL: x_of(x)}
+        )
+
+    return change
+
+
+class SlowNodeGrid(InProcessGrid):
+    """Holds back one node's reply to round `slow_round` until the server has moved on to
+    round `release_round`, like a device that is far too slow for one round."""
+
+    def __init__(self, partition: int, slow_round: int, release_round: int, num_nodes: int):
+        super().__init__(client_app, num_nodes)
+        by_partition = {c.node_config["partition-id"]: n for n, c in self.contexts.items()}
+        self.node = by_partition[partition]
+        self.slow_round, self.release_round = slow_round, release_round
+        self.slow_id: str | None = None
+        self.moved_on = False
+        self.held: Message | None = None
+
+    def push_messages(self, messages_: Iterable[Message]) -> Iterable[str]:
+        messages_ = list(messages_)
+        ids = list(super().push_messages(messages_))
+        for msg, msg_id in zip(messages_, ids, strict=True):
+            if msg.metadata.dst_node_id == self.node and round_of(msg) == self.slow_round:
+                self.slow_id = msg_id
+            self.moved_on |= (round_of(msg) or 0) >= self.release_round
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        wanted = list(message_ids)
+        out = []
+        for reply in super().pull_messages(wanted):
+            if reply.metadata.reply_to_message_id == self.slow_id:
+                self.held = reply
+            else:
+                out.append(reply)
+        if self.held is not None and self.moved_on and self.slow_id in wanted:
+            out.append(self.held)
+            self.held = None
+        return out
+
+
+# --- data files in their published formats ------------------------------------------------
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file as the format defines it: magic, big-endian dims, big-endian payload."""
+    header = bytes([0, 0, _IDX_CODES[array.dtype], array.ndim])
+    dims = np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + dims + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_mnist(
+    directory: Path, seed: int, compress: bool, sizes: tuple[int, int] = (30, 12)
+) -> tuple[np.ndarray, ...]:
+    """The four MNIST-format IDX files with random images and labels; returns the arrays."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = []
+    for n in sizes:
+        arrays.append(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        arrays.append(rng.integers(0, 10, n).astype(np.uint8))
+    for name, array in zip(MNIST_FILES, arrays, strict=True):
+        raw = idx_bytes(array)
+        if compress:
+            (directory / f"{name}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (directory / name).write_bytes(raw)
+    return tuple(arrays)
+
+
+def write_pickle(path: Path, doc: dict, protocol: int = 2) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump(doc, handle, protocol=protocol)
+
+
+def _cifar_images(rng: np.random.Generator, n: int) -> np.ndarray:
+    """N x 3072 uint8 rows whose three channel planes have clearly different statistics."""
+    planes = [rng.integers(lo, hi, (n, 1024)) for lo, hi in ((0, 256), (0, 64), (128, 256))]
+    return np.concatenate(planes, axis=1).astype(np.uint8)
+
+
+def write_cifar10(directory: Path, seed: int, per_batch: int = 6, test: int = 5) -> dict:
+    """data_batch_1..5 and test_batch as published: protocol-2 pickles with bytes keys."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    batches = {}
+    for name, n in [*((f"data_batch_{k}", per_batch) for k in range(1, 6)), ("test_batch", test)]:
+        doc = {
+            b"batch_label": f"{name} of 5".encode(),
+            b"labels": rng.integers(0, 10, n).tolist(),
+            b"data": _cifar_images(rng, n),
+            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+        }
+        write_pickle(directory / name, doc)
+        batches[name] = doc
+    return batches
+
+
+def write_cifar100(directory: Path, seed: int, sizes: tuple[int, int] = (40, 7)) -> dict:
+    """CIFAR-100's train and test files, with fine and coarse labels."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    parts = {}
+    for name, n in zip(("train", "test"), sizes, strict=True):
+        fine = rng.integers(0, 100, n)
+        fine[0] = 99
+        doc = {
+            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+            b"batch_label": f"{name} batch 1 of 1".encode(),
+            b"fine_labels": fine.tolist(),
+            b"coarse_labels": (fine // 5).tolist(),
+            b"data": _cifar_images(rng, n),
+        }
+        write_pickle(directory / name, doc)
+        parts[name] = doc
+    return parts
+
+
+# --- run directories written by hand -----------------------------------------------------
+
+
+def write_run(root: Path, name: str, rows: list[dict[str, Any]], **config: Any) -> Path:
+    """A run directory written by hand: config.json's config and metrics.jsonl."""
+    path = root / name
+    path.mkdir(parents=True)
+    mapping = RunConfig.from_mapping({"results-dir": "", **config}).to_mapping()
+    (path / "config.json").write_text(json.dumps({"config": mapping}))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 @pytest.fixture(autouse=True)

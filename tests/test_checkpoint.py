@@ -28,6 +28,7 @@ from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
 from simulations import results
 from simulations.inprocess import InProcessGrid
+from simulations.vectorized import VectorizedGrid
 from strategies import server_app
 from strategies.cooperative import RunResult
 from tests.conftest import TIMINGS, least_squares_config, round_of
@@ -261,3 +262,27 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path: Path
     assert RunConfig.from_mapping(
         json.loads((directory / "config.json").read_text())["config"]
     ).resume == str(directory)
+
+
+class CrashingVectorizedGrid(Crashes, VectorizedGrid):
+    def __init__(self, num_nodes: int, at: int) -> None:
+        super().__init__(client_app, num_nodes, seed=5)
+        self.at = at
+
+
+@pytest.mark.parametrize("algorithm", ["local-sgd", "overlap"])
+def test_a_crashed_run_on_the_vectorized_engine_resumes_to_the_uninterrupted_result(
+    tmp_path: Path, algorithm: str
+) -> None:
+    config = least_squares_config(algorithm=algorithm, num_rounds=6, momentum=0.9)
+    whole = run(VectorizedGrid(client_app, config.num_clients), config)
+    crashing = config.replace(results_dir=str(tmp_path))
+    with pytest.raises(Crash):
+        run(CrashingVectorizedGrid(config.num_clients, at=5), crashing)
+    (directory,) = tmp_path.iterdir()
+    assert checkpoint.read(directory)["round"] in (3, 4)
+    resumed = run(
+        VectorizedGrid(client_app, config.num_clients, seed=9),
+        crashing.replace(resume=str(directory)),
+    )
+    assert_same_run(whole, resumed)

@@ -9,7 +9,7 @@ from typing import cast
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, MessageType
+from flwr.app import Context, Message
 from flwr.proto.task_pb2 import Task
 from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
 from flwr.server.superlink.linkstate import InMemoryLinkState, LinkStateFactory
@@ -23,19 +23,19 @@ from flwr.superlink.grid import InMemoryGrid
 from clients import messages
 from clients.client_app import STATE_ARRAYS, STATE_META
 from clients.client_app import app as client_app
-from fedcoop.config import RunConfig
 from fedcoop.cooperative import reference_trajectory
-from fedcoop.training import model_vector
 from simulations.inprocess import InProcessGrid
 from strategies import cooperative
-from strategies.cooperative import CooperativeStrategy, RunFailed, RunResult
-from strategies.server_app import initial_model, run
-from tests.conftest import gradient_oracle, least_squares_config, round_of
-
-
-def x0_of(config: RunConfig) -> np.ndarray:
-    return model_vector(initial_model(config)).double().numpy()
-
+from strategies.cooperative import CooperativeStrategy, RunFailed
+from strategies.server_app import run
+from tests.conftest import (
+    gradient_oracle,
+    least_squares_config,
+    round_of,
+    run_in_process,
+    train_message,
+    x0_of,
+)
 
 # --- too few nodes -----------------------------------------------------------------------
 
@@ -142,22 +142,6 @@ def test_a_deployment_waits_for_supernodes_that_join_later(skipped_waits: Skippe
 # --- a message for the wrong round ------------------------------------------------------
 
 
-def train_message(config: RunConfig, node: int, round_: int, x0: np.ndarray) -> Message:
-    header = {
-        "round": round_,
-        "local-steps": config.tau,
-        "update-rule": "mix-after-step",
-        "client-rule": "mix",
-    }
-    if round_ == 1:
-        arrays = messages.vector_record(**{messages.INIT: x0})
-    else:
-        header |= {"sync": round_ - 1, "self-weight": 1.0}
-        arrays = messages.vector_record()
-    content = messages.train_content(config, header, arrays)
-    return Message(content, node, MessageType.TRAIN, group_id=str(round_))
-
-
 def test_the_same_round_twice_is_refused_with_the_last_round() -> None:
     config = least_squares_config()
     grid = InProcessGrid(client_app, config.num_clients)
@@ -194,11 +178,6 @@ def test_a_wrong_round_through_the_grid_comes_back_as_an_error_reply() -> None:
 
 
 # --- what a worker keeps between rounds -------------------------------------------------
-
-
-def run_in_process(config: RunConfig) -> tuple[RunResult, InProcessGrid]:
-    grid = InProcessGrid(client_app, config.num_clients)
-    return run(grid, config), grid
 
 
 @pytest.mark.parametrize("algorithm", ["local-sgd", "overlap"])

@@ -64,47 +64,44 @@ def replayed_steps(step_time: StepTime, seed: int, rounds: int, m: int = M) -> n
     return np.stack([step_time.sample(rng, m * TAU).reshape(m, TAU) for _ in range(rounds)])
 
 
-@pytest.mark.parametrize("comm", [0.5, 3.0])
-def test_local_sgd_pays_compute_up_and_down_every_round(comm: float) -> None:
-    up = down = comm / 2
-    clock = clock_of("local-sgd", up)
+@pytest.mark.parametrize(
+    ("algorithm", "transfer", "latency"),
+    [
+        ("local-sgd", 0.25, 0.0),
+        ("local-sgd", 1.5, 0.0),
+        ("local-sgd", 0.25, 0.1),  # the latency counts once per transfer
+        ("sync", 0.5, 0.0),
+        ("fedavg", 0.5, 0.0),
+        ("generalized-elastic", 0.5, 0.0),
+    ],
+)
+def test_columns_that_read_workers_pay_compute_up_and_down_every_round(
+    algorithm: str, transfer: float, latency: float
+) -> None:
+    """Local SGD's barrier, and every column that reads workers: each round computes, then
+    uploads and downloads, latency + transfer s each way."""
+    clock = clock_of(algorithm, transfer, latency=latency)
+    compute = clock.spec.tau * STEP  # sync forces tau = 1
+    up = down = latency + transfer
     times = run(clock, 5)
-    assert times == pytest.approx([r * (T + up) + (r - 1) * down for r in range(1, 6)])
-    assert clock.finish() == pytest.approx(5 * (T + up + down))
+    assert times == pytest.approx([r * (compute + up) + (r - 1) * down for r in range(1, 6)])
+    assert clock.finish() == pytest.approx(5 * (compute + up + down))
 
 
-def test_latency_counts_once_per_transfer() -> None:
-    clock = clock_of("local-sgd", 0.25, latency=0.1)
-    up = down = 0.1 + 0.25
-    assert run(clock, 3) == pytest.approx([r * (T + up) + (r - 1) * down for r in (1, 2, 3)])
-
-
-@pytest.mark.parametrize("up", [0.25, 0.75, 1.5])
-def test_overlap_hides_communication_behind_the_next_round(up: float) -> None:
-    """T + up for the first round, then max(T, up + down) per round (overlap eq. 10)."""
+@pytest.mark.parametrize(("up", "steady"), [(0.25, T), (0.75, 1.5), (1.5, 3.0)])
+def test_overlap_hides_communication_behind_the_next_round(up: float, steady: float) -> None:
+    """T + up for the first round, then max(T, up + down) per round (overlap eq. 10): the
+    steady-state round is the longer of compute and communication."""
     clock = clock_of("overlap", up)
-    times = run(clock, 6)
-    assert times == pytest.approx([T + up + (r - 1) * max(T, 2 * up) for r in range(1, 7)])
+    times = run(clock, 10)
+    assert times == pytest.approx([T + up + (r - 1) * max(T, 2 * up) for r in range(1, 11)])
+    assert np.diff(times)[-5:] == pytest.approx([steady] * 5)
     assert clock.finish() == pytest.approx(times[-1])
-
-
-def test_overlap_steady_state_round_is_max_of_compute_and_communication() -> None:
-    for up, expected in [(0.25, T), (1.5, 3.0)]:
-        times = run(clock_of("overlap", up), 10)
-        assert np.diff(times)[-5:] == pytest.approx([expected] * 5)
 
 
 @pytest.mark.parametrize("algorithm", ["easgd", "hierarchical", "cocod"])
 def test_every_anchor_only_column_pipelines_like_overlap(algorithm: str) -> None:
     assert run(clock_of(algorithm, 1.5), 5) == pytest.approx(run(clock_of("overlap", 1.5), 5))
-
-
-@pytest.mark.parametrize("algorithm", ["sync", "fedavg", "generalized-elastic"])
-def test_columns_that_read_workers_wait_for_them(algorithm: str) -> None:
-    """Barrier columns pay up and down every round, as Local SGD does."""
-    clock = clock_of(algorithm, 0.5)
-    compute = clock.spec.tau * STEP
-    assert run(clock, 3) == pytest.approx([r * (compute + 0.5) + (r - 1) * 0.5 for r in (1, 2, 3)])
 
 
 @pytest.mark.parametrize("distribution", ["constant", "exponential", "lognormal"])
@@ -150,13 +147,13 @@ def test_overlap_absorbs_a_straggler_that_local_sgd_waits_for() -> None:
     assert times["overlap"] == pytest.approx([1.5 + 0.25, 2 * T + 0.25])
 
 
-def test_seeded_random_step_times_are_deterministic() -> None:
-    for distribution in ["exponential", "lognormal"]:
-        step_time = StepTime(STEP, distribution)
-        a, b = (run(clock_of("local-sgd", 0.5, step_time=step_time, seed=3), 5) for _ in range(2))
-        other = run(clock_of("local-sgd", 0.5, step_time=step_time, seed=4), 5)
-        assert a == b
-        assert a != other
+@pytest.mark.parametrize("distribution", ["exponential", "lognormal"])
+def test_seeded_random_step_times_are_deterministic(distribution: str) -> None:
+    step_time = StepTime(STEP, distribution)
+    a, b = (run(clock_of("local-sgd", 0.5, step_time=step_time, seed=3), 5) for _ in range(2))
+    other = run(clock_of("local-sgd", 0.5, step_time=step_time, seed=4), 5)
+    assert a == b
+    assert a != other
 
 
 def test_a_workers_draws_do_not_depend_on_who_else_takes_part() -> None:
@@ -183,13 +180,17 @@ def test_constant_step_times_draw_nothing() -> None:
     assert list(StepTime(0.0, "lognormal").sample(rng, 2)) == [0.0, 0.0]
 
 
-def test_step_time_refuses_bad_values() -> None:
-    with pytest.raises(ConfigError, match="step-time-distribution"):
-        StepTime(0.1, "weibull")
-    with pytest.raises(ConfigError, match="step-time"):
-        StepTime(-0.1)
-    with pytest.raises(ConfigError, match="step-time-sigma"):
-        StepTime(0.1, "lognormal", sigma=-1.0)
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        ((0.1, "weibull"), "step-time-distribution"),
+        ((-0.1,), "step-time"),
+        ((0.1, "lognormal", -1.0), "step-time-sigma"),
+    ],
+)
+def test_step_time_refuses_bad_values(args: tuple, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        StepTime(*args)
 
 
 def test_partial_participation_shares_the_server_link_among_participants() -> None:

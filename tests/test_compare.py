@@ -15,6 +15,7 @@ from fedcoop import workload
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
 from simulations import cli, compare
+from tests.conftest import write_run
 
 TINY = [
     "dataset=mnist-embedded",
@@ -47,16 +48,6 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ]
     )
     return out
-
-
-def write_run(root: Path, name: str, rows: list[dict[str, Any]], **config: Any) -> Path:
-    """A run directory written by hand: config.json's config and metrics.jsonl."""
-    path = root / name
-    path.mkdir(parents=True)
-    mapping = RunConfig.from_mapping({"results-dir": "", **config}).to_mapping()
-    (path / "config.json").write_text(json.dumps({"config": mapping}))
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_compare_summary_rows_are_the_runs_metrics(compared: Path) -> None:

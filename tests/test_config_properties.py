@@ -11,7 +11,6 @@ listed as invalid is known to be refused by the key it belongs to.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from clients.client_app import app as client_app
 from fedcoop import algorithms, mixing, partitions, topology, workload
 from fedcoop.config import LR_SCHEDULES, STEP_TIME_DISTRIBUTIONS, RunConfig
 from fedcoop.cooperative import CooperativeSpec
 from fedcoop.errors import ConfigError
-from simulations.inprocess import InProcessGrid
-from strategies.cooperative import RunResult
-from strategies.server_app import run
+from tests.conftest import MATRIX_KEYS, TINY, named_key, run_tiny
 
 NAN, INF = math.nan, math.inf
-#: Parameter names by which a user matrix (matrix-file) is refused: W, W[i, j], zeta(W), ...
-MATRIX_KEYS = frozenset({"W", "matrix-file", "num-aux", "num-clients"})
 #: Matrix files that the "matrix-file" values below name, created once per module.
 MATRIX_FILES = {
     "ring4.npy": topology.weigh("metropolis-hastings", topology.ring(4)),
@@ -160,8 +154,6 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "decay-epochs": {"lr-schedule": "paper"},
     "eager-reply": {"algorithm": "local-sgd"},
 }
-#: The tiny least-squares run that the accepted configs are run with.
-TINY = {"dataset": "least-squares", "model": "linear", "batch-size": 0, "results-dir": ""}
 
 
 @pytest.fixture(scope="module")
@@ -182,12 +174,6 @@ def with_files(values: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     name = values.get("matrix-file")
     named = isinstance(name, str) and name
     return {**values, "matrix-file": str(folder / name)} if named else dict(values)
-
-
-def named_key(parameter: str) -> str:
-    """The config key (or W) that an error's parameter names: "W[:, 2].sum()" names W,
-    "classes_per_partition" names classes-per-partition."""
-    return re.sub(r"^zeta\(|\)$|\[.*$| column \d+$", "", parameter).replace("_", "-")
 
 
 def assert_names_a_key(error: ConfigError, values: Mapping[str, Any]) -> None:
@@ -279,16 +265,6 @@ def test_every_config_passes_the_checks_or_names_a_key(
     values: dict[str, Any], matrix_dir: Path
 ) -> None:
     checked(with_files(values, matrix_dir))
-
-
-def run_tiny(values: Mapping[str, Any]) -> RunResult:
-    """Run a config that passed `checked` on the in-process grid; it must finish finitely."""
-    config = RunConfig.from_mapping(values)
-    result = run(InProcessGrid(client_app, config.num_clients, seed=config.seed), config)
-    assert len(result.rounds) == config.num_rounds
-    for metrics in result.rounds:
-        assert all(math.isfinite(v) for v in metrics.values()), metrics
-    return result
 
 
 #: What a run of the property below may vary: everything but the data set and its size.

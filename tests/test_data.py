@@ -17,6 +17,7 @@ from fedcoop.data import (
     MNIST_STD,
     ArrayDataset,
     embedded_mnist_file,
+    generated,
     load_dataset,
     load_embedded_mnist,
     read_idx,
@@ -24,15 +25,7 @@ from fedcoop.data import (
     train_test_split,
 )
 from fedcoop.errors import ConfigError
-
-_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    """An IDX file as the format defines it: magic, big-endian dims, big-endian payload."""
-    header = bytes([0, 0, _CODES[array.dtype], array.ndim])
-    dims = np.asarray(array.shape, dtype=">u4").tobytes()
-    return header + dims + array.astype(array.dtype.newbyteorder(">")).tobytes()
+from tests.conftest import idx_bytes
 
 
 def _write(path: Path, raw: bytes, compress: bool) -> Path:
@@ -61,7 +54,7 @@ def split() -> tuple[ArrayDataset, ArrayDataset]:
     ids=["uint8", "int32", "float32"],
 )
 def test_read_idx_round_trips(tmp_path: Path, array: np.ndarray, compress: bool) -> None:
-    path = _write(tmp_path / "a.idx", _idx_bytes(array), compress)
+    path = _write(tmp_path / "a.idx", idx_bytes(array), compress)
     out = read_idx(path)
     assert out.dtype == array.dtype and out.dtype.isnative
     assert out.shape == array.shape
@@ -70,7 +63,7 @@ def test_read_idx_round_trips(tmp_path: Path, array: np.ndarray, compress: bool)
 
 @pytest.mark.parametrize("compress", [True, False])
 def test_read_idx_rejects_truncated_file(tmp_path: Path, compress: bool) -> None:
-    raw = _idx_bytes(np.zeros((3, 4), dtype=np.uint8))
+    raw = idx_bytes(np.zeros((3, 4), dtype=np.uint8))
     path = _write(tmp_path / "short.idx", raw[:-1], compress)
     with pytest.raises(ConfigError, match="needs 12 payload bytes, found 11") as info:
         read_idx(path)
@@ -78,13 +71,13 @@ def test_read_idx_rejects_truncated_file(tmp_path: Path, compress: bool) -> None
 
 
 def test_read_idx_rejects_trailing_bytes(tmp_path: Path) -> None:
-    path = _write(tmp_path / "long.idx", _idx_bytes(np.zeros(5, np.uint8)) + b"\0", False)
+    path = _write(tmp_path / "long.idx", idx_bytes(np.zeros(5, np.uint8)) + b"\0", False)
     with pytest.raises(ConfigError, match="needs 5 payload bytes, found 6"):
         read_idx(path)
 
 
 def test_read_idx_rejects_bad_magic(tmp_path: Path) -> None:
-    raw = bytearray(_idx_bytes(np.zeros(5, np.uint8)))
+    raw = bytearray(idx_bytes(np.zeros(5, np.uint8)))
     raw[0] = 0x7F
     path = _write(tmp_path / "magic.idx", bytes(raw), False)
     with pytest.raises(ConfigError, match="magic number 7f000801") as info:
@@ -93,14 +86,14 @@ def test_read_idx_rejects_bad_magic(tmp_path: Path) -> None:
 
 
 def test_read_idx_rejects_unknown_type_code(tmp_path: Path) -> None:
-    raw = bytearray(_idx_bytes(np.zeros(5, np.uint8)))
+    raw = bytearray(idx_bytes(np.zeros(5, np.uint8)))
     raw[2] = 0x0A
     with pytest.raises(ConfigError, match="type code 0x0A"):
         read_idx(_write(tmp_path / "code.idx", bytes(raw), True))
 
 
 def test_read_idx_rejects_corrupt_gzip(tmp_path: Path) -> None:
-    packed = gzip.compress(_idx_bytes(np.arange(100, dtype=np.uint8)))
+    packed = gzip.compress(idx_bytes(np.arange(100, dtype=np.uint8)))
     with pytest.raises(ConfigError, match="corrupt gzip"):
         read_idx(_write(tmp_path / "cut.idx.gz", packed[: len(packed) // 2], False))
 
@@ -287,7 +280,7 @@ def test_synthetic_shapes_devices_and_split(name: str) -> None:
     assert sizes.min() >= 50
     np.testing.assert_array_equal(n_train, (0.9 * sizes).astype(np.int64))  # 90/10 per device
     iid = name == "synthetic-iid"
-    seed = data._synthetic_seed(1.0, 1.0, iid)
+    seed = generated._synthetic_seed(1.0, 1.0, iid)
     drawn = np.random.default_rng(seed).lognormal(4, 2, 30).astype(np.int64) + 50
     np.testing.assert_array_equal(sizes, drawn)  # n_k = int(lognormal(4, 2)) + 50
     # Rows are grouped by device, in device order.

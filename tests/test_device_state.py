@@ -21,8 +21,7 @@ from fedcoop.config import RunConfig
 from simulations.inprocess import InProcessGrid
 from strategies.cooperative import RunResult
 from strategies.server_app import run
-from tests.conftest import least_squares_config
-from tests.test_client_errors import round_of
+from tests.conftest import least_squares_config, round_of
 
 RESTARTED = 1
 AT_ROUND = 3

@@ -26,14 +26,15 @@ from fedcoop.errors import ConfigError
 from fedcoop.local_rule import LocalRule, WorkerState
 from simulations.inprocess import InProcessGrid
 from strategies.server_app import run
-from tests.conftest import least_squares_config
-from tests.test_client_errors import train_message, x0_of
-from tests.test_faults import (
+from tests.conftest import (
     SlowNodeGrid,
     assert_matches_reference,
     explode,
+    least_squares_config,
     misbehaving,
     set_model,
+    train_message,
+    x0_of,
 )
 
 CASES = {

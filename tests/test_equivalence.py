@@ -11,51 +11,14 @@ literally - to 1e-6.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 
-from clients.client_app import app as client_app
-from fedcoop import algorithms, mixing, participation, topology
-from fedcoop.config import RunConfig
-from fedcoop.cooperative import reference_trajectory
+from fedcoop import mixing, participation, topology
 from fedcoop.training import model_vector
-from simulations.inprocess import InProcessGrid
 from simulations.runner import GRIDS
-from strategies.cooperative import RunResult
-from strategies.server_app import initial_model, run
-from tests.conftest import gradient_oracle, least_squares_config
-
-
-def run_in_process(
-    config: RunConfig, seed: int = 0, engine: str = "inprocess"
-) -> tuple[RunResult, InProcessGrid]:
-    grid = GRIDS[engine](client_app, config.num_clients, seed=seed)
-    return run(grid, config), grid
-
-
-def reference_final(
-    config: RunConfig, result: RunResult, participants: Callable[[int], set[int]] | None = None
-) -> np.ndarray:
-    """X_{K+1} of the matrix rule for the spec that the run actually used (d x (m+v)), with
-    the config's seeded sample of workers per round unless `participants` says who trained."""
-    x0 = model_vector(initial_model(config)).double().numpy()
-    momentum, nesterov = algorithms.local_optimizer(config)
-    steps = config.num_rounds * result.spec.tau
-    m = result.spec.num_workers
-    return reference_trajectory(
-        result.spec,
-        x0,
-        gradient_oracle(config),
-        config.lr,
-        steps,
-        momentum=momentum,
-        nesterov=nesterov,
-        participants=participants
-        or (lambda r: participation.sample(config.seed, r, m, config.participation)),
-    )[-1]
-
+from strategies.server_app import initial_model
+from tests.conftest import least_squares_config, reference_final, run_in_process
 
 CASES = {
     "sync": dict(algorithm="sync"),

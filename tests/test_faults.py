@@ -18,74 +18,19 @@ from flwr.app import Context, Message
 
 from clients import messages
 from clients.client_app import app as client_app
-from fedcoop.config import RunConfig
 from simulations.inprocess import InProcessGrid
-from strategies.cooperative import RunFailed, RunResult
+from strategies.cooperative import RunFailed
 from strategies.server_app import run
-from tests.conftest import least_squares_config, round_of
-from tests.test_equivalence import reference_final
-
-ClientAppLike = Callable[[Message, Context], Message]
-
-
-def misbehaving(
-    partition: int, rounds: Iterable[int], action: Callable[[Message, Context], Message]
-) -> ClientAppLike:
-    """The real ClientApp, except that `partition`'s `rounds` go through `action`."""
-    rounds = set(rounds)
-
-    def app(msg: Message, context: Context) -> Message:
-        if context.node_config["partition-id"] == partition and round_of(msg) in rounds:
-            return action(msg, context)
-        return client_app(msg, context)
-
-    return app
-
-
-def explode(msg: Message, context: Context) -> Message:
-    raise RuntimeError("disk full on the device")
-
-
-def tamper(change: Callable[[Message], None]) -> Callable[[Message, Context], Message]:
-    """Run the round for real, then corrupt the reply with `change`."""
-
-    def action(msg: Message, context: Context) -> Message:
-        reply = client_app(msg, context)
-        change(reply)
-        return reply
-
-    return action
-
-
-def set_model(x_of: Callable[[np.ndarray], np.ndarray]) -> Callable[[Message], None]:
-    def change(reply: Message) -> None:
-        x = messages.read_vector(reply, messages.MODEL)
-        reply.content.array_records[messages.ARRAYS] = messages.vector_record(
-            **{messages.MODEL: x_of(x)}
-        )
-
-    return change
-
-
-def answered(result: RunResult, m: int) -> Callable[[int], set[int]]:
-    """Who trained each round, as the run's fault events tell it."""
-    left_out: dict[int, set[int]] = {}
-    for e in result.events:
-        if e["kind"] in ("failed", "deadline", "rejected", "busy"):
-            left_out.setdefault(e["round"], set()).add(e["worker"])
-    return lambda r: set(range(m)) - left_out.get(r, set())
-
-
-def assert_matches_reference(
-    config: RunConfig, result: RunResult, workers: list[int] | None = None
-) -> None:
-    """The run's anchors and `workers`' (default all) final models equal the matrix rule
-    run over the workers that answered each round."""
-    m = result.spec.num_workers
-    workers = list(range(m)) if workers is None else workers
-    ref = reference_final(config, result, answered(result, m))
-    np.testing.assert_allclose(result.workers[workers], ref[:, workers].T, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(result.aux, ref[:, m:].T, rtol=0, atol=1e-6)
+from tests.conftest import (
+    SlowNodeGrid,
+    assert_matches_reference,
+    explode,
+    least_squares_config,
+    misbehaving,
+    round_of,
+    set_model,
+    tamper,
+)
 
 
 @pytest.mark.parametrize("algorithm", ["local-sgd", "overlap", "dpsgd"])
@@ -203,42 +148,6 @@ def test_a_worker_dead_from_round_3_ends_without_a_final_model() -> None:
     assert np.all(np.isfinite(result.workers[alive]))
     assert "worker-loss" in result.client_evaluation
     assert_matches_reference(config, result, alive)
-
-
-class SlowNodeGrid(InProcessGrid):
-    """Holds back one node's reply to round `slow_round` until the server has moved on to
-    round `release_round`, like a device that is far too slow for one round."""
-
-    def __init__(self, partition: int, slow_round: int, release_round: int, num_nodes: int):
-        super().__init__(client_app, num_nodes)
-        by_partition = {c.node_config["partition-id"]: n for n, c in self.contexts.items()}
-        self.node = by_partition[partition]
-        self.slow_round, self.release_round = slow_round, release_round
-        self.slow_id: str | None = None
-        self.moved_on = False
-        self.held: Message | None = None
-
-    def push_messages(self, messages_: Iterable[Message]) -> Iterable[str]:
-        messages_ = list(messages_)
-        ids = list(super().push_messages(messages_))
-        for msg, msg_id in zip(messages_, ids, strict=True):
-            if msg.metadata.dst_node_id == self.node and round_of(msg) == self.slow_round:
-                self.slow_id = msg_id
-            self.moved_on |= (round_of(msg) or 0) >= self.release_round
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        wanted = list(message_ids)
-        out = []
-        for reply in super().pull_messages(wanted):
-            if reply.metadata.reply_to_message_id == self.slow_id:
-                self.held = reply
-            else:
-                out.append(reply)
-        if self.held is not None and self.moved_on and self.slow_id in wanted:
-            out.append(self.held)
-            self.held = None
-        return out
 
 
 class BlockingPullGrid(InProcessGrid):

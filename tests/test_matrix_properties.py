@@ -24,7 +24,7 @@ from fedcoop import algorithms, mixing, topology
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import CooperativeSpec
 from fedcoop.errors import ConfigError
-from tests.test_config_properties import MATRIX_KEYS, TINY, named_key, run_tiny
+from tests.conftest import MATRIX_KEYS, TINY, named_key, run_tiny
 
 GRAPHS: dict[str, Callable[[int], np.ndarray]] = {
     "complete": topology.complete,

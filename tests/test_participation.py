@@ -10,6 +10,8 @@ from tests.conftest import spec_of
 
 SURVIVOR_SETS = [frozenset({0, 1, 2, 4}), frozenset({3}), frozenset({0, 5}), frozenset(range(5))]
 ALGORITHMS = ["local-sgd", "fedavg", "easgd", "dpsgd", "generalized-elastic", "hierarchical"]
+#: workers on the ring of the D-PSGD tests
+RING = 6
 
 
 @pytest.mark.parametrize("algorithm", [*ALGORITHMS, "overlap", "cocod"])
@@ -61,36 +63,43 @@ def test_easgd_on_the_survivors_is_easgd_of_fewer_workers() -> None:
     np.testing.assert_allclose(w[np.ix_(keep, keep)], smaller, atol=1e-15)
 
 
+def ring_round(survivors: frozenset[int]) -> np.ndarray:
+    """D-PSGD's W on the ring 0-1-2-3-4-5-0 for a round that only `survivors` answered."""
+    spec = spec_of("dpsgd", RING)
+    return participation.round_matrix(spec.w, RING, survivors, spec.reweight)
+
+
 def test_dpsgd_reweighs_the_surviving_ring_with_metropolis_hastings() -> None:
-    m = 6
-    spec = spec_of("dpsgd", m)
-    survivors = frozenset({0, 1, 2, 3})  # the ring 0-1-2-3-4-5-0 loses 4 and 5: a path
-    w = participation.round_matrix(spec.w, m, survivors, spec.reweight)
+    survivors = frozenset({0, 1, 2, 3})  # the ring loses 4 and 5: a path
+    w = ring_round(survivors)
     path = np.zeros((4, 4), dtype=bool)
     for a, b in [(0, 1), (1, 2), (2, 3)]:
         path[a, b] = path[b, a] = True
     np.testing.assert_allclose(w[:4, :4], topology.metropolis_hastings(path), atol=1e-15)
-    # worker 4 missed the sync: it adopts its surviving neighbour 3's model
-    np.testing.assert_allclose(w[:, 4], np.eye(m)[3], atol=1e-15)
-    assert participation.components(w, m, survivors) == 1
+    assert participation.components(w, RING, survivors) == 1
 
 
 def test_a_split_surviving_graph_mixes_in_parts() -> None:
-    m = 6
-    spec = spec_of("dpsgd", m)
     survivors = frozenset({0, 1, 3, 4})  # ring without 2 and 5: parts {0, 1} and {3, 4}
-    w = participation.round_matrix(spec.w, m, survivors, spec.reweight)
-    assert participation.components(w, m, survivors) == 2
+    w = ring_round(survivors)
+    assert participation.components(w, RING, survivors) == 2
     np.testing.assert_allclose(w[np.ix_([0, 1], [0, 1])], np.full((2, 2), 0.5), atol=1e-15)
     assert w[0, 3] == w[3, 0] == 0.0
 
 
-def test_a_missed_sync_with_no_surviving_source_is_the_identity() -> None:
-    m = 6
-    spec = spec_of("dpsgd", m)
-    w = participation.round_matrix(spec.w, m, frozenset({2, 3}), spec.reweight)
-    np.testing.assert_allclose(w[:, 0], np.eye(m)[0], atol=1e-15)  # neighbours 5, 1 missing
-    np.testing.assert_allclose(w[:, 1], np.eye(m)[2], atol=1e-15)  # neighbour 2 answered
+@pytest.mark.parametrize(
+    ("survivors", "worker", "adopts"),
+    [
+        ({0, 1, 2, 3}, 4, 3),  # its surviving neighbour 3's model
+        ({2, 3}, 0, 0),  # neighbours 5 and 1 are missing: the identity
+        ({2, 3}, 1, 2),  # neighbour 2 answered
+    ],
+)
+def test_a_worker_that_missed_the_sync_adopts_a_surviving_neighbour_or_keeps_its_model(
+    survivors: set[int], worker: int, adopts: int
+) -> None:
+    w = ring_round(frozenset(survivors))
+    np.testing.assert_allclose(w[:, worker], np.eye(RING)[adopts], atol=1e-15)
 
 
 def test_full_participation_is_w_itself() -> None:

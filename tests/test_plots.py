@@ -3,11 +3,14 @@ figures depend on nothing but the files (and show n/a, not an error, for missing
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from simulations import plots
-from tests.test_compare import write_run
+from tests.conftest import write_run
 
 #: The embedded MNIST split, so that the partition histogram has classes to draw.
 DATA = dict(dataset="mnist-embedded", model="logreg", num_clients=4, partition="iid")
@@ -34,45 +37,57 @@ def figures(directory: Path) -> set[str]:
     return {p.name for p in written}
 
 
-def test_every_figure_of_a_compare_directory(tmp_path: Path) -> None:
+def in_both_formats(*names: str) -> set[str]:
+    """The file names of the figures `names`, each written as PNG and as PDF."""
+    return {f"{n}.{s}" for n in names for s in ("png", "pdf")}
+
+
+def compare_directory(root: Path) -> Path:
+    """What fedcoop compare leaves: two algorithms x three tau, on a virtual clock."""
     for algorithm in ("local-sgd", "overlap"):
         for tau in (1, 2, 4):
             write_run(
-                tmp_path,
+                root,
                 f"{algorithm}-{tau}",
                 rows(tau, timed=True),
                 **DATA,
                 algorithm=algorithm,
                 tau=tau,
             )
-    names = {"rounds", "virtual-time", "pareto", "consensus", "partition"}
-    assert figures(tmp_path) == {f"{n}.{s}" for n in names for s in ("png", "pdf")}
+    return root
 
 
-def test_runs_without_a_virtual_clock_leave_its_figures_out(tmp_path: Path) -> None:
+def untimed_runs(root: Path) -> Path:
+    """Two runs without a virtual clock."""
     for tau in (1, 2):
-        write_run(tmp_path, f"run-{tau}", rows(tau, timed=False), **DATA, tau=tau)
-    assert figures(tmp_path) == {
-        f"{n}.{s}" for n in ("rounds", "consensus", "partition") for s in ("png", "pdf")
-    }
+        write_run(root, f"run-{tau}", rows(tau, timed=False), **DATA, tau=tau)
+    return root
 
 
-def test_a_single_run_directory_and_regression_data(tmp_path: Path) -> None:
+def regression_run(root: Path) -> Path:
+    """A single run directory, on a regression data set (no accuracy, no classes)."""
     run = [{k: v for k, v in r.items() if k != "test-accuracy"} for r in rows(2, timed=True)]
-    path = write_run(tmp_path, "run", run, dataset="least-squares", model="linear")
-    assert figures(path) == {
-        f"{n}.{s}"
-        for n in ("rounds", "virtual-time", "pareto", "consensus")
-        for s in ("png", "pdf")
-    }
+    return write_run(root, "run", run, dataset="least-squares", model="linear")
+
+
+@pytest.mark.parametrize(
+    ("write", "names"),
+    [
+        (compare_directory, ("rounds", "virtual-time", "pareto", "consensus", "partition")),
+        (untimed_runs, ("rounds", "consensus", "partition")),  # no virtual-clock figures
+        (regression_run, ("rounds", "virtual-time", "pareto", "consensus")),
+    ],
+    ids=["compare-directory", "no-virtual-clock", "single-regression-run"],
+)
+def test_every_figure_the_files_allow_and_no_other(
+    tmp_path: Path, write: Callable[[Path], Path], names: tuple[str, ...]
+) -> None:
+    assert figures(write(tmp_path)) == in_both_formats(*names)
 
 
 def test_one_histogram_per_distinct_split(tmp_path: Path) -> None:
     write_run(tmp_path, "a", rows(1, timed=False), **DATA)
     write_run(tmp_path, "b", rows(1, timed=False), **{**DATA, "seed": 1})
-    assert {n for n in figures(tmp_path) if n.startswith("partition")} == {
-        "partition.png",
-        "partition.pdf",
-        "partition-b.png",
-        "partition-b.pdf",
-    }
+    assert {n for n in figures(tmp_path) if n.startswith("partition")} == in_both_formats(
+        "partition", "partition-b"
+    )

@@ -15,7 +15,7 @@ from clients.client_app import app as client_app
 from fedcoop.config import RunConfig
 from simulations.inprocess import InProcessGrid
 from strategies.server_app import run
-from tests.test_datasets_ondisk import write_cifar10, write_cifar100, write_mnist
+from tests.conftest import write_cifar10, write_cifar100, write_mnist
 
 CASES = {
     "mnist-mlp-dirichlet": dict(dataset="mnist", model="mlp", partition="dirichlet"),

@@ -15,8 +15,7 @@ from flwr.simulation import run_simulation
 from clients.client_app import app as client_app
 from strategies.cooperative import RunResult
 from strategies.server_app import make_server_app
-from tests.conftest import least_squares_config
-from tests.test_equivalence import reference_final
+from tests.conftest import least_squares_config, reference_final
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,13 @@
 tests/test_equivalence.py runs every algorithm on it against the matrix rule (least squares,
 float64, 1e-6). Here: the train messages of a round really arrive as one batch; the image
 models give the in-process Flower path's per-round losses in float32 (relative 1e-5: the
-batched kernels round differently in the last bits, nothing else differs); and faults and
-a crash followed by a resume behave as on the Flower path.
+batched kernels round differently in the last bits, nothing else differs); and a NaN worker
+is rejected as on the Flower path (tests/test_checkpoint.py crashes and resumes a run on it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,15 +17,19 @@ from flwr.app import Context, Message
 
 from clients import client_app as client_module
 from clients.client_app import app as client_app
-from fedcoop import checkpoint
 from fedcoop.config import RunConfig
 from simulations.inprocess import InProcessGrid
 from simulations.vectorized import VectorizedGrid
 from strategies.server_app import run
-from tests.conftest import TIMINGS, least_squares_config, round_of
-from tests.test_checkpoint import Crash, Crashes, assert_same_run
-from tests.test_checkpoint import run as run_with_files
-from tests.test_faults import assert_matches_reference, misbehaving, set_model, tamper
+from tests.conftest import (
+    TIMINGS,
+    assert_matches_reference,
+    least_squares_config,
+    misbehaving,
+    round_of,
+    set_model,
+    tamper,
+)
 
 FLOAT32_RTOL = 1e-5
 
@@ -108,25 +111,3 @@ def test_a_nan_worker_is_rejected_and_the_rest_follow_the_matrix_rule(algorithm:
     assert_matches_reference(config, result)
     flower = InProcessGrid(misbehaving(1, [2], tamper(NAN)), config.num_clients)
     np.testing.assert_allclose(result.workers, run(flower, config).workers, rtol=0, atol=1e-12)
-
-
-class CrashingVectorizedGrid(Crashes, VectorizedGrid):
-    def __init__(self, num_nodes: int, at: int) -> None:
-        super().__init__(client_app, num_nodes, seed=5)
-        self.at = at
-
-
-@pytest.mark.parametrize("algorithm", ["local-sgd", "overlap"])
-def test_a_crashed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, algorithm: str) -> None:
-    config = least_squares_config(algorithm=algorithm, num_rounds=6, momentum=0.9)
-    whole = run(VectorizedGrid(client_app, config.num_clients), config)
-    crashing = config.replace(results_dir=str(tmp_path))
-    with pytest.raises(Crash):
-        run_with_files(CrashingVectorizedGrid(config.num_clients, at=5), crashing)
-    (directory,) = tmp_path.iterdir()
-    assert checkpoint.read(directory)["round"] in (3, 4)
-    resumed = run_with_files(
-        VectorizedGrid(client_app, config.num_clients, seed=9),
-        crashing.replace(resume=str(directory)),
-    )
-    assert_same_run(whole, resumed)
