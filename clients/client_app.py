@@ -41,7 +41,7 @@ from fedcoop import algorithms, checkpoint, workload
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.local_rule import LocalRule, WorkerState
-from fedcoop.training import LocalSGD, default_device, loss_function, model_vector
+from fedcoop.training import LocalSGD, default_device, loss_function
 
 LOG = logging.getLogger("flwr.fedcoop")
 _T = TypeVar("_T")
@@ -113,10 +113,7 @@ def _worker(config: RunConfig, context: Context) -> WorkerState:
     """A worker that holds this node's shard and no model yet (the template's values,
     which its first message replaces)."""
     partition_id, num_partitions = _node_partition(context)
-    rule = _rule(config)
-    return rule.worker(
-        workload.shard(config, partition_id, num_partitions), model_vector(rule.model)
-    )
+    return _rule(config).worker(workload.shard(config, partition_id, num_partitions))
 
 
 def _restore(rule: LocalRule, worker: WorkerState, state: RecordDict) -> None:

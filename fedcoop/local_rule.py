@@ -36,7 +36,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from fedcoop.augment import Augmentation
 from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.data import ArrayDataset
-from fedcoop.training import LocalSGD, evaluate, load_model_vector
+from fedcoop.training import LocalSGD, evaluate, load_model_vector, model_vector
 
 
 @dataclass
@@ -72,14 +72,14 @@ class LocalRule:
     ) -> None:
         self.device = device
         #: a template only: the workers' values are passed in with every call
-        self.model = model.to(device=device, dtype=dtype)
+        self._model = model.to(device=device, dtype=dtype)
         self.dtype = dtype
         self.sgd = sgd
         self.lr_at = lr_at or (lambda _: sgd.lr)
         self.augment = augment
         self.loss_fn = loss_fn
-        entries = [(k, t) for k, t in self.model.state_dict().items() if t.is_floating_point()]
-        params = dict(self.model.named_parameters())
+        entries = [(k, t) for k, t in self._model.state_dict().items() if t.is_floating_point()]
+        params = dict(self._model.named_parameters())
         offsets, start = {}, 0
         for name, t in entries:
             offsets[name] = (start, t.numel(), t.shape)
@@ -95,6 +95,9 @@ class LocalRule:
             self._index = torch.cat(
                 [torch.arange(offsets[k][0], offsets[k][0] + offsets[k][1]) for k in self._names]
             ).to(device)
+        # Read now: while functional_call runs, the template holds another thread's
+        # transformed tensors, and touching them from outside corrupts that transform.
+        self._blank = model_vector(self._model)
         #: the template module is swapped in and out by functional_call: one caller at a time
         self._lock = threading.Lock()
         self._batched = vmap(grad_and_value(self._loss))
@@ -105,10 +108,11 @@ class LocalRule:
         return not self._buffers
 
     # -- workers --------------------------------------------------------------------------
-    def worker(self, data: ArrayDataset, x: torch.Tensor) -> WorkerState:
-        """A worker holding `data` (kept on the device for good) and starting from `x`."""
+    def worker(self, data: ArrayDataset, x: torch.Tensor | None = None) -> WorkerState:
+        """A worker holding `data` (kept on the device for good) and starting from `x` (by
+        default the template's own values, taken before any worker's were swapped in)."""
         data = ArrayDataset(x=data.x.to(self.device), y=data.y.to(self.device))
-        return WorkerState(data=data, x=self.vector(x))
+        return WorkerState(data=data, x=self.vector(self._blank if x is None else x))
 
     def vector(self, x: torch.Tensor) -> torch.Tensor:
         """A copy of a flat vector on the rule's device, in its dtype."""
@@ -129,8 +133,8 @@ class LocalRule:
     def evaluate(self, worker: WorkerState, test: ArrayDataset) -> tuple[float, float]:
         """(loss, accuracy) of the worker's own model on `test`."""
         with self._lock:
-            load_model_vector(self.model, worker.x)
-            return evaluate(self.model, test)
+            load_model_vector(self._model, worker.x)
+            return evaluate(self._model, test)
 
     # -- the rules --------------------------------------------------------------------------
     def apply_sync(
@@ -283,7 +287,7 @@ class LocalRule:
 
     def _loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of one worker's flat parameters on its batch (what vmap maps)."""
-        return self.loss_fn(functional_call(self.model, self._unflatten(params), (x,)), y)
+        return self.loss_fn(functional_call(self._model, self._unflatten(params), (x,)), y)
 
     def _unflatten(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named views of one worker's flat parameters, shaped as the model's."""
@@ -300,7 +304,7 @@ class LocalRule:
         buffers updates each worker's own buffers (rows of x) in place."""
         params = self.parameters_of(x)
         with self._lock:
-            self.model.train()
+            self._model.train()
             if self.batched:
                 grads, values = self._batched(params, inputs, targets)
                 return grads.detach(), values.detach()
@@ -310,7 +314,7 @@ class LocalRule:
                 tensors = self._unflatten(p)
                 for name, (start, size, shape) in self._buffers:
                     tensors[name] = x[b, start : start + size].view(shape)
-                out = functional_call(self.model, tensors, (inputs[b],))
+                out = functional_call(self._model, tensors, (inputs[b],))
                 loss = self.loss_fn(out, targets[b])
                 (g,) = torch.autograd.grad(loss, p)
                 grads.append(g)
