@@ -236,7 +236,7 @@ class Coordinator:
     def ready(self) -> list[Dispatch]:
         """Messages that can be sent now; each is marked in flight."""
         out = []
-        for i in range(self.spec.num_workers):
+        for i in self._candidates():
             if i in self._late or i in self._ahead:
                 continue
             if i not in self._busy:
@@ -259,6 +259,16 @@ class Coordinator:
             init = i not in self._trained and payload is None
             out.append(Dispatch(i, r, steps, payload, init=init))
         return out
+
+    def _candidates(self) -> list[int]:
+        """The workers a message may be ready for: those sampled for the next two rounds
+        (a payload is known at most one round past the last settled one) and those running
+        a round (eager replies), so that a round's bookkeeping follows the cohort."""
+        workers = set(self._busy)
+        for r in (self._settled + 1, self._settled + 2):
+            if r <= self.num_rounds + 1:
+                workers |= self.sampled(r)
+        return sorted(workers)
 
     # -- what the workers answer ---------------------------------------------------------
     def record(self, worker: int, round_: int, model: np.ndarray) -> str | None:
@@ -436,11 +446,7 @@ class Coordinator:
                 continue
             source = reports[j] if j < m else self._aux[sync - 1][j - m]
             mix = w[j, worker] * source if mix is None else mix + w[j, worker] * source
-        # a reset not yet delivered (the worker got no message since) still applies
-        unsent = self._pending.get(worker)
-        reset = worker in self._rejected.get(sync, set()) or (
-            adopt and unsent is not None and unsent.reset
-        )
+        reset = worker in self._rejected.get(sync, set()) or (adopt and self._resets(worker, sync))
         if adopt and mix is None:
             if not reset:
                 return None
@@ -451,6 +457,12 @@ class Coordinator:
             mix = mix.astype(self.x0.dtype, copy=False)
         self_weight = 0.0 if adopt else float(w[worker, worker])
         return Payload(worker, sync, self_weight, mix, adopt=adopt, reset=reset)
+
+    def _resets(self, worker: int, sync: int) -> bool:
+        """Whether the worker's payload of `sync` must reset it: its update of that round
+        was rejected, or a reset not yet delivered (no message since) still applies."""
+        unsent = self._pending.get(worker)
+        return worker in self._rejected.get(sync, set()) or (unsent is not None and unsent.reset)
 
     def _settle(self) -> None:
         """Settle every round, in order, whose sampled workers have all been heard of."""
@@ -488,33 +500,47 @@ class Coordinator:
             )
         survivors = frozenset(reports)
         w = participation.round_matrix(spec.w, m, survivors, spec.reweight)
-        stacked = np.zeros((m + spec.num_aux, self.x0.size), dtype=np.float64)
-        for i, x in reports.items():
-            stacked[i] = x
+        alive = sorted(survivors)
+        # Only the survivors' and auxiliary rows of W_S are non-zero off the diagonal, so
+        # the mix reads the cohort's models and never an m x d table.
+        models = np.stack([reports[i] for i in alive]).astype(np.float64)
         prev = self._aux[round_ - 1]
-        stacked[m:] = prev
         if spec.num_aux:
-            mixed = w[:, m:].T @ stacked
+            mixed = w[alive, m:].T @ models + w[m:, m:].T @ prev
             self._velocity = spec.anchor_momentum * self._velocity + (mixed - prev)
             # Kept in the model's dtype: a float32 model must not travel as float64.
             self._aux[round_] = (prev + self._velocity).astype(self.x0.dtype, copy=False)
         else:
             self._aux[round_] = prev
+        # Workers whose columns are equal (every worker that adopts the survivors' average
+        # under a star rule) share one payload, so a round costs the cohort, not m.
+        shared: dict[tuple[bytes, bytes, bool], Payload | None] = {}
         for i in range(m):
             if (i, round_) in self._early:
                 if i in survivors:
                     continue
                 # eager: its early payload assumed a report that did not come
                 del self._early[i, round_]
-            payload = self._payload(i, round_, w, reports, adopt=i not in survivors)
+            adopt = i not in survivors
+            if adopt and not self._resets(i, round_):
+                sources = np.flatnonzero(w[:, i])
+                key = (sources.tobytes(), w[sources, i].tobytes(), adopt)
+                if key not in shared:
+                    shared[key] = self._payload(i, round_, w, reports, adopt=True)
+                payload = shared[key]
+                payload = None if payload is None else dataclasses.replace(payload, worker=i)
+            else:
+                payload = self._payload(i, round_, w, reports, adopt=adopt)
             if payload is not None:
                 self._pending[i] = payload
-        alive = sorted(survivors)
         if spec.client_rule is ClientRule.CORRECTION:
-            average = stacked[alive].mean(axis=0)
+            average = models.mean(axis=0)
         else:
-            average = (w[:, alive].T @ stacked).mean(axis=0)
-        spread = stacked[alive] - stacked[alive].mean(axis=0)
+            columns = w[alive][:, alive].T @ models
+            if spec.num_aux:
+                columns += w[m:, alive].T @ prev
+            average = columns.mean(axis=0)
+        spread = models - models.mean(axis=0)
         self._summaries.append(
             RoundSummary(
                 round=round_,
