@@ -116,6 +116,7 @@ class RunConfig:
     #: virtual clock: sigma of the log-normal step time (stragglers)
     step_time_sigma: float = 0.5
     #: virtual clock: a link preset (fedcoop.clock.LINK_PRESETS) or "<ms>ms/<mbit>mbit"
+    #: (docs/virtual-clock.md)
     link: str = "datacenter-10g"
     #: share of the workers sampled (seeded by seed and the round) to train in each round
     participation: float = 1.0
