@@ -34,73 +34,111 @@ MAX_SEED = 2**63 - 1
 class RunConfig:
     """One run, fully specified. Field names are the config keys with '-' -> '_'."""
 
+    #: the algorithm, by its name in the README's table (fedcoop.algorithms)
     algorithm: str = "local-sgd"
+    #: m, the number of workers (= simulated SuperNodes)
     num_clients: int = 8
+    #: communication rounds; one round is tau local steps on every worker and one sync
     num_rounds: int = 20
+    #: local SGD steps per round (sync forces 1)
     tau: int = 4
+    #: the local SGD learning rate (eta)
     lr: float = 0.05
+    #: local SGD momentum (eamsgd: 0.9 if left at 0)
     momentum: float = 0.0
+    #: Nesterov momentum for the local steps (needs momentum > 0)
     nesterov: bool = False
+    #: local SGD weight decay
     weight_decay: float = 0.0
+    #: samples per local step, per worker; 0 = full batch
     batch_size: int = 32
     #: pullback / elasticity; "auto": EASGD 2/(m+2) (Lemma 1), generalized elastic Lemma 2,
-    #: overlap 0.6, hierarchical 1/(largest group + 1)
+    #: overlap 0.6, hierarchical 1/(largest group + 1); EASGD needs 0 < alpha < 2/(m+1)
     alpha: float | str = AUTO
     #: the overlap paper's anchor momentum beta; "auto": 0.7 for overlap, 0 otherwise
     anchor_momentum: float | str = AUTO
+    #: graph of dpsgd and generalized-elastic (fedcoop.topology)
     topology: str = "ring"
+    #: how the graph's edges are weighted into W (fedcoop.topology)
     weighting: str = "metropolis-hastings"
+    #: hierarchical: the number of groups of workers, one anchor each
     groups: int = 2
     #: "auto": the algorithm's rule; or "mix-after-step" (eq. 10) / "mix-before-step" (Remark 1)
     update_rule: str = AUTO
+    #: cooperative: W as .npy or .csv, an absolute path
     matrix_file: str = ""
+    #: cooperative: v, the number of auxiliary nodes in matrix-file
     num_aux: int = 0
+    #: the data set (docs/data.md)
     dataset: str = "mnist-embedded"
     #: where image data sets live ("" = FEDCOOP_DATA, then the known offline locations)
     data_root: str = ""
+    #: held-out share, for the data sets without an official split
     test_fraction: float = 0.2
+    #: alpha of FedProx Synthetic(alpha, beta): how much the devices' models differ
     synthetic_alpha: float = 1.0
+    #: beta of FedProx Synthetic(alpha, beta): how much the devices' inputs differ
     synthetic_beta: float = 1.0
+    #: the model every worker trains (resnet18 and vgg16 in their CIFAR forms, vgg16 with
+    #: BatchNorm)
     model: str = "cnn"
+    #: how the training data is split over the workers (natural: one Synthetic device each)
     partition: str = "iid"
+    #: dirichlet partition: concentration of each worker's class shares
     dirichlet_alpha: float = 0.5
+    #: pathological partition: classes per worker
     classes_per_partition: int = 2
+    #: skewed partition (the overlap paper's non-IID split): share of each worker's samples from its
+    #: one major class
     major_fraction: float = 0.64
+    #: shards partition: label-sorted shards per worker
     shards_per_partition: int = 2
     #: "constant", or "paper": linear warm-up then step decay (Goyal et al.; overlap paper)
     lr_schedule: str = "constant"
+    #: the "paper" schedule's linear warm-up from lr, in epochs (one epoch is one pass over an
+    #: average worker's shard)
     warmup_epochs: float = 5.0
     #: epochs (comma separated) at which the "paper" schedule multiplies lr by decay-factor
     decay_epochs: str = "150,250"
+    #: the "paper" schedule's factor at each of decay-epochs
     decay_factor: float = 0.1
     #: multiply lr by num-clients (the linear scaling rule the papers' schedule uses)
     scale_lr_by_workers: bool = False
+    #: seeds the data split, partitions, initial model, batches and augmentation
     seed: int = 0
+    #: where each run writes its directory ("" = none)
     results_dir: str = "~/fedcoop-runs"
+    #: seconds without any reply before the run stops with an error
     round_timeout: float = 600.0
-    #: virtual clock: mean seconds of one local step on one worker, its distribution
-    #: ("constant", "exponential", "lognormal") and the log-normal's sigma (stragglers)
+    #: virtual clock: mean seconds of one local step on one worker
     step_time: float = 0.05
+    #: virtual clock: distribution of a step's duration, same mean (docs/virtual-clock.md)
     step_time_distribution: str = "constant"
+    #: virtual clock: sigma of the log-normal step time (stragglers)
     step_time_sigma: float = 0.5
     #: virtual clock: a link preset (fedcoop.links.LINK_PRESETS) or "<ms>ms/<mbit>mbit"
+    #: (docs/virtual-clock.md)
     link: str = "datacenter-10g"
-    #: share of the workers sampled (seeded) to train in each round
+    #: share of the workers sampled (seeded by seed and the round) to train in each round
     participation: float = 1.0
     #: seconds a worker may take to answer a round before it is left out of it (0 = no limit)
     round_deadline: float = 0.0
     #: a worker answers each message with its previous round's model and runs the new
     #: round's local steps after answering, so its link works while it computes (rules
-    #: whose workers read only auxiliary nodes; fedcoop.coordinator)
+    #: whose workers read only auxiliary nodes: overlap, easgd, eamsgd, hierarchical, cocod;
+    #: with participation 1 and no update-norm-bound; docs/deployment.md)
     eager_reply: bool = False
-    #: share of a round's sampled workers that must answer, else the run stops
+    #: share of a round's sampled workers that must answer, else the run stops naming every
+    #: reason
     quorum: float = 0.5
     #: reject a model farther than this many times the round's median distance from the
     #: round's median model (0 = off)
     update_norm_bound: float = 0.0
-    #: write a checkpoint after every this many rounds (0 = never)
+    #: write the run directory's checkpoint after every this many rounds (0 = never; needs a
+    #: results-dir)
     checkpoint_every: int = 1
-    #: a run directory whose checkpoint this run continues ("" = start afresh)
+    #: a run directory whose checkpoint this run continues, under the config it started with
+    #: ("" = start afresh)
     resume: str = ""
 
     @classmethod
