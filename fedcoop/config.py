@@ -137,6 +137,9 @@ class RunConfig:
     #: write the run directory's checkpoint after every this many rounds (0 = never; needs a
     #: results-dir)
     checkpoint_every: int = 1
+    #: workers whose own final model is evaluated on the test set after the run, a seeded
+    #: sample (0 = every worker): evaluating all m would cost m passes over the test set
+    eval_workers: int = 100
     #: a run directory whose checkpoint this run continues, under the config it started with
     #: ("" = start afresh)
     resume: str = ""
@@ -245,6 +248,7 @@ class RunConfig:
         if not self.update_norm_bound >= 0:
             raise ConfigError("update-norm-bound", self.update_norm_bound, "must be >= 0 (0 = off)")
         _at_least("checkpoint-every", self.checkpoint_every, 0)
+        _at_least("eval-workers", self.eval_workers, 0)
         for key in _NUMBER_OR_AUTO:
             value = getattr(self, key)
             if isinstance(value, str) and value != AUTO:

@@ -22,7 +22,7 @@ uses W_S, a matrix over the workers S that answered:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 import networkx as nx
 import numpy as np
@@ -41,6 +41,15 @@ def sample(seed: int, round_: int, num_workers: int, fraction: float) -> frozens
     k = max(1, round(fraction * num_workers))
     rng = np.random.default_rng([seed, round_])
     return frozenset(int(i) for i in rng.choice(num_workers, size=k, replace=False))
+
+
+def subset(seed: int, workers: Sequence[int], size: int) -> list[int]:
+    """`size` of `workers` (all of them when size is 0 or at least their number), drawn
+    seeded by `seed`, in order: which workers a run evaluates at its end."""
+    if not size or size >= len(workers):
+        return list(workers)
+    rng = np.random.default_rng([seed, len(workers), size])
+    return sorted(int(w) for w in rng.choice(workers, size=size, replace=False))
 
 
 def _present(w: np.ndarray, m: int, survivors: Collection[int]) -> np.ndarray:

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid
 
 from clients import messages
-from fedcoop import algorithms, checkpoint
+from fedcoop import algorithms, checkpoint, participation
 from fedcoop.clock import VirtualClock
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import CooperativeSpec
@@ -158,8 +158,9 @@ class CooperativeStrategy:
         except QuorumLost as lost:
             raise RunFailed(str(lost)) from None
         result.aux = coordinator.aux
-        alive = [node_of[i] for i in range(len(node_of)) if np.all(np.isfinite(result.workers[i]))]
-        result.client_evaluation = self._evaluate_clients(grid, alive)
+        alive = [i for i in range(len(node_of)) if np.all(np.isfinite(result.workers[i]))]
+        chosen = participation.subset(self.config.seed, alive, self.config.eval_workers)
+        result.client_evaluation = self._evaluate_clients(grid, [node_of[i] for i in chosen])
         return result
 
     def _await_nodes(self, grid: Grid) -> list[int]:
@@ -581,7 +582,8 @@ class CooperativeStrategy:
         return row
 
     def _evaluate_clients(self, grid: Grid, nodes: list[int]) -> dict[str, float]:
-        """Each worker that ended the run evaluates its own final model; the mean over them."""
+        """Each of `nodes` (the workers that ended the run, or a sample of them) evaluates its
+        own final model; the mean over them."""
         content = RecordDict({messages.CONFIG: messages.config_record(self.config)})
         out = [Message(content, node, MessageType.EVALUATE, group_id="final") for node in nodes]
         replies = self._gather(grid, out, tolerant=True)

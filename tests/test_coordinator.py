@@ -433,3 +433,36 @@ def test_a_reset_not_yet_delivered_survives_the_next_missed_sync() -> None:
     ready = driver.poll()
     assert ready[1].round == 3 and ready[1].payload.adopt and ready[1].payload.reset
     assert not ready[3].payload.reset
+
+
+# --- a round costs the cohort -------------------------------------------------------------
+
+
+def test_workers_that_adopt_the_same_column_share_one_payload() -> None:
+    """FedAvg over 40 workers, 4 sampled a round: the 36 others all adopt the survivors'
+    average, held once, so a round's payloads cost the cohort and not m."""
+    m = 40
+    spec = spec_of("local-sgd", m, tau=1)
+    coordinator = Coordinator(spec, X0, num_rounds=3, participation=0.1, seed=2)
+    driver = Driver(coordinator)
+    first = driver.poll()
+    assert len(first) == 4
+    reports = models(3, m)
+    for i in first:
+        driver.reply(i, reports[i])
+    second = driver.poll()
+    pending = coordinator._pending
+    adopters = set(range(m)) - set(first) - set(second)
+    assert len(adopters) >= 32 and adopters <= set(pending)
+    mixes = {id(pending[i].mix) for i in adopters}
+    assert len(mixes) == 1
+    average = reports[sorted(first)].mean(axis=0)
+    for i in adopters:
+        assert pending[i].worker == i and pending[i].adopt and pending[i].self_weight == 0.0
+        np.testing.assert_allclose(pending[i].mix, average, rtol=0, atol=1e-12)
+    # only the next cohort was released; those that missed round 1 adopt the same average
+    for d in second.values():
+        if d.worker in first:
+            continue
+        assert d.payload is not None and d.payload.adopt
+        np.testing.assert_allclose(d.payload.mix, average, rtol=0, atol=1e-12)

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message
+from flwr.app import Context, Message, MessageType
 
 from clients import messages
 from clients.client_app import app as client_app
+from fedcoop import participation
 from simulations.inprocess import InProcessGrid
 from strategies.cooperative import RunFailed
 from strategies.server_app import run
@@ -199,3 +200,21 @@ def test_a_late_worker_misses_rounds_and_its_late_reply_is_discarded() -> None:
     assert [row["participants"] for row in result.rounds] == [5, 4, 4, 5, 5, 5]
     assert grid.overlapping_messages == 0
     assert_matches_reference(config, result)
+
+
+def test_the_final_evaluation_asks_a_seeded_sample_of_the_workers() -> None:
+    """eval-workers=3 of 6: three evaluate messages, to the workers the seed picks."""
+    config = least_squares_config(num_clients=6, eval_workers=3, seed=4)
+    asked: list[int] = []
+
+    def app(msg: Message, context: Context) -> Message:
+        if msg.metadata.message_type == MessageType.EVALUATE:
+            asked.append(int(context.node_config["partition-id"]))
+        return client_app(msg, context)
+
+    result = run(InProcessGrid(app, 6), config)
+    assert sorted(asked) == participation.subset(4, list(range(6)), 3)
+    assert len(asked) == 3 and "worker-loss" in result.client_evaluation
+    asked.clear()
+    run(InProcessGrid(app, 6), config.replace(eval_workers=0))
+    assert sorted(asked) == list(range(6))
