@@ -109,25 +109,26 @@ def _rule(config: RunConfig) -> LocalRule:
     )
 
 
-def _worker(config: RunConfig, context: Context) -> WorkerState:
-    """A worker that holds this node's shard and no model yet (the template's values,
-    which its first message replaces)."""
+def _worker(config: RunConfig, context: Context, state: RecordDict | None = None) -> WorkerState:
+    """This node's worker as `state` (context.state after a round) saved it, or with none
+    yet, holding only its shard and the template's values, which its first message
+    replaces."""
     partition_id, num_partitions = _node_partition(context)
-    return _rule(config).worker(workload.shard(config, partition_id, num_partitions))
-
-
-def _restore(rule: LocalRule, worker: WorkerState, state: RecordDict) -> None:
+    rule = _rule(config)
+    shard = workload.shard(config, partition_id, num_partitions)
+    if state is None:
+        return rule.worker(shard)
     arrays = state.array_records[STATE_ARRAYS]
 
     def tensor(key: str) -> torch.Tensor | None:
-        if key not in arrays:
-            return None
-        return rule.vector(torch.from_numpy(arrays[key].numpy()))
+        return rule.vector(torch.from_numpy(arrays[key].numpy())) if key in arrays else None
 
-    worker.x = tensor(messages.MODEL)
+    worker = rule.worker(shard, torch.from_numpy(arrays[messages.MODEL].numpy()))
     worker.momentum, worker.snapshot, worker.pending = (
         tensor(k) for k in ("momentum", "snapshot", "pending")
     )
+    worker.steps_done = int(state.config_records[STATE_META]["steps"])
+    return worker
 
 
 def _save(
@@ -238,11 +239,7 @@ def _current_worker(config: RunConfig, context: Context) -> WorkerState:
     live = _LIVE.get((context.run_id, context.node_id))
     if meta is not None and live is not None and live[0] == meta["token"] and live[1] == config:
         return live[2]
-    worker = _worker(config, context)
-    if meta is not None:
-        _restore(_rule(config), worker, context.state)
-        worker.steps_done = int(meta["steps"])
-    return worker
+    return _worker(config, context, None if meta is None else context.state)
 
 
 def _last_round(state: RecordDict) -> int:

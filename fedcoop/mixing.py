@@ -103,6 +103,11 @@ def _check_mixes(a: np.ndarray, name: str, num_workers: int, *, symmetric: bool)
                 f"{who} never receives from any other node (column {i} is e_{i}), so it "
                 "never mixes; zeta = 1",
             )
+    if np.array_equal(a, np.repeat(a[:, :1], n, axis=1)):
+        # W = p 1^T (J, FedAvg's weights): every column is the same average, so one sync
+        # reaches consensus (zeta = 0) without the O(n^3) spectrum, which costs seconds at
+        # thousands of workers.
+        return
     z = zeta(a) if symmetric else column_zeta(a)
     if z >= 1.0 - _TOL:
         raise ConfigError(

@@ -8,7 +8,7 @@ them; results are cached per process because clients ask on every message.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import torch
@@ -109,7 +109,9 @@ def shard(config: RunConfig, partition_id: int, num_partitions: int) -> data.Arr
     return _shard(_data_part(config), partition_id, num_partitions)
 
 
-@lru_cache(maxsize=256)
+# Unbounded: the shards of one split add up to one copy of the training set, and a process
+# serving m nodes asks for each of them every round (a bound below m would rebuild them all).
+@cache
 def _shard(config: RunConfig, partition_id: int, num_partitions: int) -> data.ArrayDataset:
     train, _ = load_split(config)
     return train.subset(partition_indices(config, num_partitions)[partition_id])

@@ -364,3 +364,23 @@ def test_valid_tau_accepts(tau: int) -> None:
 def test_valid_tau_refuses(tau: object) -> None:
     with pytest.raises(ConfigError, match="tau="):
         mixing.valid_tau(tau)
+
+
+def test_a_rank_one_average_is_accepted_without_its_spectrum(monkeypatch) -> None:
+    """W = p 1^T (J, FedAvg's weights) reaches consensus in one sync: validate needs no
+    O(n^3) spectrum for it, which at thousands of workers would take seconds."""
+
+    def refuse(*_: object) -> float:
+        raise AssertionError("the spectrum was computed")
+
+    monkeypatch.setattr(mixing, "zeta", refuse)
+    monkeypatch.setattr(mixing, "column_zeta", refuse)
+    p = np.arange(1.0, 7.0) / 21.0
+    w = np.repeat(p[:, None], 6, axis=1)
+    np.testing.assert_allclose(
+        mixing.validate(w, num_workers=6, num_aux=0, symmetric=False, nonnegative=True), w
+    )
+    mixing.validate(mixing.averaging(6), num_workers=6, num_aux=0, symmetric=True, nonnegative=True)
+    ring = topology.weigh("metropolis-hastings", topology.ring(6))
+    with pytest.raises(AssertionError, match="spectrum"):
+        mixing.validate(ring, num_workers=6, num_aux=0, symmetric=True, nonnegative=True)
