@@ -3,6 +3,7 @@
     fedcoop run algorithm=overlap tau=2 num-clients=8
     fedcoop run --engine inprocess dataset=least-squares model=linear num-rounds=5
     fedcoop compare --grid algorithm=overlap,local-sgd --grid tau=2,8 --target 0.85 --out cmp
+    fedcoop compare --grid tau=2,8 --seeds 3 --out cmp     (mean, std and 95% CI per grid point)
     fedcoop plot cmp
     fedcoop run --config simulations/experiments/fedprox-synthetic.toml num-rounds=10
     fedcoop analyze algorithm=easgd num-clients=8
@@ -14,8 +15,9 @@
 Arguments are run-config keys as `key=value`, exactly as `flwr run --run-config` takes them;
 `--config FILE.toml` reads them from a file first. `compare` sweeps the keys given with
 `--grid key=v1,v2` (or `key=[TOML array]` for values that hold commas, such as decay-epochs)
-over the fixed ones; in its TOML file a `[grid]` table holds the swept keys' arrays and a
-`[compare]` table its options (target, out, engine, quiet, cpus-per-client, gpus-per-client).
+over the fixed ones, each grid point `--seeds N` times (seed, seed+1, ...); in its TOML file a
+`[grid]` table holds the swept keys' arrays and a `[compare]` table its options (target, out,
+seeds, engine, quiet, cpus-per-client, gpus-per-client).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from simulations.engines import ENGINES
 COMPARE_OPTIONS: dict[str, Any] = {
     "target": None,
     "out": None,
+    "seeds": 1,
     "engine": "simulation",
     "quiet": False,
     "cpus-per-client": 1.0,
@@ -129,7 +132,7 @@ def _compare(args: argparse.Namespace) -> None:
     }
     options = _compare_options(args, file.pop("compare", {}))
     fixed = {**file, **{k: _value(raw) for k, raw in _pairs(args.overrides).items()}}
-    configs = compare.expand(fixed, grid)
+    configs = compare.expand(fixed, grid, seeds=options["seeds"])
     root = Path(configs[0].results_dir or RunConfig().results_dir).expanduser()
     out = compare.sweep(
         configs,
@@ -205,6 +208,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     sweep.add_argument("--target", type=float, help="test accuracy to time (default: none)")
     sweep.add_argument("--out", help="new compare directory (default: results-dir/compare-TIME)")
+    sweep.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="runs per grid point, seeds seed..seed+N-1 (default: 1); the summary gives each "
+        "figure's mean, std and 95%% CI over them",
+    )
     _engine_arguments(sweep, dict.fromkeys(COMPARE_OPTIONS))
     figures = commands.add_parser("plot", help="draw every figure of a run or compare directory")
     figures.add_argument("directory", type=Path)

@@ -122,3 +122,46 @@ def test_a_run_that_loses_its_quorum_exits_1_with_every_reason(
         cli.main(["run", *argv, "results-dir=''", "--engine", "inprocess", "--quiet"])
     assert exit_.value.code == 1
     assert "error: round 1: " in capsys.readouterr().err
+
+
+def test_compare_refuses_seeds_with_a_swept_seed_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmp"
+    refused = {
+        ("--seeds", "2", "--grid", "seed=0,1"): "seeds=2 is invalid: conflicts with the swept "
+        "key seed=[0, 1]",
+        ("--seeds", "0"): "seeds=0 is invalid: a whole number of seeds",
+    }
+    for argv, message in refused.items():
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["compare", *LEAST_SQUARES, *argv, "--out", str(out), "--engine", "inprocess"])
+        assert exit_.value.code == 2
+        assert f"error: {message}" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything ran
+
+
+def test_compare_reads_seeds_from_its_toml_table(tmp_path: Path) -> None:
+    """[compare] seeds = 2 over the file's seed 3: runs with seeds 3 and 4, one grid point."""
+    out = tmp_path / "cmp"
+    config = tmp_path / "compare.toml"
+    config.write_text(
+        f"""
+        dataset = "least-squares"
+        model = "linear"
+        num-clients = 2
+        num-rounds = 2
+        seed = 3
+        [compare]
+        out = "{out}"
+        seeds = 2
+        engine = "inprocess"
+        quiet = true
+        """
+    )
+    cli.main(["compare", "--config", str(config)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(r["seed"] for r in summary["runs"]) == [3, 4]
+    (point,) = summary["grid-points"]
+    assert point["n"] == 2 and sorted(point["seeds"]) == [3, 4]
+    assert point["final-test-loss-std"] is not None

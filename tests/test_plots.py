@@ -7,9 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
 
-from simulations import plots
+from simulations import compare, plots
 from tests.conftest import write_run
 
 #: The embedded MNIST split, so that the partition histogram has classes to draw.
@@ -91,3 +94,54 @@ def test_one_histogram_per_distinct_split(tmp_path: Path) -> None:
     assert {n for n in figures(tmp_path) if n.startswith("partition")} == in_both_formats(
         "partition", "partition-b"
     )
+
+
+def _bands(figure: Figure) -> list[list[PolyCollection]]:
+    """The shaded bands (fill_between) on each axes of a figure."""
+    return [[c for c in ax.collections if isinstance(c, PolyCollection)] for ax in figure.axes]
+
+
+def test_seeds_of_a_grid_point_are_drawn_as_mean_and_band(tmp_path: Path) -> None:
+    """Three seeds of tau=1 (offset by 0, 0.1, 0.2) become one mean line with a +-1 std band;
+    tau=2, with one seed, stays a plain line."""
+    for seed, shift in enumerate((0.0, 0.1, 0.2)):
+        shifted = [
+            {k: v + shift if k not in ("round", "virtual-time") else v for k, v in row.items()}
+            for row in rows(1, timed=True)
+        ]
+        write_run(tmp_path, f"a-{seed}", shifted, **DATA, tau=1, seed=seed)
+    write_run(tmp_path, "b", rows(2, timed=True), **DATA, tau=2)
+    runs = compare.load_runs(tmp_path)
+    labels = [compare.label(r.config, compare.point_keys([r.config for r in runs])) for r in runs]
+    figure = plots.curves(runs, labels, "round")
+    assert figure is not None and "± 1 sample std" in figure.get_suptitle()
+    assert [len(bands) for bands in _bands(figure)] == [1, 1, 1]
+    loss_axes = figure.axes[0]
+    mean, single = loss_axes.get_lines()
+    plain = [r["train-loss"] for r in rows(1, timed=True)]
+    np.testing.assert_allclose(mean.get_ydata(), np.array(plain) + 0.1)
+    assert mean.get_label() == "local-sgd tau=1 (mean ± 1 sd, 3 seeds)"
+    assert single.get_label() == "local-sgd tau=2"
+    (band,) = _bands(figure)[0]
+    low, high = band.get_paths()[0].vertices[:, 1].min(), band.get_paths()[0].vertices[:, 1].max()
+    assert low == pytest.approx(min(plain)) and high == pytest.approx(max(plain) + 0.2)
+    pareto = plots.pareto(runs, [])
+    assert pareto is not None and len(pareto.axes[0].containers) == 1  # the seeds' error bars
+    assert "± 1 sample std" in pareto.axes[0].get_title()
+    assert {"rounds.png", "virtual-time.png", "pareto.png", "consensus.png"} <= figures(tmp_path)
+
+
+def test_single_seed_runs_are_drawn_without_a_band(tmp_path: Path) -> None:
+    for tau in (1, 2):
+        write_run(tmp_path, f"run-{tau}", rows(tau, timed=True), **DATA, tau=tau)
+    runs = compare.load_runs(tmp_path)
+    labels = [compare.label(r.config, ["tau"]) for r in runs]
+    for x_key in ("round", "virtual-time"):
+        figure = plots.curves(runs, labels, x_key)
+        assert figure is not None and figure.get_suptitle() == ""
+        assert _bands(figure) == [[], [], []]
+        assert [len(ax.get_lines()) for ax in figure.axes] == [2, 2, 2]
+    consensus = plots.consensus(runs, labels)
+    assert consensus is not None and _bands(consensus) == [[]]
+    pareto = plots.pareto(runs, [])
+    assert pareto is not None and pareto.axes[0].containers == []
