@@ -111,7 +111,7 @@ class ClaimRuns:
 
 def run_in_process(config: RunConfig) -> compare.RecordedRun:
     """Run one config (results-dir set) in this process; its run as read back from disk."""
-    result = run_config(config, engine="inprocess", quiet=True)
+    result = run_config(config, engine="vectorized", quiet=True)
     assert result.directory is not None, "a run with a results-dir writes its results"
     return compare.load_run(result.directory)
 
