@@ -61,6 +61,7 @@ def test_certificates_name_every_host_and_chain_to_the_ca(tmp_path: Path) -> Non
     ]
     server.verify_directly_issued_by(ca)
     assert (tmp_path / "server.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "ca.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_node_keys_are_openssh_p384_pairs(tmp_path: Path) -> None:
@@ -70,6 +71,42 @@ def test_node_keys_are_openssh_p384_pairs(tmp_path: Path) -> None:
         public = (tmp_path / f"supernode-{i}.pub").read_text()
         assert public.startswith("ecdsa-sha2-nistp384 ")
         assert key.public_key() == load_ssh_public_key(public.encode())
+        assert (tmp_path / f"supernode-{i}.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_superexec_secrets_are_fresh_and_owner_only(tmp_path: Path) -> None:
+    first = credentials.superexec_secret(tmp_path, 0)
+    again = first.read_bytes()
+    assert credentials.superexec_secret(tmp_path, 0).read_bytes() != again
+    assert len(again) == 32 and first.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_superlink_will_not_start_without_tls_unless_told_insecure(tmp_path: Path) -> None:
+    """No --certs and no --insecure, both, or a certs directory without the SuperLink's
+    files: refused with a message saying what to give, before anything starts."""
+    state, certs, partial = tmp_path / "state", tmp_path / "certs", tmp_path / "partial"
+    credentials.write_certificates(certs, ["127.0.0.1"])
+    partial.mkdir()
+    (partial / "ca.crt").write_bytes((certs / "ca.crt").read_bytes())
+
+    def refusal(*flags: str) -> str:
+        port = str(free_port())
+        try:
+            with pytest.raises(SystemExit) as refused:
+                cli.main(["deploy", "superlink", "--state", str(state), "--host", "127.0.0.1",
+                          "--port", port, *flags])  # fmt: skip
+        finally:
+            processes.stop(state)  # should the refusal fail, nothing stays running
+        assert not state.exists()  # no pid file, no log, no shim: nothing started
+        return str(refused.value)
+
+    no_tls = "superlink: give --certs DIR (TLS), or --insecure to run without TLS"
+    assert refusal() == no_tls
+    assert refusal("--certs", str(certs), "--insecure") == no_tls
+    assert refusal("--certs", str(partial)) == (
+        f"superlink: --certs {partial} has no server.crt, server.key "
+        f"(write them with `deploy certs {partial}`)"
+    )
 
 
 def test_connection_is_added_to_flwr_config_keeping_others(
