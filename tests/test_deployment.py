@@ -4,11 +4,10 @@ The slow tests start a SuperLink (TLS, node authentication) and three SuperNodes
 helper, exactly as docs/deployment.md tells a user to, submit runs with `flwr run`, and check
 that each run's final models equal those of the same config simulated in-process, and that a
 run rides out a SuperNode killed mid-run, which then rejoins from the state it kept on its
-device. The same deployment refuses a SuperNode whose key is not registered, and one
-without the SuperLink's CA; and after a run, no log, process home or results file holds a
-private key or SuperExec secret. Every process is started on free ports under the test's own
-state directory and FLWR_HOME, and stopped by pid (with its descendants) however the test
-ends.
+device; that it refuses SuperNodes with an unregistered key or without its CA, and that no
+file but their own holds a private key or SuperExec secret after a run. Every process is
+started on free ports under the test's own state directory and FLWR_HOME, and stopped by pid
+(with its descendants) however the test ends.
 """
 
 from __future__ import annotations
@@ -390,8 +389,8 @@ def test_a_killed_supernode_is_left_out_then_rejoins_from_its_state(
 
 # -- who may connect, and what stays secret ---------------------------------------------------
 def _refused(d: Deployment, name: str, *flags: str) -> str:
-    """The log of Flower's SuperNode started with `flags` against the SuperLink, which must
-    give up and exit (refused) within 60 s; killed by pid, with its children, if not."""
+    """The log of Flower's SuperNode started with `flags`, which must be refused and exit
+    within 60 s (else it is killed by pid, with its children)."""
     log = d.state / f"{name}.log"
     command = ["flower-supernode", "--superlink", d.superlink, "--isolation", "process",
                "--node-config", f"partition-id=0 num-partitions={NODES}",
