@@ -17,6 +17,7 @@ from deploy.commands import (
     DEFAULT_HEARTBEAT,
     DEFAULT_POLL,
     DEFAULT_PULL_TIMEOUT,
+    SUPERLINK_TLS,
     serverapp_shim,
     superlink_command,
     supernode_commands,
@@ -46,6 +47,13 @@ def _cmd_keys(args: argparse.Namespace) -> None:
 
 def _cmd_superlink(args: argparse.Namespace) -> None:
     _tls_or_insecure(args.insecure, args.certs, "superlink", "--certs DIR")
+    if not args.insecure:
+        missing = [f for f in SUPERLINK_TLS.values() if not (args.certs / f).is_file()]
+        if missing:
+            raise SystemExit(
+                f"superlink: --certs {args.certs} has no {', '.join(missing)} "
+                f"(write them with `deploy certs {args.certs}`)"
+            )
     command = superlink_command(
         None if args.insecure else args.certs, args.host, args.port, not args.no_node_auth
     )

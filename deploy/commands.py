@@ -23,6 +23,14 @@ def helper_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "deploy", *args]
 
 
+#: flower-superlink's TLS flags and the file of a `certs` directory each takes
+SUPERLINK_TLS = {
+    "--ssl-ca-certfile": "ca.crt",
+    "--ssl-certfile": "server.crt",
+    "--ssl-keyfile": "server.key",
+}
+
+
 def superlink_command(
     certs: Path | None, host: str, port: int, node_auth: bool = True
 ) -> list[str]:
@@ -31,11 +39,7 @@ def superlink_command(
     if certs is None:
         return [*command, "--insecure"]
     certs = certs.resolve()
-    command += [
-        "--ssl-ca-certfile", str(certs / "ca.crt"),
-        "--ssl-certfile", str(certs / "server.crt"),
-        "--ssl-keyfile", str(certs / "server.key"),
-    ]  # fmt: skip
+    command += [arg for flag, name in SUPERLINK_TLS.items() for arg in (flag, str(certs / name))]
     return [*command, "--enable-supernode-auth"] if node_auth else command
 
 

@@ -38,6 +38,10 @@ LOG = logging.getLogger("flwr.fedcoop")
 #: the federation's size, which will not change, so there is nothing to wait for.
 SIMULATED_NODES_GRACE = 5.0
 
+#: Bytes a serialized model array may take beyond the model's own: its .npy header (128 for
+#: a flat vector). A reply's model array larger than that is rejected before it is decoded.
+NPY_HEADER_BYTES = 1024
+
 #: (model vector) -> metrics of the server-side evaluation, e.g. test loss and accuracy
 EvaluateFn = Callable[[np.ndarray], dict[str, float]]
 
@@ -319,7 +323,8 @@ class CooperativeStrategy:
                     missed(e.awaited, "failed", reply.error.reason, still_running=False)
                     continue
                 if e.collect is not None:
-                    self._take_report(reply, e.collect, coordinator, tally, event)
+                    node = node_of[e.collect.worker]
+                    self._take_report(reply, e.collect, node, coordinator, tally, event)
                 start = e.start
                 # eager: unless its report was rejected, the device now runs `start`
                 if (
@@ -376,13 +381,15 @@ class CooperativeStrategy:
         self,
         reply: Message,
         d: Dispatch,
+        node: int,
         coordinator: Coordinator,
         tally: _Tally,
         event: Callable[[int, int, str, str], None],
     ) -> None:
-        """Give the coordinator the model a reply reports for dispatch `d` (or reject it)."""
+        """Give the coordinator the model a reply from `node` (the message's destination)
+        reports for dispatch `d` (or reject it)."""
         tally.traffic.setdefault(d.round, [0, 0])[0] += _nbytes(reply)
-        x, problem = _read_reply(reply, d)
+        x, problem = _read_reply(reply, d, node, self.x0.nbytes + NPY_HEADER_BYTES)
         self._answered[d.worker] = d.round
         if problem is None and messages.STATE_META in reply.content.config_records:
             # (a rejected reply's state is asked for afresh at the checkpoint)
@@ -601,13 +608,23 @@ class CooperativeStrategy:
             raise RunFailed(f"{who} failed: {reply.error.reason}")
 
 
-def _read_reply(reply: Message, d: Dispatch) -> tuple[np.ndarray, str | None]:
+def _read_reply(
+    reply: Message, d: Dispatch, node: int, max_bytes: int
+) -> tuple[np.ndarray, str | None]:
     """The model a reply carries, or why the reply is unusable (checked before the
-    coordinator sees the model: the arrays and the round the worker says it ran)."""
+    coordinator sees the model: who sent it, its arrays and their size, before any is
+    decoded, and the round the worker says it ran). `node`: the message's destination;
+    `max_bytes`: the most a serialized model array may take."""
+    src = reply.metadata.src_node_id
+    if src != node:
+        return np.empty(0), f"reply from node {src}, the message was for node {node}"
     arrays = reply.content.array_records.get(messages.ARRAYS)
     keys = sorted(arrays) if arrays is not None else []
     if keys != [messages.MODEL]:
         return np.empty(0), f"arrays {keys}, expected exactly ['{messages.MODEL}']"
+    size = len(arrays[messages.MODEL].data)
+    if size > max_bytes:
+        return np.empty(0), f"model array of {size} bytes, expected at most {max_bytes}"
     metrics = reply.content.metric_records.get(messages.METRICS)
     said = None if metrics is None else metrics.get("round")
     if said != d.round:

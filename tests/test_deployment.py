@@ -4,14 +4,18 @@ The slow tests start a SuperLink (TLS, node authentication) and three SuperNodes
 helper, exactly as docs/deployment.md tells a user to, submit runs with `flwr run`, and check
 that each run's final models equal those of the same config simulated in-process, and that a
 run rides out a SuperNode killed mid-run, which then rejoins from the state it kept on its
-device. Every process is started on free ports under the test's own state directory and
-FLWR_HOME, and stopped by pid (with its descendants) however the test ends.
+device; that it refuses SuperNodes with an unregistered key or without its CA, and that no
+file but their own holds a private key or SuperExec secret after a run. Every process is
+started on free ports under the test's own state directory and FLWR_HOME, and stopped by pid
+(with its descendants) however the test ends.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +29,7 @@ import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import (
+    load_pem_private_key,
     load_ssh_private_key,
     load_ssh_public_key,
 )
@@ -61,6 +66,7 @@ def test_certificates_name_every_host_and_chain_to_the_ca(tmp_path: Path) -> Non
     ]
     server.verify_directly_issued_by(ca)
     assert (tmp_path / "server.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "ca.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_node_keys_are_openssh_p384_pairs(tmp_path: Path) -> None:
@@ -70,6 +76,42 @@ def test_node_keys_are_openssh_p384_pairs(tmp_path: Path) -> None:
         public = (tmp_path / f"supernode-{i}.pub").read_text()
         assert public.startswith("ecdsa-sha2-nistp384 ")
         assert key.public_key() == load_ssh_public_key(public.encode())
+        assert (tmp_path / f"supernode-{i}.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_superexec_secrets_are_fresh_and_owner_only(tmp_path: Path) -> None:
+    first = credentials.superexec_secret(tmp_path, 0)
+    again = first.read_bytes()
+    assert credentials.superexec_secret(tmp_path, 0).read_bytes() != again
+    assert len(again) == 32 and first.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_superlink_will_not_start_without_tls_unless_told_insecure(tmp_path: Path) -> None:
+    """No --certs and no --insecure, both, or a certs directory without the SuperLink's
+    files: refused with a message saying what to give, before anything starts."""
+    state, certs, partial = tmp_path / "state", tmp_path / "certs", tmp_path / "partial"
+    credentials.write_certificates(certs, ["127.0.0.1"])
+    partial.mkdir()
+    (partial / "ca.crt").write_bytes((certs / "ca.crt").read_bytes())
+
+    def refusal(*flags: str) -> str:
+        port = str(free_port())
+        try:
+            with pytest.raises(SystemExit) as refused:
+                cli.main(["deploy", "superlink", "--state", str(state), "--host", "127.0.0.1",
+                          "--port", port, *flags])  # fmt: skip
+        finally:
+            processes.stop(state)  # should the refusal fail, nothing stays running
+        assert not state.exists()  # no pid file, no log, no shim: nothing started
+        return str(refused.value)
+
+    no_tls = "superlink: give --certs DIR (TLS), or --insecure to run without TLS"
+    assert refusal() == no_tls
+    assert refusal("--certs", str(certs), "--insecure") == no_tls
+    assert refusal("--certs", str(partial)) == (
+        f"superlink: --certs {partial} has no server.crt, server.key "
+        f"(write them with `deploy certs {partial}`)"
+    )
 
 
 def test_connection_is_added_to_flwr_config_keeping_others(
@@ -343,3 +385,119 @@ def test_a_killed_supernode_is_left_out_then_rejoins_from_its_state(
         last, steps = (int(v) for v in f["meta"])
     assert last == rounds + 1
     assert steps >= tau * (rounds - len(missed)), (steps, sorted(missed))
+
+
+# -- who may connect, and what stays secret ---------------------------------------------------
+def _refused(d: Deployment, name: str, *flags: str) -> str:
+    """The log of Flower's SuperNode started with `flags`, which must be refused and exit
+    within 60 s (else it is killed by pid, with its children)."""
+    log = d.state / f"{name}.log"
+    command = ["flower-supernode", "--superlink", d.superlink, "--isolation", "process",
+               "--node-config", f"partition-id=0 num-partitions={NODES}",
+               "--host", "127.0.0.1", "--port", str(free_port()), *flags]  # fmt: skip
+    env = processes.process_env(d.state / "home" / name)
+    with log.open("w") as out:
+        node = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        code = node.wait(timeout=60)
+    finally:
+        for pid in processes.process_tree(node.pid) if node.poll() is None else []:
+            os.kill(pid, signal.SIGKILL)
+        node.wait()
+    text = log.read_text()
+    assert code != 0 and "Failed to initialize the connection to the SuperLink." in text, text
+    return text
+
+
+@pytest.mark.slow
+def test_a_supernode_whose_key_is_not_registered_is_refused(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """TLS is fine, but the SuperLink knows no node by this key: its activation fails
+    (HTTP 412, Flower's FLEET_NODE_ACTIVATION_FAILED) and the SuperNode exits before it
+    pulls anything; the federation keeps its registered nodes only."""
+    credentials.write_node_keys(tmp_path, 1)
+    superlink_log = processes.log_file(deployment.state, "superlink")
+    before = superlink_log.stat().st_size
+    log = _refused(deployment, "unregistered", "--root-certificates", str(deployment.ca),
+                   "--auth-supernode-private-key", str(tmp_path / "supernode-0.key"))  # fmt: skip
+    assert "[code: 2004] Failed to activate SuperNode." in log
+    with superlink_log.open() as f:
+        f.seek(before)
+        assert "No SuperNode found with the given public key." in f.read()
+    assert len(_nodes(deployment)) == NODES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ca", ["another", "none"])
+def test_a_supernode_without_the_superlinks_ca_cannot_connect(
+    deployment: Deployment, tmp_path: Path, ca: str
+) -> None:
+    """With another CA's certificate, or none (no --root-certificates, not --insecure: the
+    system's CAs), the TLS handshake fails and the SuperNode exits. Its key is unregistered,
+    so a handshake that wrongly succeeded would fail later, with another message."""
+    credentials.write_node_keys(tmp_path, 1)
+    flags = ["--auth-supernode-private-key", str(tmp_path / "supernode-0.key")]
+    if ca == "another":
+        credentials.write_certificates(tmp_path / "other", ["localhost", "127.0.0.1"])
+        flags += ["--root-certificates", str(tmp_path / "other" / "ca.crt")]
+    log = _refused(deployment, f"ca-{ca}", *flags)
+    assert "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed" in log
+    assert ("Using system certificates for TLS connection" in log) == (ca == "none")
+
+
+def _leak_patterns(d: Deployment) -> dict[Path, list[bytes]]:
+    """Each private key and SuperExec secret file of the deployment -> the forms its secret
+    would show in if it leaked: raw, hex, decimal, and for a key the base64 that encodes its
+    secret scalar in the PEM file (so a pasted PEM shows too)."""
+    out = {}
+    for path in [*(d.root / "certs").glob("*.key"), *(d.root / "keys").glob("*.key")]:
+        pem = path.read_bytes()
+        load = load_ssh_private_key if b"OPENSSH" in pem else load_pem_private_key
+        value = load(pem, None).private_numbers().private_value
+        secret = value.to_bytes((value.bit_length() + 7) // 8, "big")
+        body = b"".join(line for line in pem.splitlines() if not line.startswith(b"-----"))
+        start = base64.b64decode(body).find(secret)
+        assert start >= 0
+        # the base64 characters that encode the secret's bytes and nothing else
+        encoded = body[4 * -(-start // 3) : 4 * ((start + len(secret)) // 3)]
+        out[path] = [secret, secret.hex().encode(), str(value).encode(), encoded]
+    for path in d.state.glob("*.secret"):
+        secret = path.read_bytes()
+        b64 = [base64.b64encode(secret), base64.urlsafe_b64encode(secret)]
+        out[path] = [secret, secret.hex().encode(), *(b.rstrip(b"=") for b in b64)]
+    return out
+
+
+@pytest.mark.slow
+def test_no_secret_lands_in_logs_or_run_directories(deployment: Deployment) -> None:
+    """After a run, no file of the deployment (logs, process homes, results, device state,
+    the CLI's config) but the owner-only ones they live in holds a private key or a
+    SuperExec secret."""
+    runs = deployment.runs / "secrets"
+    config = (
+        f"num-clients={NODES} num-rounds=2 seed=3 results-dir='{runs}' algorithm='overlap' "
+        "tau=2 dataset='least-squares' model='linear' batch-size=0"
+    )
+    deployment.helper(*deployment.submit_args(config), timeout=600)
+    patterns = _leak_patterns(deployment)
+    assert len(patterns) == 2 + 2 * NODES  # ca.key, server.key, node keys, SuperExec secrets
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in patterns)
+    # the patterns find each secret in its own file (a key's in its PEM text)
+    assert all(_holds(path.read_bytes(), forms) for path, forms in patterns.items())
+    scanned = [p for p in deployment.root.rglob("*") if p.is_file() and p not in patterns]
+    assert any(p.name == "superlink.log" for p in scanned)
+    assert any(p.name == "final.json" and runs in p.parents for p in scanned)
+    for path in scanned:
+        data = path.read_bytes()
+        leaked = [k.name for k, forms in patterns.items() if _holds(data, forms)]
+        assert not leaked, f"{path} holds {leaked}"
+
+
+def _holds(data: bytes, forms: list[bytes]) -> bool:
+    """Whether `data` holds one of `forms`, also once its whitespace and escaped newlines
+    are removed (a PEM pasted into a log, or its repr)."""
+    compact = re.sub(rb"\s|\\n", b"", data)
+    return any(f in data or f in compact for f in forms)

@@ -1,10 +1,11 @@
 """Faults a run survives, through the real strategy and ClientApp on InProcessGrid.
 
 A worker that raises, misses the round deadline, or sends an unusable reply (NaN/Inf, a
-wrong shape or dtype, a missing or extra tensor, a wrong round number, a model far from the
-rest) is left out of that round, logged with node and reason, and counted; the run goes on
-and ends with the models of the matrix rule run over the workers that did answer. Only a
-round that loses its quorum stops the run, naming every reason.
+wrong shape or dtype, a missing or extra tensor, a wrong or never-sent round number, a model
+far from the rest or far larger than the model, a reply in another node's name) is left out
+of that round, logged with node and reason, and counted; the run goes on and ends with the
+models of the matrix rule run over the workers that did answer. Only a round that loses its
+quorum stops the run, naming every reason.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, MessageType
+from flwr.app import Array, Context, Message, MessageType
 
 from clients import messages
 from clients.client_app import app as client_app
 from fedcoop import participation
+from fedcoop.config import RunConfig
 from simulations.inprocess import InProcessGrid
-from strategies.cooperative import RunFailed
+from strategies.cooperative import RunFailed, RunResult
 from strategies.server_app import run
 from tests.conftest import (
     SlowNodeGrid,
@@ -72,6 +74,23 @@ def test_a_client_that_raises_is_left_out_of_its_round(algorithm: str) -> None:
             lambda reply: reply.content.metric_records[messages.METRICS].__setitem__("round", 3),
             "reply says round 3, the message was round 2",
         ),
+        # a round that is never sent
+        (
+            lambda reply: reply.content.metric_records[messages.METRICS].__setitem__(
+                "round", 10**6
+            ),
+            "reply says round 1000000, the message was round 2",
+        ),
+        # far larger than the model: an extra array of 100 models (refused by its name,
+        # not decoded), or a model of 100x the entries (refused by its size before it is
+        # decoded; the coordinator's shape check would refuse it only once decoded)
+        (
+            lambda reply: reply.content.array_records[messages.ARRAYS].__setitem__(
+                "extra", Array(np.zeros(100 * messages.read_vector(reply, messages.MODEL).size))
+            ),
+            "arrays ['extra', 'x'], expected exactly ['x']",
+        ),
+        (set_model(lambda x: np.tile(x, 100)), "bytes, expected at most"),
     ],
 )
 def test_a_bad_update_is_rejected_counted_and_the_run_goes_on(
@@ -79,7 +98,28 @@ def test_a_bad_update_is_rejected_counted_and_the_run_goes_on(
 ) -> None:
     config = least_squares_config(algorithm="overlap", tau=2)
     grid = InProcessGrid(misbehaving(1, [2], tamper(change)), config.num_clients)
-    result = run(grid, config)
+    assert_rejected_once(config, run(grid, config), reason)
+
+
+def test_a_reply_that_claims_to_come_from_another_node_is_rejected() -> None:
+    """Worker 1's node answers its own message in node 2's name: a Flower 1.41 SuperLink
+    refuses such a reply (its sender must be its message's destination), and the strategy
+    does not rely on that (other grids, other Flower versions)."""
+    config = least_squares_config(algorithm="overlap", tau=2)
+    grid = InProcessGrid(client_app, config.num_clients)
+    node_of = {c.node_config["partition-id"]: n for n, c in grid.contexts.items()}
+
+    def impersonate(reply: Message) -> None:
+        reply.metadata.__dict__["_src_node_id"] = node_of[2]
+
+    grid.client_app = misbehaving(1, [2], tamper(impersonate))
+    reason = f"reply from node {node_of[2]}, the message was for node {node_of[1]}"
+    assert_rejected_once(config, run(grid, config), reason)
+
+
+def assert_rejected_once(config: RunConfig, result: RunResult, reason: str) -> None:
+    """Worker 1's round-2 reply, and nothing else, was rejected for `reason` and counted;
+    the run went on to finite models, those of the matrix rule without that reply."""
     (rejected,) = result.events
     assert (rejected["round"], rejected["worker"], rejected["kind"]) == (2, 1, "rejected")
     assert reason in rejected["reason"]
