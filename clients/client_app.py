@@ -2,7 +2,7 @@
 
 Between messages the worker keeps, in ``context.state``, its model x_i, its momentum buffers,
 its CoCoD-SGD snapshot, the gradient held back under Remark 1 and the last round it ran, so
-that a round picks up exactly where the previous one stopped. Each train message applies the
+that a round picks up exactly where the previous one stopped (`clients.worker_state`). Each train message applies the
 previous round's sync (the payload the server computed from the worker's column of W), then
 runs tau local SGD steps and replies with the model. The header says which rules apply, so a
 worker never needs the matrix itself. With ``state-dir`` in the SuperNode's node config, the
@@ -22,37 +22,24 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import messages
-from fedcoop import algorithms, checkpoint, workload
+from clients import messages, worker_state
+from clients.worker_state import FAILURE, STATE_ARRAYS, STATE_META
+from fedcoop import workload
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.local_rule import LocalRule, WorkerState
-from fedcoop.training import LocalSGD, default_device, loss_function
 
 LOG = logging.getLogger("flwr.fedcoop")
-_T = TypeVar("_T")
-STATE_ARRAYS = "worker"
-STATE_META = "worker-meta"
-#: eager replies: why the local steps of a round failed, reported when it is collected
-FAILURE = "worker-failure"
-#: Workers kept alive in this process, by (run id, node id): (state token, config, worker).
-#: Bounded so that a process serving many nodes of a large model cannot grow without limit.
-_LIVE: OrderedDict[tuple[int, int], tuple[str, RunConfig, WorkerState]] = OrderedDict()
-_MAX_LIVE = 64
 
 
 @dataclass
@@ -74,184 +61,11 @@ _EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fedcoop-steps"
 app = ClientApp()
 
 
-def _node_partition(context: Context) -> tuple[int, int]:
-    """(partition-id, num-partitions) of this SuperNode; simulation sets both."""
-    try:
-        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
-    except KeyError as missing:
-        raise ValueError(
-            f"SuperNode config lacks {missing}: start it with "
-            '--node-config "partition-id=<i> num-partitions=<m>"'
-        ) from None
-
-
-@lru_cache(maxsize=8)
-def _rule(config: RunConfig) -> LocalRule:
-    """The local rule every worker of `config` in this process shares (its model layout,
-    optimizer, schedule and augmentation)."""
-    momentum, nesterov = algorithms.local_optimizer(config)
-    sgd = LocalSGD(
-        lr=config.lr,
-        momentum=momentum,
-        nesterov=nesterov,
-        weight_decay=config.weight_decay,
-        batch_size=config.batch_size,
-    )
-    train, _ = workload.load_split(config)
-    return LocalRule(
-        workload.build_model(config),
-        sgd,
-        default_device(),
-        train.x.dtype,
-        loss_fn=loss_function(train),
-        lr_at=workload.schedule(config).lr,
-        augment=workload.augmentation(config),
-    )
-
-
-def _worker(config: RunConfig, context: Context, state: RecordDict | None = None) -> WorkerState:
-    """This node's worker as `state` (context.state after a round) saved it, or with none
-    yet, holding only its shard and the template's values, which its first message
-    replaces."""
-    partition_id, num_partitions = _node_partition(context)
-    rule = _rule(config)
-    shard = workload.shard(config, partition_id, num_partitions)
-    if state is None:
-        return rule.worker(shard)
-    arrays = state.array_records[STATE_ARRAYS]
-
-    def tensor(key: str) -> torch.Tensor | None:
-        return rule.vector(torch.from_numpy(arrays[key].numpy())) if key in arrays else None
-
-    worker = rule.worker(shard, torch.from_numpy(arrays[messages.MODEL].numpy()))
-    worker.momentum, worker.snapshot, worker.pending = (
-        tensor(k) for k in ("momentum", "snapshot", "pending")
-    )
-    worker.steps_done = int(state.config_records[STATE_META]["steps"])
-    return worker
-
-
-def _save(
-    rule: LocalRule,
-    worker: WorkerState,
-    x: np.ndarray,
-    context: Context,
-    config: RunConfig,
-    round_: int,
-    *,
-    loss: float,
-    seconds: float,
-    keep_snapshot: bool,
-) -> None:
-    """Write the worker (whose model vector is x) into context.state, the record of truth,
-    and keep it alive in this process. The CoCoD snapshot is kept only for the rule that
-    reads it: elsewhere it would double the state Flower ships and checkpoints carry."""
-
-    def cpu(t: torch.Tensor | None) -> np.ndarray | None:
-        return None if t is None else t.detach().cpu().numpy()
-
-    context.state[STATE_ARRAYS] = messages.vector_record(
-        **{
-            messages.MODEL: x,
-            "momentum": cpu(rule.momentum_of(worker)),
-            "snapshot": cpu(worker.snapshot) if keep_snapshot else None,
-            "pending": cpu(worker.pending),
-        }
-    )
-    token = uuid.uuid4().hex
-    context.state[STATE_META] = ConfigRecord(
-        {
-            "round": round_,
-            "token": token,
-            "steps": worker.steps_done,
-            "loss": loss,
-            "seconds": seconds,
-        }
-    )
-    context.state.config_records.pop(FAILURE, None)
-    _persist(context)
-    key = (context.run_id, context.node_id)
-    _remember(_LIVE, key, (token, config, worker))
-
-
-def _remember(table: OrderedDict[tuple[int, int], _T], key: tuple[int, int], value: _T) -> None:
-    """Keep `value` under `key` in one of this process's per-node tables, forgetting the
-    oldest entries beyond _MAX_LIVE (runs that ended without a last message leave some)."""
-    table[key] = value
-    table.move_to_end(key)
-    while len(table) > _MAX_LIVE:
-        table.popitem(last=False)
-
-
-def _state_file(context: Context) -> Path | None:
-    """Where this node keeps its worker state on the device (node config `state-dir`), so
-    that a SuperNode that restarts mid-run, with an empty context.state, resumes from it."""
-    directory = context.node_config.get("state-dir")
-    if not directory:
-        return None
-    return Path(str(directory)) / f"{context.run_id}-partition-{_node_partition(context)[0]}.npz"
-
-
-def _persist(context: Context) -> None:
-    """Write context.state's worker to its state file atomically (temporary file, fsync,
-    rename): a crash mid-write leaves the previous round's file whole."""
-    path = _state_file(context)
-    if path is None:
-        return
-    meta = context.state.config_records[STATE_META]
-    arrays = {k: a.numpy() for k, a in context.state.array_records[STATE_ARRAYS].items()}
-    rounds = np.array([meta["round"], meta["steps"]], dtype=np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write(path, lambda f: np.savez(f, meta=rounds, **arrays))
-
-
-def _recover(context: Context) -> None:
-    """Load the worker from its state file when context.state has none (the SuperNode
-    restarted); the state file of a node that never trained in this run does not exist."""
-    path = _state_file(context)
-    if path is None or STATE_META in context.state.config_records or not path.exists():
-        return
-    with np.load(path) as saved:
-        round_, steps = (int(v) for v in saved["meta"])
-        arrays = {k: saved[k] for k in saved.files if k != "meta"}
-    _install(context, messages.vector_record(**arrays), round_, steps)
-    LOG.info("fedcoop: restored the worker of round %d from %s", round_, path)
-
-
-def _install(context: Context, arrays: ArrayRecord, round_: int, steps: int) -> None:
-    """Make `arrays` this node's worker state after `round_` (a fresh token: no live
-    worker of this process matches it)."""
-    context.state[STATE_ARRAYS] = arrays
-    context.state[STATE_META] = ConfigRecord(
-        {"round": round_, "steps": steps, "token": uuid.uuid4().hex}
-    )
-
-
-def _current_worker(config: RunConfig, context: Context) -> WorkerState:
-    """The worker as context.state describes it after its last round.
-
-    When this process ran that round itself, the worker it kept alive (its tensors already
-    on the device) is used as is, which saves copying every tensor back; the token written
-    with the state proves it is the same round's state. Otherwise (another simulation actor
-    ran the last round, or this process restarted) the worker is rebuilt from context.state.
-    """
-    meta = context.state.config_records.get(STATE_META)
-    live = _LIVE.get((context.run_id, context.node_id))
-    if meta is not None and live is not None and live[0] == meta["token"] and live[1] == config:
-        return live[2]
-    return _worker(config, context, None if meta is None else context.state)
-
-
-def _last_round(state: RecordDict) -> int:
-    meta = state.config_records.get(STATE_META)
-    return 0 if meta is None else int(meta["round"])
-
-
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Handshake: which column of W this node is, and how many samples it holds."""
     config = messages.read_config(msg)
-    partition_id, num_partitions = _node_partition(context)
+    partition_id, num_partitions = worker_state.node_partition(context)
     shard = workload.shard(config, partition_id, num_partitions)
     return Message(
         RecordDict(
@@ -293,10 +107,10 @@ def train_many(batch: Sequence[tuple[Message, Context]]) -> list[Message | Excep
     for k, (msg, context) in enumerate(batch):
         try:
             _settle_background(context)
-            _recover(context)
+            worker_state.recover(context)
             prepared = _prepare(msg, context)
         except Exception as exc:
-            _forget(context)
+            worker_state.forget(context)
             out[k] = exc
             continue
         if isinstance(prepared, Message):
@@ -309,54 +123,18 @@ def train_many(batch: Sequence[tuple[Message, Context]]) -> list[Message | Excep
         try:
             out[k] = _complete(t)
         except Exception as exc:
-            _forget(t.context)
+            worker_state.forget(t.context)
             out[k] = exc
     assert all(reply is not None for reply in out)
     return out  # type: ignore[return-value]
-
-
-def _forget(context: Context) -> None:
-    """The worker kept alive may be half-way through a round: the next message must start
-    again from context.state, which still holds the last completed round."""
-    _LIVE.pop((context.run_id, context.node_id), None)
-
-
-def _state_content(
-    context: Context, *, with_model: bool = True
-) -> dict[str, ArrayRecord | ConfigRecord]:
-    """This worker's saved state as message records (an untrained worker: round 0);
-    without the model when the message carries it anyway."""
-    meta = context.state.config_records.get(STATE_META)
-    if meta is None:
-        return {messages.STATE_META: ConfigRecord({"round": 0, "steps": 0})}
-    arrays = context.state.array_records[STATE_ARRAYS]
-    if not with_model:
-        arrays = ArrayRecord({k: a for k, a in arrays.items() if k != messages.MODEL})
-    return {
-        messages.STATE: arrays,
-        messages.STATE_META: ConfigRecord({"round": meta["round"], "steps": meta["steps"]}),
-    }
-
-
-def _restore_state(msg: Message, context: Context) -> None:
-    """Replace this node's state with the one a resumed run sends (round 0: no state)."""
-    _forget(context)
-    meta = msg.content.config_records[messages.STATE_META]
-    for records, key in (
-        (context.state.array_records, STATE_ARRAYS),
-        (context.state.config_records, STATE_META),
-    ):
-        records.pop(key, None)
-    if int(meta["round"]):
-        _install(context, msg.content.array_records[messages.STATE], meta["round"], meta["steps"])
 
 
 @app.query("state")
 def query_state(msg: Message, context: Context) -> Message:
     """This worker's whole state, for the server's checkpoint."""
     _settle_background(context)
-    _recover(context)
-    return Message(RecordDict(_state_content(context)), reply_to=msg)
+    worker_state.recover(context)
+    return Message(RecordDict(worker_state.state_content(context)), reply_to=msg)
 
 
 @dataclass
@@ -387,12 +165,12 @@ def _prepare(msg: Message, context: Context) -> Message | _Train:
     config = messages.read_config(msg)
     header = msg.content.config_records[messages.HEADER]
     if messages.STATE_META in msg.content.config_records:
-        _restore_state(msg, context)
+        worker_state.restore_state(msg, context)
     collected = _collected(context, header) if config.eager_reply else None
     if "round" not in header:  # eager: the message only collects the final round
         return Message(collected or RecordDict(), reply_to=msg)
     round_, steps = int(header["round"]), int(header["local-steps"])
-    last = _last_round(context.state)
+    last = worker_state.last_round(context.state)
     adopt = bool(header.get("adopt", False))
     # eager: the server may take back a round it started before the sync it missed, and
     # send it again, adopting
@@ -403,8 +181,8 @@ def _prepare(msg: Message, context: Context) -> Message | _Train:
         )
     update_rule = UpdateRule(str(header["update-rule"]))
     client_rule = ClientRule(str(header["client-rule"]))
-    rule = _rule(config)
-    worker = _current_worker(config, context)
+    rule = worker_state.rule_for(config)
+    worker = worker_state.current_worker(config, context)
     init = messages.read_vector(msg, messages.INIT)
     mix = messages.read_vector(msg, messages.MIX)
     sync = None
@@ -420,7 +198,9 @@ def _prepare(msg: Message, context: Context) -> Message | _Train:
     elif "sync" in header:
         sync = (float(header["self-weight"]), None if mix is None else torch.from_numpy(mix))
         rule.check_sync(worker, sync[1], client_rule, update_rule)
-    generator = workload.seeded_generator(config.seed, _node_partition(context)[0], round_)
+    generator = workload.seeded_generator(
+        config.seed, worker_state.node_partition(context)[0], round_
+    )
     correction = client_rule is ClientRule.CORRECTION
     return _Train(
         msg,
@@ -451,7 +231,7 @@ def _apply_syncs(trains: Sequence[_Train]) -> None:
     with_sync = [t for t in trains if t.sync is not None]
     for group in _groups(with_sync, lambda t: (t.job.config, t.client_rule, t.update_rule)):
         try:
-            _rule(group[0].job.config).apply_sync(
+            worker_state.rule_for(group[0].job.config).apply_sync(
                 [t.job.worker for t in group],
                 [t.sync[0] for t in group],  # type: ignore[index]
                 [t.sync[1] for t in group],  # type: ignore[index]
@@ -471,7 +251,7 @@ def _run_steps(trains: Sequence[_Train]) -> None:
         first = group[0]
         try:
             losses, seconds = _timed(
-                _rule(first.job.config),
+                worker_state.rule_for(first.job.config),
                 [t.job.worker for t in group],
                 first.steps,
                 first.update_rule,
@@ -494,7 +274,7 @@ def _complete(t: _Train) -> Message:
         job.outcome = _EXECUTOR.submit(
             _single, job.config, job.worker, t.steps, t.update_rule, t.generator
         )
-        _remember(_BACKGROUND, (context.run_id, context.node_id), job)
+        worker_state.remember(_BACKGROUND, (context.run_id, context.node_id), job)
         return Message(t.collected, reply_to=t.msg)  # type: ignore[arg-type]
     if t.collected is None:
         job.outcome.result()  # raises why the steps failed
@@ -527,7 +307,9 @@ def _single(
     generator: torch.Generator,
 ) -> tuple[float, float]:
     """(mean loss, seconds) of one worker's local steps (in the background)."""
-    (loss,), seconds = _timed(_rule(config), [worker], steps, update_rule, [generator])
+    (loss,), seconds = _timed(
+        worker_state.rule_for(config), [worker], steps, update_rule, [generator]
+    )
     return loss, seconds
 
 
@@ -537,13 +319,13 @@ def _finish(context: Context, job: _Steps) -> None:
     try:
         loss, seconds = job.outcome.result()
     except Exception as exc:
-        _forget(context)  # half-way through the round
+        worker_state.forget(context)  # half-way through the round
         reason = "".join(traceback.format_exception(exc))
         context.state[FAILURE] = ConfigRecord({"round": job.round, "reason": reason})
         return
-    rule = _rule(job.config)
+    rule = worker_state.rule_for(job.config)
     x = job.worker.x.cpu().numpy()
-    _save(
+    worker_state.save(
         rule,
         job.worker,
         x,
@@ -569,7 +351,7 @@ def _collected(context: Context, header: ConfigRecord) -> RecordDict:
     want = int(header["collect"])
     if not want:
         return RecordDict()
-    held = _last_round(context.state)
+    held = worker_state.last_round(context.state)
     failure = context.state.config_records.get(FAILURE)
     if failure is not None and int(failure["round"]) == want:
         raise RuntimeError(f"the local steps of round {want} failed:\n{failure['reason']}")
@@ -594,7 +376,7 @@ def _report(context: Context, send_state: bool) -> RecordDict:
     }
     content = messages.reply_content(messages.vector_record(**{messages.MODEL: x}), metrics)
     if send_state:
-        for key, record in _state_content(context, with_model=False).items():
+        for key, record in worker_state.state_content(context, with_model=False).items():
             content[key] = record
     return content
 
@@ -603,11 +385,11 @@ def _report(context: Context, send_state: bool) -> RecordDict:
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Loss and accuracy of this worker's own current model on the test set."""
     _settle_background(context)
-    _recover(context)
+    worker_state.recover(context)
     config = messages.read_config(msg)
-    worker = _current_worker(config, context)
+    worker = worker_state.current_worker(config, context)
     _, test = workload.load_split(config)
-    loss, accuracy = _rule(config).evaluate(worker, test)
+    loss, accuracy = worker_state.rule_for(config).evaluate(worker, test)
     metrics = {"loss": loss, "num-examples": len(test)}
     if not np.isnan(accuracy):
         metrics["accuracy"] = accuracy

@@ -23,6 +23,10 @@ running (`ahead`): its payload reads only the worker itself and the auxiliary va
 sync before, and the message that starts it is the one that collects round r. If round r
 does not come back usably, round r+1 is taken back and sent again, adopting, once round r
 has settled without the worker.
+
+The module is one state machine over shared tables (who is busy, late or ahead, the reports,
+payloads and auxiliary values of each open round), which is why it stays one file of some
+550 lines: splitting it would hand those tables across modules.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 
 from clients import messages
-from clients.client_app import STATE_ARRAYS, STATE_META
 from clients.client_app import app as client_app
+from clients.worker_state import STATE_ARRAYS, STATE_META
 from fedcoop.cooperative import reference_trajectory
 from simulations.inprocess import InProcessGrid
 from strategies import cooperative

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Context, Message, RecordDict
 
-from clients import client_app as client_module
-from clients.client_app import STATE_ARRAYS, STATE_META
+from clients import worker_state
 from clients.client_app import app as client_app
+from clients.worker_state import STATE_ARRAYS, STATE_META
 from fedcoop.config import RunConfig
 from simulations.inprocess import InProcessGrid
 from strategies.cooperative import RunResult
@@ -39,7 +39,7 @@ def restarting(partition: int, round_: int) -> Callable[[Message, Context], Mess
     def app(msg: Message, context: Context) -> Message:
         if context.node_config["partition-id"] == partition and round_of(msg) == round_:
             context.state = RecordDict()
-            client_module._LIVE.clear()
+            worker_state.LIVE.clear()
         return client_app(msg, context)
 
     return app

@@ -19,7 +19,7 @@ import torch
 from flwr.app import Context, Message, RecordDict
 
 from clients import client_app as client_module
-from clients import messages
+from clients import messages, worker_state
 from clients.client_app import app as client_app
 from fedcoop import workload
 from fedcoop.errors import ConfigError
@@ -259,11 +259,11 @@ def test_eager_replies_refuse_what_they_cannot_do(changes: dict, needs: str) -> 
 
 def test_background_steps_nobody_collects_are_forgotten_beyond_a_bound() -> None:
     """Runs that end without a last message leave their steps behind: the process keeps
-    at most _MAX_LIVE of them, forgetting the oldest."""
+    at most worker_state.MAX_LIVE of them, forgetting the oldest."""
     config = least_squares_config()
     x0 = x0_of(config)
     node_config = {"partition-id": 0, "num-partitions": config.num_clients}
-    runs = client_module._MAX_LIVE + 2
+    runs = worker_state.MAX_LIVE + 2
     for run_id in range(1, runs + 1):
         context = Context(
             run_id=run_id,

@@ -1,0 +1,249 @@
+"""A node's worker between messages: its state in ``context.state`` (the record of truth),
+in a state file on the device (node config ``state-dir``), and kept alive in this process.
+
+context.state holds the model x_i, the momentum buffer, the CoCoD-SGD snapshot (for that rule
+only), the gradient held back under Remark 1 and the last round and step count; a worker kept
+alive in this process (its tensors already on the device) is reused while the token written
+with the state proves it is that round's. `clients.client_app` reads and answers the messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import OrderedDict
+from functools import lru_cache
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from clients import messages
+from fedcoop import algorithms, checkpoint, workload
+from fedcoop.config import RunConfig
+from fedcoop.local_rule import LocalRule, WorkerState
+from fedcoop.training import LocalSGD, default_device, loss_function
+
+LOG = logging.getLogger("flwr.fedcoop")
+_T = TypeVar("_T")
+STATE_ARRAYS = "worker"
+STATE_META = "worker-meta"
+#: eager replies: why the local steps of a round failed, reported when it is collected
+FAILURE = "worker-failure"
+#: Workers kept alive in this process, by (run id, node id): (state token, config, worker).
+#: Bounded so that a process serving many nodes of a large model cannot grow without limit.
+LIVE: OrderedDict[tuple[int, int], tuple[str, RunConfig, WorkerState]] = OrderedDict()
+MAX_LIVE = 64
+
+
+def node_partition(context: Context) -> tuple[int, int]:
+    """(partition-id, num-partitions) of this SuperNode; simulation sets both."""
+    try:
+        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    except KeyError as missing:
+        raise ValueError(
+            f"SuperNode config lacks {missing}: start it with "
+            '--node-config "partition-id=<i> num-partitions=<m>"'
+        ) from None
+
+
+@lru_cache(maxsize=8)
+def rule_for(config: RunConfig) -> LocalRule:
+    """The local rule every worker of `config` in this process shares (its model layout,
+    optimizer, schedule and augmentation)."""
+    momentum, nesterov = algorithms.local_optimizer(config)
+    sgd = LocalSGD(
+        lr=config.lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+    )
+    train, _ = workload.load_split(config)
+    return LocalRule(
+        workload.build_model(config),
+        sgd,
+        default_device(),
+        train.x.dtype,
+        loss_fn=loss_function(train),
+        lr_at=workload.schedule(config).lr,
+        augment=workload.augmentation(config),
+    )
+
+
+def build_worker(
+    config: RunConfig, context: Context, state: RecordDict | None = None
+) -> WorkerState:
+    """This node's worker as `state` (context.state after a round) saved it, or with none
+    yet, holding only its shard and the template's values, which its first message
+    replaces."""
+    partition_id, num_partitions = node_partition(context)
+    rule = rule_for(config)
+    shard = workload.shard(config, partition_id, num_partitions)
+    if state is None:
+        return rule.worker(shard)
+    arrays = state.array_records[STATE_ARRAYS]
+
+    def tensor(key: str) -> torch.Tensor | None:
+        return rule.vector(torch.from_numpy(arrays[key].numpy())) if key in arrays else None
+
+    worker = rule.worker(shard, torch.from_numpy(arrays[messages.MODEL].numpy()))
+    worker.momentum, worker.snapshot, worker.pending = (
+        tensor(k) for k in ("momentum", "snapshot", "pending")
+    )
+    worker.steps_done = int(state.config_records[STATE_META]["steps"])
+    return worker
+
+
+def save(
+    rule: LocalRule,
+    worker: WorkerState,
+    x: np.ndarray,
+    context: Context,
+    config: RunConfig,
+    round_: int,
+    *,
+    loss: float,
+    seconds: float,
+    keep_snapshot: bool,
+) -> None:
+    """Write the worker (whose model vector is x) into context.state, the record of truth,
+    and keep it alive in this process. The CoCoD snapshot is kept only for the rule that
+    reads it: elsewhere it would double the state Flower ships and checkpoints carry."""
+
+    def cpu(t: torch.Tensor | None) -> np.ndarray | None:
+        return None if t is None else t.detach().cpu().numpy()
+
+    context.state[STATE_ARRAYS] = messages.vector_record(
+        **{
+            messages.MODEL: x,
+            "momentum": cpu(rule.momentum_of(worker)),
+            "snapshot": cpu(worker.snapshot) if keep_snapshot else None,
+            "pending": cpu(worker.pending),
+        }
+    )
+    token = uuid.uuid4().hex
+    context.state[STATE_META] = ConfigRecord(
+        {
+            "round": round_,
+            "token": token,
+            "steps": worker.steps_done,
+            "loss": loss,
+            "seconds": seconds,
+        }
+    )
+    context.state.config_records.pop(FAILURE, None)
+    persist(context)
+    key = (context.run_id, context.node_id)
+    remember(LIVE, key, (token, config, worker))
+
+
+def remember(table: OrderedDict[tuple[int, int], _T], key: tuple[int, int], value: _T) -> None:
+    """Keep `value` under `key` in one of this process's per-node tables, forgetting the
+    oldest entries beyond MAX_LIVE (runs that ended without a last message leave some)."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > MAX_LIVE:
+        table.popitem(last=False)
+
+
+def state_file(context: Context) -> Path | None:
+    """Where this node keeps its worker state on the device (node config `state-dir`), so
+    that a SuperNode that restarts mid-run, with an empty context.state, resumes from it."""
+    directory = context.node_config.get("state-dir")
+    if not directory:
+        return None
+    return Path(str(directory)) / f"{context.run_id}-partition-{node_partition(context)[0]}.npz"
+
+
+def persist(context: Context) -> None:
+    """Write context.state's worker to its state file atomically (temporary file, fsync,
+    rename): a crash mid-write leaves the previous round's file whole."""
+    path = state_file(context)
+    if path is None:
+        return
+    meta = context.state.config_records[STATE_META]
+    arrays = {k: a.numpy() for k, a in context.state.array_records[STATE_ARRAYS].items()}
+    rounds = np.array([meta["round"], meta["steps"]], dtype=np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write(path, lambda f: np.savez(f, meta=rounds, **arrays))
+
+
+def recover(context: Context) -> None:
+    """Load the worker from its state file when context.state has none (the SuperNode
+    restarted); the state file of a node that never trained in this run does not exist."""
+    path = state_file(context)
+    if path is None or STATE_META in context.state.config_records or not path.exists():
+        return
+    with np.load(path) as saved:
+        round_, steps = (int(v) for v in saved["meta"])
+        arrays = {k: saved[k] for k in saved.files if k != "meta"}
+    install(context, messages.vector_record(**arrays), round_, steps)
+    LOG.info("fedcoop: restored the worker of round %d from %s", round_, path)
+
+
+def install(context: Context, arrays: ArrayRecord, round_: int, steps: int) -> None:
+    """Make `arrays` this node's worker state after `round_` (a fresh token: no live
+    worker of this process matches it)."""
+    context.state[STATE_ARRAYS] = arrays
+    context.state[STATE_META] = ConfigRecord(
+        {"round": round_, "steps": steps, "token": uuid.uuid4().hex}
+    )
+
+
+def current_worker(config: RunConfig, context: Context) -> WorkerState:
+    """The worker as context.state describes it after its last round.
+
+    When this process ran that round itself, the worker it kept alive (its tensors already
+    on the device) is used as is, which saves copying every tensor back; the token written
+    with the state proves it is the same round's state. Otherwise (another simulation actor
+    ran the last round, or this process restarted) the worker is rebuilt from context.state.
+    """
+    meta = context.state.config_records.get(STATE_META)
+    live = LIVE.get((context.run_id, context.node_id))
+    if meta is not None and live is not None and live[0] == meta["token"] and live[1] == config:
+        return live[2]
+    return build_worker(config, context, None if meta is None else context.state)
+
+
+def last_round(state: RecordDict) -> int:
+    meta = state.config_records.get(STATE_META)
+    return 0 if meta is None else int(meta["round"])
+
+
+def forget(context: Context) -> None:
+    """The worker kept alive may be half-way through a round: the next message must start
+    again from context.state, which still holds the last completed round."""
+    LIVE.pop((context.run_id, context.node_id), None)
+
+
+def state_content(
+    context: Context, *, with_model: bool = True
+) -> dict[str, ArrayRecord | ConfigRecord]:
+    """This worker's saved state as message records (an untrained worker: round 0);
+    without the model when the message carries it anyway."""
+    meta = context.state.config_records.get(STATE_META)
+    if meta is None:
+        return {messages.STATE_META: ConfigRecord({"round": 0, "steps": 0})}
+    arrays = context.state.array_records[STATE_ARRAYS]
+    if not with_model:
+        arrays = ArrayRecord({k: a for k, a in arrays.items() if k != messages.MODEL})
+    return {
+        messages.STATE: arrays,
+        messages.STATE_META: ConfigRecord({"round": meta["round"], "steps": meta["steps"]}),
+    }
+
+
+def restore_state(msg: Message, context: Context) -> None:
+    """Replace this node's state with the one a resumed run sends (round 0: no state)."""
+    forget(context)
+    meta = msg.content.config_records[messages.STATE_META]
+    for records, key in (
+        (context.state.array_records, STATE_ARRAYS),
+        (context.state.config_records, STATE_META),
+    ):
+        records.pop(key, None)
+    if int(meta["round"]):
+        install(context, msg.content.array_records[messages.STATE], meta["round"], meta["steps"])
