@@ -84,7 +84,7 @@ def run_config(
                 "num_gpus": default_gpus_per_client()
                 if gpus_per_client is None
                 else gpus_per_client,
-            }
+            },
         },
     )
     if not finished:
