@@ -6,10 +6,11 @@ the embedded MNIST's 8,000: 8 each), a cohort of 50 sampled per round (participa
 one local epoch at batch size 10 (tau = ceil(examples / 10)), FedAvg, the server evaluating the
 average every round. The bare PyTorch loop of benchmarks/overhead.py (the same SGD work) and
 each engine run in a subprocess of their own, so that each peak RSS is that run's alone: the
-peak of the process that runs the rounds, next to its RSS once the benchmark's imports are
-done (torch, Flower and torchvision take most of a gigabyte before any data); for the
-simulation engine that is the driver (the ServerApp and Flower's engine), and the largest
-child process it reaped (one of Ray's) is printed beside it. Every line is `<what> <engine>
+peak (VmHWM) of the process that runs the rounds, next to its peak once the benchmark's imports
+are done (torch, Flower and torchvision take most of a gigabyte before any data); for the
+simulation engine that is the driver (the ServerApp and Flower's engine), and the peak of its
+child processes' summed RSS (Ray's: its actors hold the clients), sampled every 0.5 s, is
+printed beside it. Every line is `<what> <engine>
 <value>`; the last ones are `overhead-ratio <engine> <engine seconds / bare seconds>`.
 
 `--m-sweep` keeps the cohort (50 sampled workers, tau 5 steps of batch 10) and grows the
@@ -29,11 +30,13 @@ Every size is a flag; the figures mean something only on a machine nothing else 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
-import resource
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -68,18 +71,66 @@ def one_epoch(config: RunConfig, epochs: int) -> int:
     return max(1, epochs * math.ceil(per_client / (config.batch_size or per_client)))
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS, VmHWM: unlike getrusage's ru_maxrss, which a child keeps from
+    the parent it was forked from, it starts afresh with the program."""
+    status = Path("/proc/self/status").read_text()
+    kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(kib) / 1024
+
+
+class DescendantsRSS(threading.Thread):
+    """The peak of the summed RSS of this process's descendants (Ray's processes), sampled
+    every `interval` seconds until `stop`; pages they share count once in each."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.peak_mib = interval, 0.0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop_event.wait(self.interval):
+            total = 0
+            for pid in descendants(os.getpid()):
+                with contextlib.suppress(OSError):  # it ended while we looked
+                    total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+            self.peak_mib = max(self.peak_mib, total / 2**20)
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join()
+        return self.peak_mib
+
+
+def descendants(root: int) -> list[int]:
+    """The pids of the live processes below `root`."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
 def child(engine: str, mapping: dict[str, Any], args: argparse.Namespace) -> None:
     """Run one config on one engine in this (fresh) process; print its figures as JSON."""
-    kib = 1024  # Linux reports ru_maxrss in KiB
-    imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib
+    imports = peak_rss_mib()
     set_threads(args.threads)
+    sampler = DescendantsRSS()
+    sampler.start()
     timing = timed(RunConfig.from_mapping(mapping), engine, args.cpus_per_client)
     figures = {
         "seconds-per-round": timing.per_round,
         "start-up": timing.startup,
         "import-rss-mib": imports,
-        "peak-rss-mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
-        "largest-child-rss-mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib,
+        "peak-rss-mib": peak_rss_mib(),
+        "children-rss-mib": sampler.stop(),
     }
     print(RESULT + json.dumps(figures), flush=True)
 
@@ -106,7 +157,7 @@ def report(engine: str, figures: dict, tag: str = "") -> None:
     print(f"peak-rss-mib {where} {figures['peak-rss-mib']:.1f}")
     print(f"import-rss-mib {where} {figures['import-rss-mib']:.1f}")
     if engine == "simulation":
-        print(f"largest-child-rss-mib {where} {figures['largest-child-rss-mib']:.1f}")
+        print(f"children-rss-mib {where} {figures['children-rss-mib']:.1f}")
 
 
 def base_mapping(args: argparse.Namespace, dataset: str, model: str) -> dict[str, Any]:
