@@ -17,7 +17,8 @@ Arguments are run-config keys as `key=value`, exactly as `flwr run --run-config`
 `--grid key=v1,v2` (or `key=[TOML array]` for values that hold commas, such as decay-epochs)
 over the fixed ones, each grid point `--seeds N` times (seed, seed+1, ...); in its TOML file a
 `[grid]` table holds the swept keys' arrays and a `[compare]` table its options (target, out,
-seeds, engine, quiet, cpus-per-client, gpus-per-client).
+seeds, engine, quiet, cpus-per-client, gpus-per-client, ray-address). `--ray-address
+HOST:PORT` runs the simulation engine on an existing Ray cluster (docs/clusters.md).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ COMPARE_OPTIONS: dict[str, Any] = {
     "quiet": False,
     "cpus-per-client": 1.0,
     "gpus-per-client": None,
+    "ray-address": None,
 }
 
 
@@ -97,6 +99,7 @@ def _run(args: argparse.Namespace) -> None:
         quiet=args.quiet,
         cpus_per_client=args.cpus_per_client,
         gpus_per_client=args.gpus_per_client,
+        ray_address=args.ray_address,
     )
     last = result.rounds[-1]
     summary = ", ".join(
@@ -142,6 +145,7 @@ def _compare(args: argparse.Namespace) -> None:
         quiet=options["quiet"],
         cpus_per_client=options["cpus-per-client"],
         gpus_per_client=options["gpus-per-client"],
+        ray_address=options["ray-address"],
     )
     summary = compare.summarize(compare.load_runs(out), options["target"])
     written = compare.write_summary(out, summary, options["target"])
@@ -183,6 +187,13 @@ def _engine_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any])
         type=float,
         default=defaults["gpus-per-client"],
         help="GPU share per simulated client (default: 0.25 with a GPU, else 0)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=defaults["ray-address"],
+        metavar="HOST:PORT",
+        help="run the simulation engine on this existing Ray cluster (its head node's "
+        "address, or auto) instead of a Ray started here; docs/clusters.md",
     )
 
 

@@ -30,7 +30,7 @@ from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
 from simulations import stats
 from simulations.results import write_csv
-from simulations.runner import run_config
+from simulations.runner import check_engine, run_config
 
 #: Keys that say where a run's files are, never a setting: not swept, and not compared when
 #: simulations.reproduce matches a finished run to a config.
@@ -145,10 +145,13 @@ def sweep(
     quiet: bool = False,
     cpus_per_client: float = 1.0,
     gpus_per_client: float | None = None,
+    ray_address: str | None = None,
     console: Console | None = None,
 ) -> Path:
     """Run every config with its results under `out` (new or empty, so that the directory
-    holds this comparison only), behind a progress bar; returns `out`."""
+    holds this comparison only), behind a progress bar; returns `out`. The engine options
+    are `simulations.runner.run_config`'s, checked before the first run."""
+    check_engine(engine, ray_address)
     out = Path(out).expanduser().resolve()
     if out.exists() and any(out.iterdir()):
         raise ConfigError("out", str(out), "must be a new or empty directory")
@@ -165,6 +168,7 @@ def sweep(
                 quiet=quiet,
                 cpus_per_client=cpus_per_client,
                 gpus_per_client=gpus_per_client,
+                ray_address=ray_address,
             )
             progress.advance(task)
     return out

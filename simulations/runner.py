@@ -4,7 +4,8 @@
 deployment path. "inprocess" runs the same ClientApp through `InProcessGrid` in this process:
 no Ray start-up, so small sweeps and tests take seconds. "vectorized" is the in-process grid
 that runs each pull's train messages as one batch of the local rule (`VectorizedGrid`): the
-same models, the cohort's steps in one vmap.
+same models, the cohort's steps in one vmap. With `ray_address`, the simulation engine runs
+on an existing Ray cluster (docs/clusters.md) instead of starting Ray in this process.
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ def default_gpus_per_client() -> float:
     return 0.25 if torch.cuda.is_available() else 0.0
 
 
+def check_engine(engine: str, ray_address: str | None = None) -> None:
+    """Refuse an unknown engine, and a Ray address for an engine that does not use Ray."""
+    if engine not in ENGINES:
+        raise ConfigError("engine", engine, f"one of {', '.join(ENGINES)}")
+    if ray_address is None:
+        return
+    if engine != "simulation":
+        raise ConfigError(
+            "ray-address", ray_address, "needs engine simulation (the others run in this process)"
+        )
+    if not isinstance(ray_address, str) or not ray_address.strip():
+        raise ConfigError("ray-address", ray_address, "a Ray head node's HOST:PORT, or auto")
+
+
 def run_config(
     config: RunConfig,
     *,
@@ -39,10 +54,15 @@ def run_config(
     quiet: bool = False,
     cpus_per_client: float = 1.0,
     gpus_per_client: float | None = None,
+    ray_address: str | None = None,
 ) -> RunResult:
-    """Run `config` on `engine` with num-clients nodes; its results go to config.results_dir."""
-    if engine not in ENGINES:
-        raise ConfigError("engine", engine, f"one of {', '.join(ENGINES)}")
+    """Run `config` on `engine` with num-clients nodes; its results go to config.results_dir.
+
+    `ray_address` (simulation only): the Ray cluster to run the clients on, as `ray.init`
+    takes it ("HOST:PORT" of its head node, or "auto"); Flower's Ray backend passes it on
+    through its `init_args`, so the clients' actors spread over every node of the cluster.
+    """
+    check_engine(engine, ray_address)
     if quiet:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     config, resumed = server_app.with_checkpoint(config)  # a resumed run keeps its node count
@@ -52,17 +72,19 @@ def run_config(
     from flwr.simulation import run_simulation  # Ray: only this engine pays for its import
 
     finished: list[RunResult] = []
+    init_args = {} if ray_address is None else {"address": ray_address}
     run_simulation(
         server_app=server_app.make_server_app(config, finished.append, resumed, results),
         client_app=client_app,
         num_supernodes=config.num_clients,
         backend_config={
+            "init_args": init_args,
             "client_resources": {
                 "num_cpus": cpus_per_client,
                 "num_gpus": default_gpus_per_client()
                 if gpus_per_client is None
                 else gpus_per_client,
-            }
+            },
         },
     )
     if not finished:

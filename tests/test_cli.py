@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fedcoop.errors import RunFailed
 from simulations import cli
 from simulations.runner import run_config
 from tests.conftest import least_squares_config
@@ -33,6 +34,8 @@ def test_grid_values_split_on_commas_or_read_a_toml_array() -> None:
         (["compare", "lr=-1", "--grid", "tau=1,2"], "lr"),
         (["compare", "--target", "1.5"], "target"),
         (["plot", "/nonexistent/fedcoop-runs"], "directory"),
+        (["run", "--engine", "inprocess", "--ray-address", "127.0.0.1:6379"], "ray-address"),
+        (["run", "--ray-address", " "], "ray-address"),
     ],
 )
 def test_refused_input_exits_2_naming_the_key(
@@ -83,6 +86,44 @@ def test_compare_refuses_unknown_options_in_its_toml_table(
     with pytest.raises(SystemExit) as exit_:
         cli.main(["compare", "--config", str(config)])
     assert exit_.value.code == 2 and "compare.targett=" in capsys.readouterr().err
+
+
+def test_compare_refuses_a_ray_address_off_the_simulation_engine_before_any_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmp"
+    config = tmp_path / "compare.toml"
+    config.write_text(
+        f'dataset = "least-squares"\nmodel = "linear"\n[grid]\ntau = [1, 2]\n'
+        f'[compare]\nout = "{out}"\nengine = "vectorized"\nray-address = "auto"\n'
+    )
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["compare", "--config", str(config)])
+    assert exit_.value.code == 2
+    assert "error: ray-address='auto' is invalid: needs engine simulation" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
+def test_the_ray_address_reaches_rays_init_through_flowers_backend_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What Flower's Ray backend passes to ray.init is its backend config's init_args; the
+    cluster run itself is tests/test_ray_cluster.py (slow)."""
+    import flwr.simulation
+
+    seen: list[dict] = []
+    monkeypatch.setattr(
+        flwr.simulation, "run_simulation", lambda **kwargs: seen.append(kwargs["backend_config"])
+    )
+    config = least_squares_config(num_clients=2, num_rounds=1)
+    with pytest.raises(RunFailed, match="did not finish"):
+        run_config(config, engine="simulation", ray_address="10.0.0.7:6379", gpus_per_client=0)
+    with pytest.raises(RunFailed):
+        run_config(config, engine="simulation", gpus_per_client=0)
+    assert [b["init_args"] for b in seen] == [{"address": "10.0.0.7:6379"}, {}]
+    assert seen[0]["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0}
 
 
 def test_run_on_the_inprocess_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

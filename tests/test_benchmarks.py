@@ -1,0 +1,62 @@
+"""The benchmark scripts run and print the lines they promise, at a tiny size in a
+subprocess (the way they are run); their figures are never asserted, only parsed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ENGINES = ["inprocess", "vectorized"]
+TINY = ["--rounds", "1", "--model", "logreg", "--engines", ",".join(ENGINES), "--threads", "1"]
+
+
+def figures(script: str, *args: str) -> dict[tuple[str, ...], float]:
+    """The script's `<what> <engine> [m=<m>] <number>` lines, keyed by all but the number."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = {}
+    for line in done.stdout.splitlines()[1:]:  # the first line describes the run
+        *key, value = line.split()
+        out[tuple(key)] = float(value)
+    return out
+
+
+def test_overhead_times_the_bare_loop_and_each_chosen_engine() -> None:
+    out = figures("overhead.py", "--clients", "2", "--tau", "2", *TINY)
+    assert list(out) == [
+        ("seconds-per-round", "bare"),
+        *[(what, e) for e in ENGINES for what in ("seconds-per-round", "start-up")],
+        *[("overhead-ratio", e) for e in ENGINES],
+    ]
+    assert all(out["seconds-per-round", e] > 0 for e in ["bare", *ENGINES])
+    assert all(out["overhead-ratio", e] > 0 for e in ENGINES)
+
+
+#: each engine runs in a process of its own there: few, to keep the test short
+SCALE = ["--cohort", "2", "--tau", "2", "--dataset", "mnist-embedded", "--rounds", "1"]
+SCALE += ["--model", "logreg", "--threads", "1"]
+
+
+def test_scale_reports_time_and_memory_per_engine() -> None:
+    out = figures("scale.py", "--clients", "4", *SCALE, "--engines", ",".join(ENGINES))
+    for engine in ["bare", *ENGINES]:
+        assert out["seconds-per-round", engine] > 0
+        assert out["peak-rss-mib", engine] >= out["import-rss-mib", engine] > 0
+    assert [k for k in out if k[0] == "overhead-ratio"] == [("overhead-ratio", e) for e in ENGINES]
+
+
+def test_the_m_sweep_reports_each_m_against_the_first() -> None:
+    out = figures("scale.py", "--m-sweep", "--m-values", "2,4", *SCALE, "--engines", "vectorized")
+    ratios = {k[1:]: v for k, v in out.items() if k[0] == "m-ratio"}
+    assert list(ratios) == [(e, f"m={m}") for e in ("bare", "vectorized") for m in (2, 4)]
+    assert ratios["bare", "m=2"] == ratios["vectorized", "m=2"] == 1.0
+    assert all(out["seconds-per-round", e, "m=4"] > 0 for e in ("bare", "vectorized"))
