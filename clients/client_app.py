@@ -1,13 +1,14 @@
 """The stateful Flower ClientApp: one Cooperative SGD worker.
 
-Between messages the worker keeps, in ``context.state``, its model x_i, its momentum buffers,
-its CoCoD-SGD snapshot, the gradient held back under Remark 1 and the last round it ran, so
-that a round picks up exactly where the previous one stopped (`clients.worker_state`). Each
-train message applies the previous round's sync (the payload the server computed from the worker's column of W), then
-runs tau local SGD steps and replies with the model. The header says which rules apply, so a
-worker never needs the matrix itself. With ``state-dir`` in the SuperNode's node config, the
-state is also written to the device after every round, so that a SuperNode that dies and
-restarts mid-run (with an empty context.state) resumes from its own last round.
+Between messages the worker keeps, in ``context.state``, its model x_i, its momentum
+buffers, its CoCoD-SGD snapshot, the gradient held back under Remark 1 and the last round it
+ran, so that a round picks up exactly where the previous one stopped
+(`clients.worker_state`). Each train message applies the previous round's sync (the payload
+the server computed from the worker's column of W), then runs tau local SGD steps and
+replies with the model. The header says which rules apply, so a worker never needs the
+matrix itself. With ``state-dir`` in the SuperNode's node config, the state is also written
+to the device after every round, so that a SuperNode that dies and restarts mid-run (with an
+empty context.state) resumes from its own last round.
 
 With `eager-reply`, a message's reply carries the model of the round the worker ran since
 the previous message, and the new round's local steps run after the reply: in a background

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 ENGINES = ["inprocess", "vectorized"]
 TINY = ["--rounds", "1", "--model", "logreg", "--engines", ",".join(ENGINES), "--threads", "1"]
@@ -46,6 +48,7 @@ SCALE = ["--cohort", "2", "--tau", "2", "--dataset", "mnist-embedded", "--rounds
 SCALE += ["--model", "logreg", "--threads", "1"]
 
 
+@pytest.mark.slow  # a process per engine: a minute or more
 def test_scale_reports_time_and_memory_per_engine() -> None:
     out = figures("scale.py", "--clients", "4", *SCALE, "--engines", ",".join(ENGINES))
     for engine in ["bare", *ENGINES]:
@@ -54,6 +57,7 @@ def test_scale_reports_time_and_memory_per_engine() -> None:
     assert [k for k in out if k[0] == "overhead-ratio"] == [("overhead-ratio", e) for e in ENGINES]
 
 
+@pytest.mark.slow  # a process per engine: a minute or more
 def test_the_m_sweep_reports_each_m_against_the_first() -> None:
     out = figures("scale.py", "--m-sweep", "--m-values", "2,4", *SCALE, "--engines", "vectorized")
     ratios = {k[1:]: v for k, v in out.items() if k[0] == "m-ratio"}
