@@ -450,6 +450,20 @@ class Coordinator:
                 continue
             source = reports[j] if j < m else self._aux[sync - 1][j - m]
             mix = w[j, worker] * source if mix is None else mix + w[j, worker] * source
+        return self._with_mix(worker, sync, w, reports, mix, adopt=adopt)
+
+    def _with_mix(
+        self,
+        worker: int,
+        sync: int,
+        w: np.ndarray,
+        reports: dict[int, np.ndarray],
+        mix: np.ndarray | None,
+        *,
+        adopt: bool,
+    ) -> Payload | None:
+        """The payload of worker's column at `sync` whose other entries sum to `mix` (None:
+        it has none)."""
         reset = worker in self._rejected.get(sync, set()) or (adopt and self._resets(worker, sync))
         if adopt and mix is None:
             if not reset:
@@ -461,6 +475,27 @@ class Coordinator:
             mix = mix.astype(self.x0.dtype, copy=False)
         self_weight = 0.0 if adopt else float(w[worker, worker])
         return Payload(worker, sync, self_weight, mix, adopt=adopt, reset=reset)
+
+    def _survivor_mixes(
+        self,
+        w: np.ndarray,
+        alive: list[int],
+        models: np.ndarray,
+        prev: np.ndarray,
+        round_: int,
+    ) -> dict[int, np.ndarray | None]:
+        """Each survivor's sum_{j != i} w_ji x_j over the survivors' models and the
+        auxiliary values of the sync before, in one product (None: no other entries)."""
+        m = self.spec.num_workers
+        columns = [i for i in alive if (i, round_) not in self._early]
+        if not columns:
+            return {}
+        sources = [*alive, *range(m, w.shape[0])]
+        off = w[np.ix_(sources, columns)]  # a copy: the diagonal is zeroed below
+        off[[sources.index(i) for i in columns], range(len(columns))] = 0.0
+        mixed = off.T @ np.concatenate([models, prev.astype(np.float64)])
+        other = np.any(off != 0.0, axis=0)
+        return {i: mixed[k] if other[k] else None for k, i in enumerate(columns)}
 
     def _resets(self, worker: int, sync: int) -> bool:
         """Whether the worker's payload of `sync` must reset it: its update of that round
@@ -519,6 +554,7 @@ class Coordinator:
         # Workers whose columns are equal (every worker that adopts the survivors' average
         # under a star rule) share one payload, so a round costs the cohort, not m.
         shared: dict[tuple[bytes, bytes, bool], Payload | None] = {}
+        mixes = self._survivor_mixes(w, alive, models, prev, round_)
         for i in range(m):
             if (i, round_) in self._early:
                 if i in survivors:
@@ -533,8 +569,10 @@ class Coordinator:
                     shared[key] = self._payload(i, round_, w, reports, adopt=True)
                 payload = shared[key]
                 payload = None if payload is None else dataclasses.replace(payload, worker=i)
+            elif not adopt:
+                payload = self._with_mix(i, round_, w, reports, mixes[i], adopt=False)
             else:
-                payload = self._payload(i, round_, w, reports, adopt=adopt)
+                payload = self._payload(i, round_, w, reports, adopt=True)
             if payload is not None:
                 self._pending[i] = payload
         if spec.client_rule is ClientRule.CORRECTION:

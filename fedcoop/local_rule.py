@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +37,9 @@ from fedcoop.augment import Augmentation
 from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.data import ArrayDataset
 from fedcoop.training import LocalSGD, evaluate, load_model_vector, model_vector
+
+#: bytes of mini-batch inputs gathered at once for a group of workers
+_GATHER_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -240,13 +243,14 @@ class LocalRule:
         indices = [self._batches(w, steps, g) for w, g in zip(workers, generators, strict=True)]
         x = torch.stack([w.x for w in workers])
         losses: list[list[float]] = [[] for _ in workers]
+        batches = self._stacked_batches(workers, indices)
         for k in range(steps):
-            inputs, targets = [], []
-            for w, g, idx in zip(workers, generators, indices, strict=True):
-                xb = w.data.x if idx[k] is None else w.data.x[idx[k]]
-                inputs.append(xb if self.augment is None else self.augment(xb, g))
-                targets.append(w.data.y if idx[k] is None else w.data.y[idx[k]])
-            grads, values = self._gradients(x, torch.stack(inputs), torch.stack(targets))
+            inputs, targets = next(batches)
+            if self.augment is not None:
+                inputs = torch.stack(
+                    [self.augment(xb, g) for xb, g in zip(inputs, generators, strict=True)]
+                )
+            grads, values = self._gradients(x, inputs, targets)
             if self.sgd.weight_decay:
                 grads = grads + self.sgd.weight_decay * self.parameters_of(x)
             for b, value in enumerate(values.tolist()):
@@ -259,6 +263,32 @@ class LocalRule:
         for w, row in zip(workers, x.unbind(0), strict=True):
             w.x = row
         return [sum(values) / len(values) for values in losses]
+
+    def _stacked_batches(
+        self, workers: Sequence[WorkerState], indices: Sequence[list[torch.Tensor | None]]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every step's (inputs, targets) of the group, B x batch x ...: gathered with one
+        index per worker for a chunk of steps (about _GATHER_BYTES at a time) rather than
+        one per worker and step, which costs more than the step itself for small models."""
+        steps = len(indices[0])
+        if indices[0][0] is None:  # full batches: the same every step
+            inputs = torch.stack([w.data.x for w in workers])
+            targets = torch.stack([w.data.y for w in workers])
+            for _ in range(steps):
+                yield inputs, targets
+            return
+        first = workers[0].data.x
+        per_step = len(workers) * len(indices[0][0]) * first[0].numel() * first.element_size()
+        chunk = max(1, _GATHER_BYTES // max(1, per_step))
+        for start in range(0, steps, chunk):
+            stop = min(steps, start + chunk)
+            picks = [torch.cat(idx[start:stop]) for idx in indices]  # type: ignore[arg-type]
+            xs = torch.stack([w.data.x[p] for w, p in zip(workers, picks, strict=True)])
+            ys = torch.stack([w.data.y[p] for w, p in zip(workers, picks, strict=True)])
+            xs = xs.view(len(workers), stop - start, -1, *xs.shape[2:])
+            ys = ys.view(len(workers), stop - start, -1, *ys.shape[2:])
+            for k in range(stop - start):
+                yield xs[:, k], ys[:, k]
 
     def _step(
         self, workers: Sequence[WorkerState], x: torch.Tensor, grads: torch.Tensor
