@@ -87,11 +87,11 @@ class LocalRule:
         for name, t in entries:
             offsets[name] = (start, t.numel(), t.shape)
             start += t.numel()
-        #: entries of x that are parameters (None: all of them, in order)
         self._names = list(params)
         self._shapes = [params[k].shape for k in self._names]
         self._sizes = [params[k].numel() for k in self._names]
         self._buffers = [(k, offsets[k]) for k, _ in entries if k not in params]
+        #: entries of x that are parameters (None: all of them, in order)
         if [k for k, _ in entries] == self._names:
             self._index: torch.Tensor | None = None
         else:

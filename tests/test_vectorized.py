@@ -13,11 +13,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Context, Message
 
 from clients import client_app as client_module
 from clients.client_app import app as client_app
 from fedcoop.config import RunConfig
+from fedcoop.cooperative import UpdateRule
+from fedcoop.data import ArrayDataset
+from fedcoop.local_rule import LocalRule
+from fedcoop.training import LocalSGD, loss_function, model_vector
 from simulations.inprocess import InProcessGrid
 from simulations.vectorized import VectorizedGrid
 from strategies.server_app import run
@@ -111,3 +116,41 @@ def test_a_nan_worker_is_rejected_and_the_rest_follow_the_matrix_rule(algorithm:
     assert_matches_reference(config, result)
     flower = InProcessGrid(misbehaving(1, [2], tamper(NAN)), config.num_clients)
     np.testing.assert_allclose(result.workers, run(flower, config).workers, rtol=0, atol=1e-12)
+
+
+def test_a_model_with_batchnorm_trains_each_worker_on_its_own_statistics() -> None:
+    """BatchNorm's running statistics are part of x; in a batch each worker updates its own,
+    exactly as it would alone (the per-worker path that vmap cannot take)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.ReLU(), torch.nn.Linear(3, 2)
+    ).double()
+    shards = [
+        ArrayDataset(x=torch.randn(16, 4, dtype=torch.float64) + i, y=torch.randint(0, 2, (16,)))
+        for i in range(3)
+    ]
+    rule = LocalRule(
+        model,
+        LocalSGD(lr=0.1, momentum=0.9, batch_size=4),
+        torch.device("cpu"),
+        torch.float64,
+        loss_fn=loss_function(shards[0]),
+    )
+    assert not rule.batched
+    x0 = model_vector(model)
+
+    def generators() -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(i) for i in range(3)]
+
+    together = [rule.worker(s, x0) for s in shards]
+    rule.run(together, 3, UpdateRule.MIX_AFTER_STEP, generators())
+    for i, shard in enumerate(shards):
+        alone = rule.worker(shard, x0)
+        rule.run([alone], 3, UpdateRule.MIX_AFTER_STEP, [generators()[i]])
+        np.testing.assert_allclose(together[i].x, alone.x, rtol=0, atol=1e-12)
+    # the running means (after the first layer's 15 entries and BatchNorm's weight and
+    # bias) moved from their initial zeros, differently per worker
+    names = [k for k, t in model.state_dict().items() if t.is_floating_point()]
+    assert names[4] == "1.running_mean"
+    means = torch.stack([w.x[21:24] for w in together])
+    assert (means != 0).all() and not torch.allclose(means[0], means[1])
