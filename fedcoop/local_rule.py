@@ -119,7 +119,11 @@ class LocalRule:
 
     def vector(self, x: torch.Tensor) -> torch.Tensor:
         """A copy of a flat vector on the rule's device, in its dtype."""
-        return x.to(device=self.device, dtype=self.dtype).clone()
+        return self._here(x).clone()
+
+    def _here(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` on the rule's device, in its dtype (no copy when it already is)."""
+        return x.to(device=self.device, dtype=self.dtype)
 
     def momentum_of(self, worker: WorkerState) -> torch.Tensor | None:
         """The worker's momentum buffer, zeros before its first step; None without momentum."""
@@ -160,7 +164,7 @@ class LocalRule:
             self.check_sync(w, mix, client_rule, update_rule)
         x = torch.stack([w.x for w in workers])
         if client_rule is ClientRule.CORRECTION:
-            avg = torch.stack([self.vector(m) for m in mixes])  # type: ignore[arg-type]
+            avg = torch.stack([self._here(m) for m in mixes])  # type: ignore[arg-type]
             x = avg + x - torch.stack([w.snapshot for w in workers])  # type: ignore[misc]
             for w, row in zip(workers, x.unbind(0), strict=True):
                 w.snapshot = row.clone()
@@ -169,7 +173,7 @@ class LocalRule:
             x = weights[:, None] * x
             for b, mix in enumerate(mixes):
                 if mix is not None:
-                    x[b] = x[b] + self.vector(mix)
+                    x[b] = x[b] + self._here(mix)
         if update_rule is UpdateRule.MIX_BEFORE_STEP:
             pending = torch.stack([w.pending for w in workers])  # type: ignore[misc]
             x = self._step(workers, x, pending)
@@ -216,9 +220,9 @@ class LocalRule:
         """
         if steps == 0:
             return [math.nan] * len(workers)
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[bool, int], list[int]] = {}
         for b, w in enumerate(workers):
-            groups.setdefault(self._batch_rows(w), []).append(b)
+            groups.setdefault(self._batch_shape(w), []).append(b)
         losses = [math.nan] * len(workers)
         for members in groups.values():
             out = self._run_group(
@@ -229,9 +233,10 @@ class LocalRule:
         return losses
 
     # -- internals --------------------------------------------------------------------------
-    def _batch_rows(self, worker: WorkerState) -> int:
+    def _batch_shape(self, worker: WorkerState) -> tuple[bool, int]:
+        """(full batch?, rows per batch): workers that share it can be stacked step by step."""
         n, size = len(worker.data), self.sgd.batch_size
-        return n if size == 0 or size >= n else size
+        return (True, n) if size == 0 or size >= n else (False, size)
 
     def _run_group(
         self,
@@ -271,7 +276,7 @@ class LocalRule:
         index per worker for a chunk of steps (about _GATHER_BYTES at a time) rather than
         one per worker and step, which costs more than the step itself for small models."""
         steps = len(indices[0])
-        if indices[0][0] is None:  # full batches: the same every step
+        if indices[0][0] is None:  # full batches (the whole group): the same every step
             inputs = torch.stack([w.data.x for w in workers])
             targets = torch.stack([w.data.y for w in workers])
             for _ in range(steps):
@@ -356,9 +361,10 @@ class LocalRule:
     ) -> list[torch.Tensor | None]:
         """Mini-batch indices for `steps` steps: consecutive slices of seeded permutations
         (None: the whole shard)."""
-        n, size = len(worker.data), self.sgd.batch_size
-        if size == 0 or size >= n:
+        full, size = self._batch_shape(worker)
+        if full:
             return [None] * steps
+        n = len(worker.data)
         out: list[torch.Tensor | None] = []
         perm = torch.randperm(n, generator=generator)
         pos = 0

@@ -154,3 +154,31 @@ def test_a_model_with_batchnorm_trains_each_worker_on_its_own_statistics() -> No
     assert names[4] == "1.running_mean"
     means = torch.stack([w.x[21:24] for w in together])
     assert (means != 0).all() and not torch.allclose(means[0], means[1])
+
+
+def test_workers_whose_shards_differ_in_size_train_in_one_batch_as_alone() -> None:
+    """batch-size 4 on shards of 4, 8 and 6 rows: the first takes full batches of 4, the
+    others mini-batches of 4; a batch of all three ends where each ends alone."""
+    torch.manual_seed(1)
+    shards = [
+        ArrayDataset(
+            x=torch.randn(n, 3, dtype=torch.float64), y=torch.randn(n, dtype=torch.float64)
+        )
+        for n in (4, 8, 6)
+    ]
+    model = torch.nn.Linear(3, 1).double()
+    rule = LocalRule(
+        model,
+        LocalSGD(lr=0.1, batch_size=4),
+        torch.device("cpu"),
+        torch.float64,
+        loss_fn=loss_function(shards[0]),
+    )
+    x0 = model_vector(model)
+    together = [rule.worker(s, x0) for s in shards]
+    seeds = [torch.Generator().manual_seed(i) for i in range(3)]
+    rule.run(together, 5, UpdateRule.MIX_AFTER_STEP, seeds)
+    for i, shard in enumerate(shards):
+        alone = rule.worker(shard, x0)
+        rule.run([alone], 5, UpdateRule.MIX_AFTER_STEP, [torch.Generator().manual_seed(i)])
+        np.testing.assert_array_equal(together[i].x, alone.x)
