@@ -553,7 +553,7 @@ class Coordinator:
             self._aux[round_] = prev
         # Workers whose columns are equal (every worker that adopts the survivors' average
         # under a star rule) share one payload, so a round costs the cohort, not m.
-        shared: dict[tuple[bytes, bytes, bool], Payload | None] = {}
+        shared: dict[tuple[bytes, bytes], Payload | None] = {}
         mixes = self._survivor_mixes(w, alive, models, prev, round_)
         for i in range(m):
             if (i, round_) in self._early:
@@ -564,7 +564,7 @@ class Coordinator:
             adopt = i not in survivors
             if adopt and not self._resets(i, round_):
                 sources = np.flatnonzero(w[:, i])
-                key = (sources.tobytes(), w[sources, i].tobytes(), adopt)
+                key = (sources.tobytes(), w[sources, i].tobytes())
                 if key not in shared:
                     shared[key] = self._payload(i, round_, w, reports, adopt=True)
                 payload = shared[key]

@@ -137,9 +137,10 @@ class CooperativeStrategy:
         """Handshake, all rounds, the final sync and the workers' own evaluation."""
         nodes = self._await_nodes(grid)
         node_of, counts = self._handshake(grid, nodes)
-        # resolve validates for num-clients, which the handshake matched to the nodes
-        spec = self.spec.validate(len(node_of)) if self.spec else None
-        spec = spec or algorithms.resolve(self.config, counts)
+        if self.spec is not None:
+            spec = self.spec.validate(len(node_of))
+        else:  # validated for num-clients, which the handshake matched to the nodes
+            spec = algorithms.resolve(self.config, counts)
         result = RunResult(config=self.config, spec=spec, node_of_worker=node_of)
         LOG.info(
             "fedcoop: %s, m=%d workers, v=%d auxiliary, tau=%d, %d rounds",
