@@ -324,12 +324,8 @@ def _finish(context: Context, job: _Steps) -> None:
         reason = "".join(traceback.format_exception(exc))
         context.state[FAILURE] = ConfigRecord({"round": job.round, "reason": reason})
         return
-    rule = worker_state.rule_for(job.config)
-    x = job.worker.x.cpu().numpy()
     worker_state.save(
-        rule,
         job.worker,
-        x,
         context,
         job.config,
         job.round,

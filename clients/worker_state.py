@@ -98,9 +98,7 @@ def build_worker(
 
 
 def save(
-    rule: LocalRule,
     worker: WorkerState,
-    x: np.ndarray,
     context: Context,
     config: RunConfig,
     round_: int,
@@ -109,8 +107,8 @@ def save(
     seconds: float,
     keep_snapshot: bool,
 ) -> None:
-    """Write the worker (whose model vector is x) into context.state, the record of truth,
-    and keep it alive in this process. The CoCoD snapshot is kept only for the rule that
+    """Write the worker into context.state, the record of truth, and keep it alive in this
+    process. The CoCoD snapshot is kept only for the rule that
     reads it: elsewhere it would double the state Flower ships and checkpoints carry."""
 
     def cpu(t: torch.Tensor | None) -> np.ndarray | None:
@@ -118,8 +116,8 @@ def save(
 
     context.state[STATE_ARRAYS] = messages.vector_record(
         **{
-            messages.MODEL: x,
-            "momentum": cpu(rule.momentum_of(worker)),
+            messages.MODEL: cpu(worker.x),
+            "momentum": cpu(rule_for(config).momentum_of(worker)),
             "snapshot": cpu(worker.snapshot) if keep_snapshot else None,
             "pending": cpu(worker.pending),
         }

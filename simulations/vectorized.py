@@ -12,6 +12,7 @@ Flower path computes (the same rule, the same seeded batches); only the speed di
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from flwr.app import Message, MessageType
 from flwr.clientapp import ClientApp
@@ -28,13 +29,13 @@ class VectorizedGrid(InProcessGrid):
         client_app: ClientApp,
         num_nodes: int,
         *,
-        seed: int = 0,
-        node_config: dict[str, bool | int | float | str] | None = None,
         train: TrainMany = train_many,
+        **options: Any,
     ) -> None:
         """`client_app` serves the other messages (handshake, evaluation, checkpoint
-        queries); `train` the train messages (tests wrap it to inject faults)."""
-        super().__init__(client_app, num_nodes, seed=seed, node_config=node_config)
+        queries); `train` the train messages (tests wrap it to inject faults); `options`
+        are InProcessGrid's (seed, node_config)."""
+        super().__init__(client_app, num_nodes, **options)
         self._train = train
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
