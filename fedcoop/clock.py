@@ -101,25 +101,14 @@ class VirtualClock:
         m = spec.num_workers
         self.spec, self.model_bytes, self.step_time, self.link = spec, model_bytes, step_time, link
         self._rng = np.random.default_rng(seed)
+        #: the pattern follows the nominal W (E[W_r] under a schedule of W_r)
         self.peer = spec.num_aux == 0 and np.count_nonzero(spec.w) < spec.w.size
-        sources = [spec.incoming(i) for i in range(m)]
-        #: worker sources of each column, and whether it reads any auxiliary node
-        self._worker_sources = [[j for j in s if j < m] for s in sources]
-        self._reads_aux = [any(j >= m for j in s) for s in sources]
-        #: columns that read only auxiliary nodes: sync r's payload exists before round r ends
-        self._prefetch = [
-            a and not w for a, w in zip(self._reads_aux, self._worker_sources, strict=True)
-        ]
-        self._payload_bytes = [model_bytes if s else 0 for s in sources]
-        off_diagonal = spec.w[:m, :m] != 0
-        np.fill_diagonal(off_diagonal, False)
-        #: deg(i): the workers whose columns read worker i's model
-        self.degree = off_diagonal.sum(axis=1)
+        self._links: dict[int, _Links] = {}
         self._done = np.zeros(m)  # when each worker finished its last local steps
         self._channel = np.zeros(m)  # when each worker's link is free
         #: the latest sync whose payload each worker holds; an auxiliary-only column's sync 1
         #: reads the initial anchor x0, which every worker starts with
-        self._held = np.array(self._prefetch, dtype=int)
+        self._held = np.array(self._links_of(1).prefetch, dtype=int)
         self._held_at = np.zeros(m)  # when that payload arrived
         self._arrivals = np.full(m, np.nan)  # the last round's report arrivals (NaN: absent)
         self._synced = [0.0]  # sync s complete at the server (auxiliary nodes updated)
@@ -145,12 +134,15 @@ class VirtualClock:
         """The rounds advanced through so far."""
         return len(self._synced) - 1
 
-    def round(self, round_: int, participants: Collection[int] | None = None) -> float:
+    def round(
+        self, round_: int, participants: Collection[int] | None = None, tau: int | None = None
+    ) -> float:
         """Advance through round `round_` (called for 1, 2, ... in order) in which
-        `participants` (worker indices; None = all m) ran tau local steps; return the virtual
-        time (s since the start) at which that round's sync is complete at the server (all
-        its reports in, auxiliary nodes updated)."""
-        m, tau = self.spec.num_workers, self.spec.tau
+        `participants` (worker indices; None = all m) ran `tau` local steps (None: the
+        spec's tau_r); return the virtual time (s since the start) at which that round's
+        sync is complete at the server (all its reports in, auxiliary nodes updated)."""
+        m = self.spec.num_workers
+        tau = self.spec.tau_at(round_) if tau is None else tau
         if round_ != self.rounds + 1:
             raise ValueError(f"round {round_} out of order: the clock is at round {self.rounds}")
         workers = sorted(set(range(m) if participants is None else participants))
@@ -160,16 +152,22 @@ class VirtualClock:
         steps = self.step_time.sample(self._rng, m * tau).reshape(m, tau)
         arrivals = np.full(m, np.nan)
         share = len(workers)
+        links = self._links_of(round_)
         for i in workers:
             if round_ > 1 and self._held[i] < round_ - 1:
                 self._fetch(i, round_ - 1, share)
             self._done[i] = max(self._done[i], self._held_at[i]) + steps[i].sum()
-            if self._prefetch[i] and self._held[i] < round_:
+            if links.prefetch[i] and self._held[i] < round_:
                 self._fetch(i, round_, share)
-            copies = self.degree[i] if self.peer else share
+            copies = links.degree[i] if self.peer else share
+            if not copies:  # no column of W_r reads it: it sends nothing this round
+                arrivals[i] = self._done[i]
+                continue
             upload = self.link.transfer(self.model_bytes * copies)
             arrivals[i] = self._channel[i] = max(self._done[i], self._channel[i]) + upload
         self._arrivals = arrivals
+        for old in [r for r in self._links if r < round_ - 1]:
+            del self._links[old]
         self._synced.append(max(self._synced[-1], float(np.nanmax(arrivals))))
         return self._synced[-1]
 
@@ -188,9 +186,9 @@ class VirtualClock:
         Only the last round's reports are kept: a column that reads workers is fetched for
         the last sync only, one that reads only auxiliary nodes possibly for the next.
         """
-        reports = self._arrivals
-        times = [reports[j] for j in self._worker_sources[worker] if not np.isnan(reports[j])]
-        if self._reads_aux[worker]:
+        reports, links = self._arrivals, self._links_of(sync)
+        times = [reports[j] for j in links.worker_sources[worker] if not np.isnan(reports[j])]
+        if links.reads_aux[worker]:
             times.append(self._synced[sync - 1])
         return max(times, default=0.0)
 
@@ -201,7 +199,7 @@ class VirtualClock:
         if self.peer:
             return ready
         start = max(ready, float(self._channel[worker]))
-        return start + self.link.transfer(self._payload_bytes[worker] * share)
+        return start + self.link.transfer(self._links_of(sync).payload_bytes[worker] * share)
 
     def _fetch(self, worker: int, sync: int, share: int) -> None:
         """Deliver payload `sync` to `worker` over its link."""
@@ -209,3 +207,47 @@ class VirtualClock:
         self._held[worker], self._held_at[worker] = sync, at
         if not self.peer:
             self._channel[worker] = at
+
+    def degree(self, round_: int) -> np.ndarray:
+        """deg(i) in round `round_`: how many workers' columns of W_r read worker i."""
+        return self._links_of(round_).degree
+
+    def _links_of(self, sync: int) -> _Links:
+        """Who reads whom at `sync` (W_sync; the same for every sync without a schedule)."""
+        key = sync if self.spec.w_schedule is not None else 0
+        if key not in self._links:
+            self._links[key] = _Links.of(
+                self.spec.w_at(sync), self.spec.num_workers, self.model_bytes
+            )
+        return self._links[key]
+
+
+@dataclass(frozen=True)
+class _Links:
+    """The transfers one W implies (see the module docstring)."""
+
+    #: worker sources of each column, and whether it reads any auxiliary node
+    worker_sources: list[list[int]]
+    reads_aux: list[bool]
+    #: columns that read only auxiliary nodes: sync r's payload exists before round r ends
+    prefetch: list[bool]
+    #: bytes of each column's payload: a model, or nothing for a column without sources
+    payload_bytes: list[int]
+    #: deg(i): the workers whose columns read worker i's model
+    degree: np.ndarray
+
+    @classmethod
+    def of(cls, w: np.ndarray, m: int, model_bytes: int) -> _Links:
+        """The links of W over m workers (and its auxiliary nodes)."""
+        off = w != 0
+        np.fill_diagonal(off, False)
+        sources = [np.flatnonzero(off[:, i]) for i in range(m)]
+        workers = [[int(j) for j in s if j < m] for s in sources]
+        reads_aux = [bool(np.any(s >= m)) for s in sources]
+        return cls(
+            worker_sources=workers,
+            reads_aux=reads_aux,
+            prefetch=[a and not w for a, w in zip(reads_aux, workers, strict=True)],
+            payload_bytes=[model_bytes if s.size else 0 for s in sources],
+            degree=off[:m, :m].sum(axis=1),
+        )

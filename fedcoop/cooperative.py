@@ -9,7 +9,7 @@ the rule that the tests hold the distributed implementation to.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from fedcoop import mixing, participation
 from fedcoop.errors import ConfigError
+from fedcoop.round_schedule import MatrixSchedule, Settled, TauSchedule
 
 
 class UpdateRule(StrEnum):
@@ -62,6 +63,10 @@ class CooperativeSpec:
     check_spectrum: bool = True
     #: how a round's sync re-weights W when some workers did not answer (fedcoop.participation)
     reweight: participation.Reweight = participation.renormalize
+    #: W_r per round (None: W every round); `w` is then E[W_r] (fedcoop.round_schedule)
+    w_schedule: MatrixSchedule | None = None
+    #: tau_r per round (None: tau every round)
+    tau_schedule: TauSchedule | None = None
 
     @property
     def num_workers(self) -> int:
@@ -90,6 +95,12 @@ class CooperativeSpec:
                 f"must equal the {m} worker columns of W (W is {w.shape[0]}x{w.shape[0]} "
                 f"with num-aux={self.num_aux})",
             )
+        if self.w_schedule is not None and (self.num_aux or self.w_schedule.num_workers != m):
+            raise ConfigError(
+                "topology-schedule",
+                f"{self.w_schedule.num_workers} workers, num-aux={self.num_aux}",
+                f"a schedule of W_r over the {m} workers and no auxiliary node",
+            )
         if self.check_spectrum:
             mixing.validate(
                 w,
@@ -101,6 +112,34 @@ class CooperativeSpec:
         else:
             _validate_column_stochastic(w)
         return self
+
+    def w_at(self, round_: int) -> np.ndarray:
+        """W_r, the matrix the sync of round `round_` mixes with."""
+        if self.w_schedule is None:
+            return self.w
+        w = self.w_schedule.matrix(round_)
+        if w.shape != self.w.shape:
+            raise ConfigError(f"W of round {round_}", f"shape {w.shape}", f"{self.w.shape}")
+        return w
+
+    def tau_at(self, round_: int, history: Sequence[Settled] = ()) -> int:
+        """tau_r, the local steps of round `round_`, given the settled rounds before r - 1
+        (fedcoop.round_schedule)."""
+        if self.tau_schedule is None:
+            return self.tau
+        tau = self.tau_schedule.tau(round_, history)
+        mixing.valid_tau(tau)
+        return tau
+
+    def rounds_of(self, num_steps: int) -> tuple[list[int], set[int]]:
+        """For steps 1 .. num_steps: the round of each, and the steps that end a round (the
+        matrix rule's W_k != I), for a tau schedule that reads no history."""
+        rounds: list[int] = []
+        ends: set[int] = set()
+        while len(rounds) < num_steps:
+            rounds += [len(ends) + 1] * self.tau_at(len(ends) + 1)
+            ends.add(len(rounds))
+        return rounds[:num_steps], ends
 
     def incoming(self, node: int) -> dict[int, float]:
         """The other nodes j with w_{j,node} != 0: whose models node's new model needs."""
@@ -136,7 +175,8 @@ def reference_trajectory(
     """Run the dense matrix rule for `num_steps` steps from all nodes at x0.
 
     Returns an array of shape (num_steps + 1, d, m + v): X_1 ... X_{K+1}, where step k
-    (counted from 1) mixes with W when k mod tau == 0 and with I otherwise (eq. 7). G_k holds
+    (counted from 1) mixes with W when k mod tau == 0 and with I otherwise (eq. 7); with
+    schedules, the last step of round r mixes with W_r and rounds take tau_r steps. G_k holds
     the workers' local SGD directions (heavy-ball or Nesterov momentum on their own
     gradients when `momentum` > 0, as the overlap paper's workers use); the aux nodes carry
     the spec's anchor momentum. CoCoD-SGD (the correction rule) is not a matrix rule and has
@@ -154,14 +194,16 @@ def reference_trajectory(
     x = np.repeat(np.asarray(x0, dtype=np.float64)[:, None], m + v, axis=1)
     velocity = np.zeros((x.shape[0], v))
     out = [x.copy()]
+    round_of, ends = spec.rounds_of(num_steps)
     for k in range(1, num_steps + 1):
-        active = frozenset(participants(-(-k // spec.tau)) if participants else range(m))
+        r = round_of[k - 1]
+        active = frozenset(participants(r) if participants else range(m))
         g = np.zeros_like(x)
         g[:, :m] = local(x[:, :m], k, active)
-        if k % spec.tau:
+        if k not in ends:
             x = x - eta * g
         else:
-            w = participation.round_matrix(spec.w, m, active, spec.reweight)
+            w = participation.round_matrix(spec.w_at(r), m, active, spec.reweight)
             mixed = (x - eta * g) @ w if spec.rule is UpdateRule.MIX_AFTER_STEP else x @ w
             if v:
                 velocity = spec.anchor_momentum * velocity + (mixed[:, m:] - x[:, m:])
@@ -209,9 +251,10 @@ def _cocod_reference(
     x = np.repeat(np.asarray(x0, dtype=np.float64)[:, None], m, axis=1)
     s = x.copy()
     out = [np.concatenate([x, s.mean(axis=1, keepdims=True)], axis=1)]
+    _, ends = spec.rounds_of(num_steps)
     for k in range(1, num_steps + 1):
         x = x - eta * local(x, k)
-        if k % spec.tau == 0:
+        if k in ends:
             x = s.mean(axis=1, keepdims=True) + x - s
             s = x.copy()
         out.append(np.concatenate([x, s.mean(axis=1, keepdims=True)], axis=1))

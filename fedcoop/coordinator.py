@@ -41,6 +41,7 @@ import numpy as np
 from fedcoop import participation
 from fedcoop.cooperative import ClientRule, CooperativeSpec
 from fedcoop.errors import ConfigError
+from fedcoop.round_schedule import LAG, Settled
 
 
 class QuorumLost(RuntimeError):
@@ -108,6 +109,8 @@ class RoundSummary:
     """What the server knows once a round is settled."""
 
     round: int
+    #: the round's local steps per worker (tau_r)
+    tau: int
     #: the surviving workers' average after this round's sync (for Remark-1 rules: before
     #: the pending gradient step, which only the workers hold)
     average: np.ndarray
@@ -166,8 +169,9 @@ class Coordinator:
     _sampled: dict[int, frozenset[int]] = field(init=False, default_factory=dict)
     _cut: dict[str, Any] | None = field(init=False, default=None)
     _settled_out: dict[int, dict[int, str]] = field(init=False, default_factory=dict)
-    #: workers whose column reads other workers: their payload waits for the round
-    _reads_workers: frozenset[int] = field(init=False)
+    #: the settled rounds as a tau schedule reads them (`observe`), and the decided taus
+    _history: list[Settled] = field(init=False, default_factory=list)
+    _taus: dict[int, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -177,9 +181,6 @@ class Coordinator:
         self._last = [0] * m
         self._aux[0] = np.repeat(self.x0[None, :], v, axis=0)
         self._velocity = np.zeros_like(self._aux[0])
-        self._reads_workers = frozenset(
-            i for i in range(m) if any(j < m for j in self.spec.incoming(i))
-        )
         if self.eager:
             check_eager(self.spec, self.participation, self.norm_bound)
 
@@ -204,6 +205,24 @@ class Coordinator:
                 else participation.sample(self.seed, round_, m, self.participation)
             )
         return self._sampled[round_]
+
+    def tau_of(self, round_: int) -> int:
+        """tau_r of round `round_`, decided once, from the rounds observed up to r - 2."""
+        if round_ not in self._taus:
+            history = self._history[: max(0, round_ - LAG)]
+            self._taus[round_] = self.spec.tau_at(round_, history)
+        return self._taus[round_]
+
+    def observe(self, round_: int, loss: float, time: float) -> None:
+        """What the strategy measured of settled round `round_` (its mean training loss and
+        virtual end time), for the tau schedule; called for every round, in order."""
+        if round_ != len(self._history) + 1 or round_ > self._settled:
+            raise ValueError(
+                f"observe(round {round_}): expected round {len(self._history) + 1}, "
+                f"settled up to {self._settled}"
+            )
+        steps = (self._history[-1].steps if self._history else 0) + self.tau_of(round_)
+        self._history.append(Settled(float(loss), float(time), steps))
 
     def take_summaries(self) -> list[RoundSummary]:
         """The summaries of rounds settled since the last call, in order (then dropped, so
@@ -259,7 +278,7 @@ class Coordinator:
             else:
                 self._busy[i] = r
             self._last[i] = r
-            steps = self.spec.tau if r <= self.num_rounds else 0
+            steps = self.tau_of(r) if r <= self.num_rounds else 0
             init = i not in self._trained and payload is None
             out.append(Dispatch(i, r, steps, payload, init=init))
         return out
@@ -416,6 +435,7 @@ class Coordinator:
             return True, self._pending.pop(worker, None)
         # Early: the worker trained that very sync's round, its report stands, and its
         # column reads only itself and auxiliary values of the sync before (overlap).
+        w = self.spec.w_at(sync)
         reported = worker in self._reports.get(sync, {}) or (
             self.eager and self._busy.get(worker) == sync
         )
@@ -423,14 +443,20 @@ class Coordinator:
             self._last[worker] == sync
             and reported
             and not self.norm_bound
-            and worker not in self._reads_workers
             and sync - 1 in self._aux
+            and not self._reads_workers(w, worker)
         )
         if not early:
             return False, None
-        payload = self._payload(worker, sync, self.spec.w, {}, adopt=False)
+        payload = self._payload(worker, sync, w, {}, adopt=False)
         self._early[worker, sync] = payload
         return True, payload
+
+    def _reads_workers(self, w: np.ndarray, worker: int) -> bool:
+        """Whether worker's column of `w` reads other workers (its payload then waits for
+        the round to settle)."""
+        column = w[: self.spec.num_workers, worker]
+        return bool(np.count_nonzero(column) - (column[worker] != 0))
 
     def _payload(
         self,
@@ -538,7 +564,7 @@ class Coordinator:
                 f"quorum needs {needed} ({reasons})"
             )
         survivors = frozenset(reports)
-        w = participation.round_matrix(spec.w, m, survivors, spec.reweight)
+        w = participation.round_matrix(spec.w_at(round_), m, survivors, spec.reweight)
         alive = sorted(survivors)
         # Only the survivors' and auxiliary rows of W_S are non-zero off the diagonal, so
         # the mix reads the cohort's models and never an m x d table.
@@ -586,6 +612,7 @@ class Coordinator:
         self._summaries.append(
             RoundSummary(
                 round=round_,
+                tau=self.tau_of(round_),
                 average=average,
                 aux=self._aux[round_],
                 consensus_distance=float(np.mean(np.sum(spread * spread, axis=1))),
@@ -622,7 +649,7 @@ class Coordinator:
         for key in [k for k in self._early if k[1] <= self._settled]:
             del self._early[key]
         tables = (self._reports, self._missing, self._rejected, self._sampled, self._settled_out)
-        for table in tables:
+        for table in (*tables, self._taus):
             for r in [r for r in table if r <= self._settled]:
                 del table[r]
         for c in [c for c in self._aux if c < self._settled - 1]:

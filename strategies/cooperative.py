@@ -438,8 +438,10 @@ class CooperativeStrategy:
             result.events.append(
                 {"round": summary.round, "kind": "split", "reason": f"{summary.components} parts"}
             )
-        row = self._round_row(summary, coordinator.spec.tau, tally, started)
-        row["virtual-time"] = clock.round(summary.round, summary.survivors)
+        steps = result.rounds[-1]["local-steps"] if result.rounds else 0
+        row = self._round_row(summary, steps + summary.tau, tally, started)
+        row["virtual-time"] = clock.round(summary.round, summary.survivors, summary.tau)
+        coordinator.observe(summary.round, row["train-loss"], row["virtual-time"])
         result.rounds.append(row)
         self._survivors.append(summary.survivors)
         LOG.info("fedcoop: %s", _format_row(row))
@@ -525,8 +527,9 @@ class CooperativeStrategy:
         result.rounds = list(saved["rounds"])
         result.events = list(saved["events"])
         self._survivors = [list(s) for s in saved["survivors"]]
-        for r, survivors in enumerate(self._survivors, start=1):
-            clock.round(r, survivors)
+        for row, survivors in zip(result.rounds, self._survivors, strict=True):
+            clock.round(row["round"], survivors, row["tau"])
+            coordinator.observe(row["round"], row["train-loss"], row["virtual-time"])
         self._to_restore = dict(saved["workers"])
         self._elapsed = float(saved["wall-time"])
 
@@ -571,17 +574,18 @@ class CooperativeStrategy:
         return Message(content, node_of[worker], MessageType.TRAIN, group_id=str(group))
 
     def _round_row(
-        self, summary: RoundSummary, tau: int, tally: _Tally, started: float
+        self, summary: RoundSummary, steps: int, tally: _Tally, started: float
     ) -> dict[str, Any]:
-        """One round's metrics, taking what `tally` gathered for it; bytes count the round's
-        messages and replies."""
+        """One round's metrics, taking what `tally` gathered for it: `steps` local steps per
+        worker so far; bytes count the round's messages and replies."""
 
         def mean(values: list[float]) -> float:
             return float(np.mean(values)) if values else float("nan")
 
         row: dict[str, Any] = {
             "round": summary.round,
-            "local-steps": summary.round * tau,
+            "tau": summary.tau,
+            "local-steps": steps,
             "train-loss": mean(tally.losses.pop(summary.round, [])),
             "consensus-distance": summary.consensus_distance,
             "participants": len(summary.survivors),
