@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from fedcoop import mixing, participation, topology
+from fedcoop.adacomm import AdaComm
 from fedcoop.config import AUTO, RunConfig
 from fedcoop.cooperative import ClientRule, CooperativeSpec, UpdateRule
 from fedcoop.coordinator import check_eager
 from fedcoop.errors import ConfigError
+from fedcoop.round_schedule import parse_taus
 
 #: The overlap paper's defaults (section 4): pullback alpha and anchor momentum beta.
 OVERLAP_ALPHA = 0.6
@@ -218,11 +220,17 @@ def get(name: str) -> Algorithm:
     return ALGORITHMS[name]
 
 
-def resolve(config: RunConfig, sample_counts: Sequence[int] | None = None) -> CooperativeSpec:
-    """The validated spec that `config` describes for its num-clients workers."""
+def resolve(
+    config: RunConfig,
+    sample_counts: Sequence[int] | None = None,
+    lr: Callable[[int], float] | None = None,
+) -> CooperativeSpec:
+    """The validated spec that `config` describes for its num-clients workers; `lr` (the
+    learning rate per global step) is what AdaComm reads of a decaying schedule."""
     m = config.num_clients
     counts = list(sample_counts) if sample_counts is not None else [1] * m
     spec = get(config.algorithm).build(config, m, counts)
+    spec = _with_tau_schedule(config, spec, lr)
     if config.update_rule != AUTO:
         if spec.client_rule is ClientRule.CORRECTION:
             raise ConfigError("update-rule", config.update_rule, "cocod has its own rule: auto")
@@ -242,6 +250,19 @@ def resolve(config: RunConfig, sample_counts: Sequence[int] | None = None) -> Co
     if config.eager_reply:
         check_eager(spec, config.participation, config.update_norm_bound)
     return spec
+
+
+def _with_tau_schedule(
+    config: RunConfig, spec: CooperativeSpec, lr: Callable[[int], float] | None
+) -> CooperativeSpec:
+    """The config's tau-schedule on the algorithm's spec."""
+    if config.tau_schedule == "fixed":
+        return spec
+    if config.algorithm == "sync":
+        raise ConfigError("tau-schedule", config.tau_schedule, "sync takes one step a round: fixed")
+    if config.tau_schedule == "adacomm":
+        return replace(spec, tau_schedule=AdaComm(config.tau, config.adacomm_interval, lr))
+    return replace(spec, tau_schedule=parse_taus(config.tau_schedule))
 
 
 def local_optimizer(config: RunConfig) -> tuple[float, bool]:

@@ -16,12 +16,17 @@ from typing import Any
 
 from fedcoop.errors import ConfigError
 from fedcoop.links import parse_link
+from fedcoop.round_schedule import parse_taus
 from fedcoop.topology import TOPOLOGIES, WEIGHTINGS
 
 #: Config values that mean "the algorithm's own default from the papers".
 AUTO = "auto"
 _NUMBER_OR_AUTO = frozenset({"alpha", "anchor_momentum"})
 LR_SCHEDULES = ("constant", "paper")
+#: tau-schedule values besides a list of taus
+TAU_SCHEDULES = ("fixed", "adacomm")
+#: topology-schedule values besides a file or folder of matrices
+TOPOLOGY_SCHEDULES = ("fixed", "random-matching", "random-edge")
 STEP_TIME_DISTRIBUTIONS = ("constant", "exponential", "lognormal")
 #: The dense (m+v) x (m+v) mixing matrix and its eigenvalues grow as m^2 and m^3: beyond this
 #: many workers a run cannot even build W (num-clients = 10**9 would ask for 8 EB).
@@ -40,8 +45,14 @@ class RunConfig:
     num_clients: int = 8
     #: communication rounds; one round is tau local steps on every worker and one sync
     num_rounds: int = 20
-    #: local SGD steps per round (sync forces 1)
+    #: local SGD steps per round (sync forces 1); adacomm's tau_0
     tau: int = 4
+    #: tau per round: "fixed" (tau every round), "adacomm" (AdaComm: tau recomputed from the
+    #: training loss every adacomm-interval virtual seconds), or comma-separated taus
+    #: ("8,4,2": round r takes the r-th, the last one repeating)
+    tau_schedule: str = "fixed"
+    #: adacomm: virtual seconds between updates of tau (T_0 of the paper)
+    adacomm_interval: float = 10.0
     #: the local SGD learning rate (eta)
     lr: float = 0.05
     #: local SGD momentum (eamsgd: 0.9 if left at 0)
@@ -57,8 +68,13 @@ class RunConfig:
     alpha: float | str = AUTO
     #: the overlap paper's anchor momentum beta; "auto": 0.7 for overlap, 0 otherwise
     anchor_momentum: float | str = AUTO
-    #: graph of dpsgd and generalized-elastic (fedcoop.topology)
+    #: graph of dpsgd, matcha and generalized-elastic (fedcoop.topology)
     topology: str = "ring"
+    #: dpsgd's W per round: "fixed", "random-matching" or "random-edge" (gossip over the
+    #: topology's edges), or an .npz file or folder of W_r (docs/algorithms.md)
+    topology_schedule: str = "fixed"
+    #: matcha: the expected share of the graph's matchings activated per round, in (0, 1]
+    comm_budget: float = 0.5
     #: how the graph's edges are weighted into W (fedcoop.topology)
     weighting: str = "metropolis-hastings"
     #: hierarchical: the number of groups of workers, one anchor each
@@ -185,6 +201,14 @@ class RunConfig:
             raise ConfigError("seed", self.seed, f"must be in 0..2**63-1 = {MAX_SEED}")
         _at_least("num-rounds", self.num_rounds, 1)
         _at_least("tau", self.tau, 1)
+        if self.tau_schedule not in TAU_SCHEDULES:
+            parse_taus(self.tau_schedule)  # refuses anything but integers >= 1
+        if not 0 < self.adacomm_interval < math.inf:
+            raise ConfigError(
+                "adacomm-interval", self.adacomm_interval, "must be virtual seconds > 0"
+            )
+        if not 0 < self.comm_budget <= 1:
+            raise ConfigError("comm-budget", self.comm_budget, "must be in (0, 1]")
         _at_least("batch-size", self.batch_size, 0)
         _at_least("groups", self.groups, 1)
         _at_least("num-aux", self.num_aux, 0)

@@ -112,8 +112,11 @@ class CooperativeStrategy:
         pull_interval: float = 0.01,
         run_dir: Path | None = None,
         resume: dict[str, Any] | None = None,
+        lr: Callable[[int], float] | None = None,
     ) -> None:
         self.config = config
+        #: the workers' learning rate per global step, for a tau schedule that reads it
+        self.lr = lr
         self.x0 = np.asarray(x0)
         self.spec = spec
         self.evaluate_fn = evaluate_fn
@@ -140,7 +143,7 @@ class CooperativeStrategy:
         if self.spec is not None:
             spec = self.spec.validate(len(node_of))
         else:  # validated for num-clients, which the handshake matched to the nodes
-            spec = algorithms.resolve(self.config, counts)
+            spec = algorithms.resolve(self.config, counts, self.lr)
         result = RunResult(config=self.config, spec=spec, node_of_worker=node_of)
         LOG.info(
             "fedcoop: %s, m=%d workers, v=%d auxiliary, tau=%d, %d rounds",

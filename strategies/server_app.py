@@ -110,6 +110,7 @@ def run(
         evaluate_fn=server_evaluator(model, test),
         run_dir=directory,
         resume=resumed,
+        lr=workload.schedule(config).lr,
     )
     result = strategy.start(grid)
     if directory is not None and results is not None:

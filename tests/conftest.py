@@ -4,6 +4,7 @@ grids that misbehave, data files in their real formats, and hand-written run dir
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -29,6 +30,7 @@ from clients.client_app import app as client_app
 from fedcoop import algorithms, participation, workload
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import CooperativeSpec, reference_trajectory
+from fedcoop.round_schedule import TauSequence
 from fedcoop.training import model_vector
 from simulations.inprocess import InProcessGrid
 from simulations.runner import GRIDS
@@ -120,14 +122,16 @@ def reference_final(
     """X_{K+1} of the matrix rule for the spec that the run actually used (d x (m+v)), with
     the config's seeded sample of workers per round unless `participants` says who trained."""
     momentum, nesterov = algorithms.local_optimizer(config)
-    steps = config.num_rounds * result.spec.tau
+    taus = tuple(row["tau"] for row in result.rounds)
     m = result.spec.num_workers
+    # the taus the run decided, replayed (an adaptive schedule reads the run's losses)
+    spec = dataclasses.replace(result.spec, tau_schedule=TauSequence(taus))
     return reference_trajectory(
-        result.spec,
+        spec,
         x0_of(config),
         gradient_oracle(config),
         config.lr,
-        steps,
+        sum(taus),
         momentum=momentum,
         nesterov=nesterov,
         participants=participants

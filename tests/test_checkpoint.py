@@ -92,8 +92,19 @@ def assert_same_run(a: RunResult, b: RunResult) -> None:
         dict(algorithm="dpsgd", participation=0.6, checkpoint_every=2),
         dict(algorithm="cocod"),
         dict(algorithm="overlap", momentum=0.9, eager_reply=True),
+        dict(algorithm="overlap", tau_schedule="adacomm", adacomm_interval=0.25),
+        dict(algorithm="dpsgd", tau_schedule="3,1,2"),
     ],
-    ids=["local-sgd", "overlap", "easgd", "dpsgd-partial", "cocod", "overlap-eager"],
+    ids=[
+        "local-sgd",
+        "overlap",
+        "easgd",
+        "dpsgd-partial",
+        "cocod",
+        "overlap-eager",
+        "overlap-adacomm",
+        "dpsgd-tau-list",
+    ],
 )
 def test_a_crashed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, changes: dict) -> None:
     config = least_squares_config(num_rounds=6, **changes)
