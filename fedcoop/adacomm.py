@@ -14,11 +14,15 @@ sqrt(F - F_inf), with F_inf taken as 0). The stored copies of the paper reachabl
 only its abstract, so the equation is cited by section; the form, tau_0 outside the root and
 the rate ratio inside, agrees with PaddlePaddle's documentation of its AdaComm optimizer.
 
-Read from the run's history (fedcoop.round_schedule): F(x_{t=0}) is the first round's mean
-training loss (the workers' mini-batch losses over its tau_0 steps), F(x_{t = l T_0}) that
-of the first round whose sync completed at or after l T_0, and eta_l the rate of the step
-after it. A tau below 1 is raised to 1 (a loss of 0); a round whose loss is not finite (no
-worker reported one) leaves tau at tau_0.
+Read from the run's history (fedcoop.round_schedule): F is the loss of the workers' average
+as the server evaluates it every round (on its evaluation set: the held-out split), F(x_0)
+that of the initial model, F(x_{t = l T_0}) that after the first round whose sync completed
+at or after l T_0, and eta_l the rate of the step after it. The paper's F is the training
+loss; the workers' own mini-batch losses are no stand-in for it, as they are taken along
+tau steps on each worker's own shard (biased low after many local steps, and on a non-IID
+split), while the average's held-out loss estimates the same objective on IID data. A tau
+below 1 is raised to 1 (a loss of 0); a loss that is not finite (no evaluation) leaves tau
+at tau_0.
 """
 
 from __future__ import annotations
@@ -49,19 +53,17 @@ class AdaComm:
 
     def tau(self, round_: int, history: Sequence[Settled]) -> int:
         """tau of round `round_`, from the rounds settled up to round_ - LAG."""
-        if len(history) != max(0, round_ - LAG):
+        if len(history) != max(0, round_ - LAG) + 1:
             raise ValueError(
-                f"AdaComm decides round {round_} from rounds 1..{round_ - LAG}, given "
+                f"AdaComm decides round {round_} from rounds 0..{max(0, round_ - LAG)}, given "
                 f"{len(history)}: replay its taus as a TauSequence where no history is kept"
             )
-        if not history:
-            return self.tau0
         interval = math.floor(history[-1].time / self.interval)
         if interval == 0:
             return self.tau0
         # the first round of the current interval: its sync completed at or after l T_0
         first = len(history) - 1
-        while first > 0 and math.floor(history[first - 1].time / self.interval) == interval:
+        while math.floor(history[first - 1].time / self.interval) == interval:
             first -= 1
         ratio = history[first].loss / history[0].loss
         if self.lr is not None:

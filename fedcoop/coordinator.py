@@ -207,21 +207,22 @@ class Coordinator:
         return self._sampled[round_]
 
     def tau_of(self, round_: int) -> int:
-        """tau_r of round `round_`, decided once, from the rounds observed up to r - 2."""
+        """tau_r of round `round_`, decided once, from rounds 0 .. r - 2 as observed."""
         if round_ not in self._taus:
-            history = self._history[: max(0, round_ - LAG)]
+            history = self._history[: max(0, round_ - LAG) + 1]
             self._taus[round_] = self.spec.tau_at(round_, history)
         return self._taus[round_]
 
     def observe(self, round_: int, loss: float, time: float) -> None:
-        """What the strategy measured of settled round `round_` (its mean training loss and
-        virtual end time), for the tau schedule; called for every round, in order."""
-        if round_ != len(self._history) + 1 or round_ > self._settled:
+        """What the strategy measured of settled round `round_` (round 0: the start, x0),
+        the loss of the workers' average and the virtual end time, for the tau schedule;
+        called for every round from 0, in order."""
+        if round_ != len(self._history) or round_ > self._settled:
             raise ValueError(
-                f"observe(round {round_}): expected round {len(self._history) + 1}, "
+                f"observe(round {round_}): expected round {len(self._history)}, "
                 f"settled up to {self._settled}"
             )
-        steps = (self._history[-1].steps if self._history else 0) + self.tau_of(round_)
+        steps = self._history[-1].steps + self.tau_of(round_) if round_ else 0
         self._history.append(Settled(float(loss), float(time), steps))
 
     def take_summaries(self) -> list[RoundSummary]:

@@ -8,10 +8,11 @@ the last step of round r and I otherwise). Two kinds of schedule:
   seeded draws are the same in every process, engine and resume (MATCHA in fedcoop.matcha,
   random gossip and a user's sequence of matrices in fedcoop.gossip). The spec's `w` is then
   E[W_r], the matrix that analysis and validation read.
-- A tau schedule gives tau_r from the history of the run's settled rounds 1 .. r - 2
-  (`LAG` = 2): round r - 2 is the latest round settled whenever round r can start, also
-  under Overlap-Local-SGD, where round r is released before round r - 1 has settled. So
-  every engine, and a resumed run, decides the same tau_r (AdaComm in fedcoop.adacomm).
+- A tau schedule gives tau_r from the history of the run: the start (round 0, the model x0)
+  and the settled rounds 1 .. r - 2 (`LAG` = 2). Round r - 2 is the latest round settled
+  whenever round r can start, also under Overlap-Local-SGD, where round r is released before
+  round r - 1 has settled, so every engine, and a resumed run, decides the same tau_r
+  (AdaComm in fedcoop.adacomm).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ LAG = 2
 
 @dataclass(frozen=True)
 class Settled:
-    """What a tau schedule may read of one settled round."""
+    """What a tau schedule may read of one settled round (round 0: the start)."""
 
-    #: the survivors' mean training loss over the round's local steps
+    #: the loss of the workers' average after the round's sync (the server's evaluation;
+    #: NaN without one)
     loss: float
     #: the virtual time at which the round's sync completed (fedcoop.clock)
     time: float
@@ -58,7 +60,7 @@ class TauSchedule(Protocol):
     """tau_r per round, from the history of the rounds settled before r - 1."""
 
     def tau(self, round_: int, history: Sequence[Settled]) -> int:
-        """tau_r; `history` holds exactly rounds 1 .. max(0, round_ - LAG)."""
+        """tau_r; `history` holds exactly rounds 0 .. max(0, round_ - LAG)."""
         ...
 
     def describe(self) -> str:

@@ -44,9 +44,13 @@ def write_results(result: RunResult, path: Path) -> Path:
         "config": result.config.to_mapping(),
         "spec": {
             "tau": spec.tau,
+            # rounds.csv has each round's tau
+            "tau-schedule": spec.tau_schedule.describe() if spec.tau_schedule else "fixed",
             "num-workers": spec.num_workers,
             "num-aux": spec.num_aux,
+            # with a schedule of W_r: their expectation E[W_r]
             "W": spec.w.tolist(),
+            "W-per-round": spec.w_schedule is not None,
             "update-rule": spec.rule.value,
             "client-rule": spec.client_rule.value,
             "anchor-momentum": spec.anchor_momentum,

@@ -165,6 +165,10 @@ class CooperativeStrategy:
             eager=self.config.eager_reply,
         )
         clock = VirtualClock.from_config(self.config, spec, model_bytes=self.x0.nbytes)
+        # round 0 of a tau schedule's history: the loss of x0 (only a schedule reads it)
+        evaluate = self.evaluate_fn if spec.tau_schedule is not None else None
+        start = evaluate(self.x0) if evaluate is not None else {}
+        coordinator.observe(0, start.get("loss", np.nan), 0.0)
         if self.resume is not None:
             self._continue(self.resume, coordinator, clock, result)
         try:
@@ -444,7 +448,7 @@ class CooperativeStrategy:
         steps = result.rounds[-1]["local-steps"] if result.rounds else 0
         row = self._round_row(summary, steps + summary.tau, tally, started)
         row["virtual-time"] = clock.round(summary.round, summary.survivors, summary.tau)
-        coordinator.observe(summary.round, row["train-loss"], row["virtual-time"])
+        coordinator.observe(summary.round, row.get("test-loss", np.nan), row["virtual-time"])
         result.rounds.append(row)
         self._survivors.append(summary.survivors)
         LOG.info("fedcoop: %s", _format_row(row))
@@ -532,7 +536,7 @@ class CooperativeStrategy:
         self._survivors = [list(s) for s in saved["survivors"]]
         for row, survivors in zip(result.rounds, self._survivors, strict=True):
             clock.round(row["round"], survivors, row["tau"])
-            coordinator.observe(row["round"], row["train-loss"], row["virtual-time"])
+            coordinator.observe(row["round"], row.get("test-loss", np.nan), row["virtual-time"])
         self._to_restore = dict(saved["workers"])
         self._elapsed = float(saved["wall-time"])
 

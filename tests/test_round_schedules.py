@@ -2,7 +2,7 @@
 
 The runs go through the real strategy and ClientApp (every in-process engine); the reference
 replays the taus the run decided. AdaComm's own rule is checked on hand-made histories, and
-in a run every tau_r is what the rule gives from the rounds up to r - 2.
+in a run every tau_r is what the rule gives from the start and the rounds up to r - 2.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from fedcoop import algorithms
+from fedcoop import algorithms, workload
 from fedcoop.adacomm import AdaComm
 from fedcoop.clock import StepTime, VirtualClock
 from fedcoop.config import RunConfig
@@ -20,7 +20,8 @@ from fedcoop.errors import ConfigError
 from fedcoop.links import Link
 from fedcoop.round_schedule import LAG, Settled, TauSequence, parse_taus
 from simulations.runner import GRIDS
-from tests.conftest import least_squares_config, reference_final, run_in_process
+from strategies.server_app import initial_model, server_evaluator
+from tests.conftest import least_squares_config, reference_final, run_in_process, x0_of
 
 CASES = {
     "local-sgd": dict(algorithm="local-sgd", tau_schedule="3,1,2"),
@@ -61,10 +62,13 @@ def test_adacomm_decides_each_tau_from_the_rounds_up_to_r_minus_2(algorithm: str
     )
     result, _ = run_in_process(config, seed=4)
     rows = result.rounds
-    history = [Settled(r["train-loss"], r["virtual-time"], r["local-steps"]) for r in rows]
+    _, test = workload.load_split(config)
+    start = server_evaluator(initial_model(config), test)(x0_of(config))
+    history = [Settled(start["loss"], 0.0, 0)]
+    history += [Settled(r["test-loss"], r["virtual-time"], r["local-steps"]) for r in rows]
     rule = AdaComm(6, 0.3)
     assert [r["tau"] for r in rows] == [
-        rule.tau(r, history[: max(0, r - LAG)]) for r in range(1, len(rows) + 1)
+        rule.tau(r, history[: max(0, r - LAG) + 1]) for r in range(1, len(rows) + 1)
     ]
     # the loss of least squares falls, so AdaComm communicates more often
     assert rows[-1]["tau"] < 6
@@ -76,24 +80,26 @@ def history(*rows: tuple[float, float, int]) -> list[Settled]:
 
 def test_adacomm_rule_on_a_known_history() -> None:
     rule = AdaComm(tau0=8, interval=10.0)
-    rows = history((4.0, 3.0, 8), (2.0, 6.0, 16), (1.0, 11.0, 24), (0.5, 14.0, 32))
-    # rounds 1-2 read no history; round 3 reads round 1 (still interval 0): tau_0
-    assert [rule.tau(r, rows[: max(0, r - 2)]) for r in (1, 2, 3, 4)] == [8, 8, 8, 8]
-    # round 5 reads rounds 1-3: round 3 entered interval 1 with loss 1 -> ceil(sqrt(1/4) 8)
-    assert rule.tau(5, rows[:3]) == 4
+    start = (4.0, 0.0, 0)  # round 0: the loss of x0
+    rows = history(start, (3.0, 3.0, 8), (2.0, 6.0, 16), (1.0, 11.0, 24), (0.5, 14.0, 32))
+    # rounds 1-3 read rounds 0..1 (still interval 0): tau_0
+    assert [rule.tau(r, rows[: max(0, r - 2) + 1]) for r in (1, 2, 3, 4)] == [8, 8, 8, 8]
+    # round 5 reads rounds 0-3: round 3 entered interval 1 with loss 1 -> ceil(sqrt(1/4) 8)
+    assert rule.tau(5, rows[:4]) == 4
     # round 6: still interval 1, the interval's loss is round 3's, not round 4's
-    assert rule.tau(6, rows[:4]) == 4
+    assert rule.tau(6, rows[:5]) == 4
     # a decayed rate raises tau: eta_0 / eta_l = 4 -> ceil(sqrt(4 / 4) 8)
     decayed = AdaComm(8, 10.0, lr=lambda step: 0.1 if step <= 20 else 0.025)
-    assert decayed.tau(5, rows[:3]) == 8
+    assert decayed.tau(5, rows[:4]) == 8
     # a loss of 0 cannot take tau below 1; a missing loss keeps tau_0
-    assert rule.tau(5, history((4.0, 3.0, 8), (1.0, 6.0, 16), (0.0, 12.0, 24))) == 1
-    assert rule.tau(5, history((4.0, 3.0, 8), (1.0, 6.0, 16), (math.nan, 12.0, 24))) == 8
+    assert rule.tau(5, history(start, (3.0, 3.0, 8), (1.0, 6.0, 16), (0.0, 12.0, 24))) == 1
+    no_loss = history(start, (3.0, 3.0, 8), (1.0, 6.0, 16), (math.nan, 12.0, 24))
+    assert rule.tau(5, no_loss) == 8
 
 
 def test_adacomm_refuses_a_history_of_the_wrong_length() -> None:
-    with pytest.raises(ValueError, match=r"rounds 1\.\.3"):
-        AdaComm(4, 1.0).tau(5, history((1.0, 1.0, 4)))
+    with pytest.raises(ValueError, match=r"rounds 0\.\.3"):
+        AdaComm(4, 1.0).tau(5, history((1.0, 0.0, 0), (1.0, 1.0, 4)))
 
 
 def test_the_clock_charges_each_round_its_own_tau() -> None:
