@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fedcoop import mixing, participation, topology
+from fedcoop import gossip, matcha, mixing, participation, topology
 from fedcoop.adacomm import AdaComm
 from fedcoop.config import AUTO, RunConfig
 from fedcoop.cooperative import ClientRule, CooperativeSpec, UpdateRule
 from fedcoop.coordinator import check_eager
 from fedcoop.errors import ConfigError
-from fedcoop.round_schedule import parse_taus
+from fedcoop.round_schedule import MatrixSchedule, parse_taus
 
 #: The overlap paper's defaults (section 4): pullback alpha and anchor momentum beta.
 OVERLAP_ALPHA = 0.6
@@ -48,17 +48,21 @@ def _alpha(config: RunConfig, default: float | None) -> float | None:
     return default if config.alpha == AUTO else float(config.alpha)
 
 
-def graph_matrix(config: RunConfig, m: int) -> np.ndarray:
-    """The weighted graph of the config's topology over m workers."""
+def graph(config: RunConfig, m: int) -> np.ndarray:
+    """The adjacency of the config's topology over m workers."""
     try:
-        graph = topology.build(config.topology, m, seed=config.seed)
+        return topology.build(config.topology, m, seed=config.seed)
     except ConfigError as error:
         if error.parameter != "n":
             raise
         # The graph's size is the config's num-clients: say so, or the user looks for an "n".
         valid = f"{config.algorithm} on a {config.topology} graph: {error.valid}"
         raise ConfigError("num-clients", m, valid) from None
-    return topology.weigh(config.weighting, graph)
+
+
+def graph_matrix(config: RunConfig, m: int) -> np.ndarray:
+    """The weighted graph of the config's topology over m workers."""
+    return topology.weigh(config.weighting, graph(config, m))
 
 
 def _sync(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
@@ -91,12 +95,44 @@ def _easgd(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
 
 
 def _dpsgd(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
-    return CooperativeSpec(
+    spec = CooperativeSpec(
         tau=config.tau,
         w=graph_matrix(config, m),
         rule=UpdateRule.MIX_BEFORE_STEP,
         nonnegative=config.weighting != "laplacian",
         reweight=participation.graph_reweight(config.weighting),
+    )
+    if config.topology_schedule == "fixed":
+        return spec
+    schedule = _topology_schedule(config, m)
+    # A missing worker's weight stays home, so every W_r stays symmetric doubly stochastic.
+    return replace(
+        spec,
+        w=schedule.expected(),
+        w_schedule=schedule,
+        nonnegative=False,
+        reweight=participation.keep_self,
+    )
+
+
+def _topology_schedule(config: RunConfig, m: int) -> MatrixSchedule:
+    """The W_r of topology-schedule: gossip over the topology's edges, or a user's files."""
+    if config.topology_schedule == "random-matching":
+        return gossip.RandomMatching(graph(config, m), config.seed)
+    if config.topology_schedule == "random-edge":
+        return gossip.RandomEdge(graph(config, m), config.seed)
+    return gossip.MatrixSequence.load(config.topology_schedule, m)
+
+
+def _matcha(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
+    """MATCHA: the topology's matchings, each activated with its probability per round."""
+    schedule = matcha.Matcha.build(graph(config, m), config.comm_budget, config.seed)
+    return CooperativeSpec(
+        tau=config.tau,
+        w=schedule.expected(),
+        w_schedule=schedule,
+        nonnegative=False,
+        reweight=participation.keep_self,
     )
 
 
@@ -200,6 +236,12 @@ ALGORITHMS: dict[str, Algorithm] = {
         ),
         Algorithm("dpsgd", "A(tau, W, 0)", "D-PSGD / decentralized periodic averaging", _dpsgd),
         Algorithm(
+            "matcha",
+            "A(tau, I - alpha L_r, 0)",
+            "MATCHA: sampled matchings of the graph",
+            _matcha,
+        ),
+        Algorithm(
             "generalized-elastic",
             "A(tau, W', 1)",
             "D-PSGD plus an elastic anchor",
@@ -229,6 +271,12 @@ def resolve(
     learning rate per global step) is what AdaComm reads of a decaying schedule."""
     m = config.num_clients
     counts = list(sample_counts) if sample_counts is not None else [1] * m
+    if config.topology_schedule != "fixed" and config.algorithm != "dpsgd":
+        raise ConfigError(
+            "topology-schedule",
+            config.topology_schedule,
+            f"applies to dpsgd (matcha draws its own W_r), not {config.algorithm}: fixed",
+        )
     spec = get(config.algorithm).build(config, m, counts)
     spec = _with_tau_schedule(config, spec, lr)
     if config.update_rule != AUTO:

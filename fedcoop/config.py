@@ -25,8 +25,6 @@ _NUMBER_OR_AUTO = frozenset({"alpha", "anchor_momentum"})
 LR_SCHEDULES = ("constant", "paper")
 #: tau-schedule values besides a list of taus
 TAU_SCHEDULES = ("fixed", "adacomm")
-#: topology-schedule values besides a file or folder of matrices
-TOPOLOGY_SCHEDULES = ("fixed", "random-matching", "random-edge")
 STEP_TIME_DISTRIBUTIONS = ("constant", "exponential", "lognormal")
 #: The dense (m+v) x (m+v) mixing matrix and its eigenvalues grow as m^2 and m^3: beyond this
 #: many workers a run cannot even build W (num-clients = 10**9 would ask for 8 EB).
