@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -188,7 +187,9 @@ def _cocod(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
 
 def _cooperative(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
     """Any user matrix: symmetric ones are held to Assumption 5, others to column sums."""
-    w = load_matrix(config.matrix_file)
+    if not config.matrix_file:
+        raise ConfigError("matrix-file", "", "the cooperative algorithm needs a matrix file")
+    w = mixing.load_matrix(config.matrix_file)
     # A non-square W cannot be compared with its transpose; validate() names its shape.
     square = w.ndim == 2 and w.shape[0] == w.shape[1]
     symmetric = square and mixing.is_symmetric(w)
@@ -201,27 +202,6 @@ def _cooperative(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec
         # A symmetric W stays symmetric and doubly stochastic when dropped weight stays home.
         reweight=participation.keep_self if symmetric else participation.renormalize,
     )
-
-
-def load_matrix(path: str) -> np.ndarray:
-    """Read W from .npy, or from text (.csv or whitespace separated)."""
-    if not path:
-        raise ConfigError("matrix-file", path, "the cooperative algorithm needs a matrix file")
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError("matrix-file", path, "no such file")
-    # A file that is not a numeric matrix must fail as a config error naming the file, not
-    # as numpy's parser error from deep inside the run.
-    try:
-        if file.suffix == ".npy":
-            w = np.load(file)
-        else:
-            w = np.loadtxt(file, delimiter="," if file.suffix == ".csv" else None, ndmin=2)
-    except (OSError, ValueError) as exc:
-        raise ConfigError("matrix-file", path, f"cannot read a numeric matrix: {exc}") from None
-    if w.dtype.kind not in "biuf":
-        raise ConfigError("matrix-file", path, f"holds {w.dtype} values, not a numeric matrix")
-    return w
 
 
 ALGORITHMS: dict[str, Algorithm] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedcoop import algorithms, mixing, theory
+from fedcoop import algorithms, matcha, mixing, theory
 from fedcoop.config import RunConfig
 
 
@@ -43,12 +43,14 @@ def analyze(
             Finding(
                 "zeta",
                 zeta,
-                "max(|lambda_2|, |lambda_m+v|) of W (Assumption 5)"
+                "of E[W_r]: W changes every round"
+                if spec.w_schedule is not None
+                else "max(|lambda_2|, |lambda_m+v|) of W (Assumption 5)"
                 if symmetric
                 else "||W - v 1^T||_2 (overlap paper, appendix A)",
             )
         )
-        if symmetric:
+        if symmetric and spec.w_schedule is None:  # Theorem 1 is for one fixed W
             eta = config.lr
             out += [
                 Finding("eta_eff", theory.effective_lr(eta, m, v), "eq. (13): m/(m+v) eta"),
@@ -80,6 +82,19 @@ def analyze(
             Finding("zeta of the graph", base, f"{config.topology}, {config.weighting}"),
             Finding("best alpha", theory.generalized_elastic_best_alpha(base, m), "Lemma 2"),
             Finding("best zeta'", theory.generalized_elastic_min_zeta(base, m), "Lemma 2"),
+        ]
+    if config.algorithm == "matcha":
+        schedule = spec.w_schedule
+        assert isinstance(schedule, matcha.Matcha)
+        out += [
+            Finding("matchings", len(schedule.matchings), f"of the {config.topology} graph"),
+            Finding("alpha", schedule.alpha, "MATCHA: minimises rho"),
+            Finding("rho", schedule.rho(), "MATCHA: ||E[W_r^T W_r] - J||_2"),
+            Finding(
+                "D-PSGD zeta",
+                mixing.zeta(algorithms.graph_matrix(config, m)),
+                f"the whole {config.topology} graph every round, {config.weighting}",
+            ),
         ]
     if config.algorithm == "overlap":
         alpha = algorithms.OVERLAP_ALPHA if config.alpha == "auto" else float(config.alpha)

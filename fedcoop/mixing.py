@@ -8,6 +8,7 @@ i's new model, and every column sums to 1. Workers come first, auxiliary nodes l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -344,3 +345,23 @@ def spectral_gap_zeta(w: object) -> float:
     """zeta for any mixing matrix: the eigenvalue form when W is symmetric, else the norm form."""
     a = _square(w, "W")
     return zeta(a) if is_symmetric(a) else column_zeta(a)
+
+
+def load_matrix(path: str, key: str = "matrix-file") -> np.ndarray:
+    """Read W from .npy, or from text (.csv or whitespace separated); errors name `key`, the
+    config key that gave the path."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(key, path, "no such file")
+    # A file that is not a numeric matrix must fail as a config error naming the file, not
+    # as numpy's parser error from deep inside the run.
+    try:
+        if file.suffix == ".npy":
+            w = np.load(file)
+        else:
+            w = np.loadtxt(file, delimiter="," if file.suffix == ".csv" else None, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(key, path, f"cannot read a numeric matrix: {exc}") from None
+    if w.dtype.kind not in "biuf":
+        raise ConfigError(key, path, f"holds {w.dtype} values, not a numeric matrix")
+    return w

@@ -94,6 +94,7 @@ def assert_same_run(a: RunResult, b: RunResult) -> None:
         dict(algorithm="overlap", momentum=0.9, eager_reply=True),
         dict(algorithm="overlap", tau_schedule="adacomm", adacomm_interval=0.25),
         dict(algorithm="dpsgd", tau_schedule="3,1,2"),
+        dict(algorithm="matcha", participation=0.6, comm_budget=0.5),
     ],
     ids=[
         "local-sgd",
@@ -104,6 +105,7 @@ def assert_same_run(a: RunResult, b: RunResult) -> None:
         "overlap-eager",
         "overlap-adacomm",
         "dpsgd-tau-list",
+        "matcha-partial",
     ],
 )
 def test_a_crashed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, changes: dict) -> None:

@@ -77,6 +77,10 @@ VALID: dict[str, list[Any]] = {
     "update-norm-bound": [0, 3],
     "checkpoint-every": [0, 1, 5],
     "eager-reply": [False, True],
+    "tau-schedule": ["fixed", "adacomm", "2,1"],
+    "adacomm-interval": [1, 10.0],
+    "topology-schedule": ["fixed", "random-matching", "random-edge"],
+    "comm-budget": [0.25, 1],
 }
 #: (data set, model) pairs that go together, drawn as one so that a config that names only one
 #: of them never trips over the other's default.
@@ -134,6 +138,10 @@ INVALID: dict[str, list[Any]] = {
     "update-norm-bound": [-1, NAN],
     "checkpoint-every": [-1, 1.5],
     "eager-reply": ["yes", 1, True],
+    "tau-schedule": ["0,2", "often", "", "2,-1", 3],
+    "adacomm-interval": [0, -1, NAN, INF],
+    "topology-schedule": ["missing.npz", "ring", 2],
+    "comm-budget": [0, 1.5, -0.1, NAN],
     "resume": [7],
     "learning-rate": [0.1],
     "num_client": [4],
@@ -153,6 +161,7 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "dirichlet-alpha": {"partition": "dirichlet"},
     "decay-epochs": {"lr-schedule": "paper"},
     "eager-reply": {"algorithm": "local-sgd"},
+    "topology-schedule": {"algorithm": "dpsgd"},
 }
 
 

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from fedcoop import algorithms, workload
+from fedcoop import algorithms, topology, workload
 from fedcoop.adacomm import AdaComm
 from fedcoop.clock import StepTime, VirtualClock
 from fedcoop.config import RunConfig
@@ -51,6 +51,73 @@ def test_rounds_of_their_own_tau_equal_the_matrix_rule(case: str, engine: str) -
     assert grid.overlapping_messages == 0
     if config.tau_schedule != "adacomm":
         assert taus == [parse_taus(config.tau_schedule).tau(r, ()) for r in range(1, 7)]
+
+
+W_CASES = {
+    "matcha": dict(algorithm="matcha", topology="hypercube", num_clients=8, comm_budget=0.5),
+    "matcha-tau2-partial": dict(
+        algorithm="matcha", tau=2, num_clients=6, comm_budget=0.4, participation=0.7, seed=2
+    ),
+    "random-matching": dict(algorithm="dpsgd", topology_schedule="random-matching"),
+    "random-edge": dict(algorithm="dpsgd", tau=2, topology_schedule="random-edge"),
+    "matcha-adacomm": dict(
+        algorithm="matcha", tau=3, tau_schedule="adacomm", adacomm_interval=0.2, num_clients=6
+    ),
+}
+
+
+@pytest.mark.parametrize("engine", list(GRIDS))
+@pytest.mark.parametrize("case", list(W_CASES))
+def test_rounds_of_their_own_w_equal_the_matrix_rule(case: str, engine: str) -> None:
+    config = least_squares_config(num_rounds=6, **{"tau": 1, **W_CASES[case]})
+    result, grid = run_in_process(config, engine=engine)
+    spec = result.spec
+    assert len({spec.w_at(r).tobytes() for r in range(1, 7)}) > 1  # W does change
+    ref = reference_final(config, result)
+    np.testing.assert_allclose(result.workers, ref.T, rtol=0, atol=1e-6)
+    assert grid.overlapping_messages == 0
+
+
+def test_a_users_sequence_of_matrices_runs_in_order(tmp_path) -> None:
+    m = 5
+    pair = np.eye(m)
+    pair[np.ix_([0, 1], [0, 1])] = 0.5
+    ring = topology.weigh("metropolis-hastings", topology.ring(m))
+    path = tmp_path / "w.npz"
+    np.savez(path, pair, ring)
+    config = least_squares_config(
+        algorithm="dpsgd", tau=2, num_clients=m, num_rounds=5, topology_schedule=str(path)
+    )
+    result, _ = run_in_process(config)
+    assert [result.spec.w_at(r).tolist() for r in (1, 2, 3)] == [
+        pair.tolist(),
+        ring.tolist(),
+        pair.tolist(),
+    ]
+    ref = reference_final(config, result)
+    np.testing.assert_allclose(result.workers, ref.T, rtol=0, atol=1e-6)
+
+
+def test_the_clock_charges_only_the_activated_matchings() -> None:
+    """A worker sends its model once per activated matching it is in (1 s each here): with
+    every matching active a hypercube round costs its 3 matchings, at budget 0.5 less."""
+    times = {}
+    for budget in (1.0, 0.5):
+        config = RunConfig(
+            algorithm="matcha", topology="hypercube", num_clients=8, comm_budget=budget
+        )
+        spec = algorithms.resolve(config)
+        clock = VirtualClock(
+            spec, model_bytes=1, step_time=StepTime(0.0), link=Link(latency=0.0, bandwidth=1.0)
+        )
+        assert clock.peer
+        for r in range(1, 21):
+            used = [sum(i in edge for edge in spec.w_schedule.edges(r)) for i in range(8)]
+            assert list(clock.degree(r)) == used
+            clock.round(r)
+        times[budget] = clock.finish()
+    assert times[1.0] == pytest.approx(20 * 3)
+    assert times[0.5] < 0.75 * times[1.0]
 
 
 @pytest.mark.parametrize("algorithm", ["local-sgd", "overlap"])
