@@ -15,16 +15,23 @@ import pytest
 
 from fedcoop.config import RunConfig
 from simulations import compare
-from simulations.reproduce import overlap_sgd, runner
+from simulations.reproduce import follow_ups, overlap_sgd, runner
 from simulations.reproduce.__main__ import main
 from simulations.reproduce.runner import find
-from simulations.reproduce.scale import SMOKE
+from simulations.reproduce.scale import FOLLOW_UPS_SMOKE, SMOKE
 from simulations.reproduce.verdicts import fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 VERDICT = re.compile(r"^\*\*Verdict: (reproduced|partly|not reproduced)\*\*$", re.MULTILINE)
 FIGURE = re.compile(r"!\[[^\]]*\]\(figures/([^)]+)\)")
-CLAIMS = 5
+CLAIMS = 7
+RUN_FOLDERS = (
+    "claim1-3-convex",
+    "claim2-easgd",
+    "claim4-5-image",
+    follow_ups.ADACOMM_RUNS,
+    follow_ups.MATCHA_RUNS,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +61,7 @@ def check_report(markdown: str, out: Path) -> None:
 def test_smoke_report_has_every_claim_verdict_and_figure(smoke: tuple[str, Path, Path]) -> None:
     markdown, out, runs = smoke
     check_report(markdown, out)
-    for folder in ("claim1-3-convex", "claim2-easgd", "claim4-5-image"):
+    for folder in RUN_FOLDERS:
         assert f"`{runs.resolve() / folder}`" in markdown
 
 
@@ -112,6 +119,45 @@ def test_image_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> None
             assert "| " + " | ".join(cells) + " |" in markdown
 
 
+def time_to(run: compare.RecordedRun, key: str, done: object, window: float) -> float | None:
+    """The first virtual time at which the trailing-window mean of `key` satisfies `done`,
+    worked out here round by round from the run's rows."""
+    rows = run.rows
+    for i, row in enumerate(rows):
+        inside = [r[key] for r in rows[: i + 1] if r["virtual-time"] > row["virtual-time"] - window]
+        if done(sum(inside) / len(inside)):
+            return row["virtual-time"]
+    return None
+
+
+def test_follow_up_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> None:
+    """Claim 6's times to sync's final loss, from the rows of each seed's runs; every run
+    filled the virtual-time budget; AdaComm's tau changed during its runs."""
+    markdown, _, runs = smoke
+    scale = FOLLOW_UPS_SMOKE
+    budget, window = scale.adacomm_budget, follow_ups.WINDOW * scale.adacomm_budget
+    adacomm = compare.load_runs(runs / follow_ups.ADACOMM_RUNS)
+    assert all(r.rows[-1]["virtual-time"] >= budget for r in adacomm)
+    for point in {follow_ups.label(r.config) for r in adacomm}:
+        times = []
+        for seed in range(scale.seeds):
+            sync = find(adacomm, algorithm="sync", seed=seed)
+            end = max(r["virtual-time"] for r in sync.rows if r["virtual-time"] <= budget)
+            inside = [r["test-loss"] for r in sync.rows if end - window < r["virtual-time"] <= end]
+            target = sum(inside) / len(inside)
+            run = next(
+                r
+                for r in adacomm
+                if follow_ups.label(r.config) == point and r.config["seed"] == seed
+            )
+            hit = time_to(run, "test-loss", lambda v, t=target: v <= t, window)
+            times.append(budget if hit is None or hit > budget else hit)
+        mean = sum(times) / len(times)
+        assert f"| {point} | {fmt(mean, 1)} ± " in markdown
+    taus = [r.column("tau") for r in adacomm if r.config["tau-schedule"] == "adacomm"]
+    assert all(len(set(t)) > 1 for t in taus)
+
+
 def test_committed_report_is_complete() -> None:
     """docs/reproductions.md from the full run: every claim judged, every figure committed."""
     check_report((ROOT / "docs" / "reproductions.md").read_text(), ROOT / "docs")
@@ -143,9 +189,6 @@ def rerun(
 def body(markdown: str, runs: Path) -> str:
     """The report after its first line (command, wall time, date), runs folder named X."""
     return markdown.split("\n", 1)[1].replace(str(runs.resolve()), "X")
-
-
-RUN_FOLDERS = ("claim1-3-convex", "claim2-easgd", "claim4-5-image")
 
 
 def test_second_invocation_reuses_every_finished_run(

@@ -20,36 +20,50 @@ from pathlib import Path
 import torch
 
 from fedcoop.config import RunConfig
-from simulations.reproduce import cooperative_sgd, overlap_sgd
+from simulations.reproduce import cooperative_sgd, follow_ups, overlap_sgd
 from simulations.reproduce.report import report
 from simulations.reproduce.runner import ClaimRuns
-from simulations.reproduce.scale import FULL, SMOKE, Scale
+from simulations.reproduce.scale import (
+    FOLLOW_UPS_FULL,
+    FOLLOW_UPS_SMOKE,
+    FULL,
+    SMOKE,
+    FollowUpScale,
+    Scale,
+)
 from simulations.reproduce.verdicts import Claim
 
 
-def claim_folders(scale: Scale) -> dict[str, list[RunConfig]]:
+def claim_folders(scale: Scale, later: FollowUpScale) -> dict[str, list[RunConfig]]:
     """Every compare directory's configs, all checked before the first run starts."""
     return {
         cooperative_sgd.CONVEX_RUNS: cooperative_sgd.convex_configs(scale),
         cooperative_sgd.EASGD_RUNS: cooperative_sgd.easgd_configs(scale),
         overlap_sgd.IMAGE_RUNS: overlap_sgd.image_configs(scale),
+        follow_ups.ADACOMM_RUNS: follow_ups.adacomm_configs(later),
+        follow_ups.MATCHA_RUNS: follow_ups.matcha_configs(later),
     }
 
 
-def reproduce(scale: Scale, out: Path, runs: ClaimRuns) -> list[Claim]:
+def reproduce(scale: Scale, later: FollowUpScale, out: Path, runs: ClaimRuns) -> list[Claim]:
     """Run (or reuse) every claim's experiments under runs.root and draw its figures into
-    out/figures."""
+    out/figures (`later`: the sizes of the follow-up papers' claims)."""
     figures = out / "figures"
-    recorded = runs.run_all(claim_folders(scale))
-    convex = recorded[cooperative_sgd.CONVEX_RUNS], runs.root / cooperative_sgd.CONVEX_RUNS
-    easgd = recorded[cooperative_sgd.EASGD_RUNS], runs.root / cooperative_sgd.EASGD_RUNS
-    image = recorded[overlap_sgd.IMAGE_RUNS], runs.root / overlap_sgd.IMAGE_RUNS
+    recorded = runs.run_all(claim_folders(scale, later))
+
+    def of(name: str) -> tuple[list, Path]:
+        return recorded[name], runs.root / name
+
+    convex = of(cooperative_sgd.CONVEX_RUNS)
+    image = of(overlap_sgd.IMAGE_RUNS)
     return [
         cooperative_sgd.claim_floor(scale, *convex, figures),
-        cooperative_sgd.claim_easgd(scale, *easgd, figures),
+        cooperative_sgd.claim_easgd(scale, *of(cooperative_sgd.EASGD_RUNS), figures),
         cooperative_sgd.claim_zeta_tau(scale, *convex, figures),
         overlap_sgd.claim_overlap_accuracy(scale, *image, figures),
         overlap_sgd.claim_front(scale, *image, figures),
+        follow_ups.claim_adacomm(later, *of(follow_ups.ADACOMM_RUNS), figures),
+        follow_ups.claim_matcha(later, *of(follow_ups.MATCHA_RUNS), figures),
     ]
 
 
@@ -79,10 +93,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f" {a}" for a in (argv if argv is not None else sys.argv[1:])
     )
     scale = SMOKE if args.smoke else FULL
+    later = FOLLOW_UPS_SMOKE if args.smoke else FOLLOW_UPS_FULL
     runs = ClaimRuns(runs_root.resolve())
     start = time.perf_counter()
     try:
-        claims = reproduce(scale, out, runs)
+        claims = reproduce(scale, later, out, runs)
         wall = time.perf_counter() - start
         path = report(claims, out, command, wall, scale, reused=runs.reused, runs=runs.ran)
     finally:

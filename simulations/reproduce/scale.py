@@ -77,3 +77,66 @@ SMOKE = Scale(
     image_steps=4,
     image_taus=(1, 2),
 )
+
+
+@dataclass(frozen=True)
+class FollowUpScale:
+    """The sizes of the follow-up papers' claims (AdaComm, MATCHA: follow_ups.py)."""
+
+    seeds: int
+    #: claim 6: the setup, its virtual-time budget, the fixed taus and AdaComm's tau_0s
+    adacomm: Mapping[str, Any]
+    adacomm_budget: float
+    adacomm_taus: tuple[int, ...]
+    adacomm_tau0s: tuple[int, ...]
+    #: claim 7: the setup (with its rounds) and MATCHA's communication budgets
+    matcha: Mapping[str, Any]
+    matcha_budgets: tuple[float, ...]
+
+
+#: AdaComm on claim 1's convex problem over a link whose round trip (0.4 s of latency and
+#: more) costs about 14 local steps, so that tau matters; MATCHA with the MLP, whose 0.8 MB
+#: model makes a round's cost grow with the number of neighbours a worker sends to.
+FOLLOW_UPS_FULL = FollowUpScale(
+    seeds=3,
+    adacomm={
+        **FULL.convex,
+        "link": "congested-wireless",
+        "step-time": 0.05,
+        "adacomm-interval": 60.0,
+        "results-dir": "",
+    },
+    adacomm_budget=1200.0,
+    adacomm_taus=(4, 16, 64),
+    adacomm_tau0s=(16, 64),
+    matcha={
+        "dataset": "mnist-embedded",
+        "model": "mlp",
+        "num-clients": 16,
+        "batch-size": 32,
+        "lr": 0.05,
+        "tau": 1,
+        "num-rounds": 300,
+        "topology": "erdos-renyi",
+        "link": "lte",
+        "step-time": 0.05,
+        "results-dir": "",
+    },
+    matcha_budgets=(1.0, 0.5, 0.25),
+)
+
+FOLLOW_UPS_SMOKE = FollowUpScale(
+    seeds=2,
+    adacomm={**FOLLOW_UPS_FULL.adacomm, "num-clients": 4, "adacomm-interval": 2.0},
+    adacomm_budget=8.0,
+    adacomm_taus=(4,),
+    adacomm_tau0s=(8,),
+    matcha={
+        **FOLLOW_UPS_FULL.matcha,
+        "model": "logreg",
+        "num-clients": 4,
+        "num-rounds": 6,
+        "topology": "ring",
+    },
+    matcha_budgets=(1.0, 0.5),
+)
