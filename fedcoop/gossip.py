@@ -95,7 +95,7 @@ def _read_npz(file: Path) -> list[tuple[str, np.ndarray]]:
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ConfigError(KEY, str(file), "must be an .npz archive or a folder of .npy/.csv files")
     with archive:
-        return [(f"{file}[{n}]", archive[n]) for n in sorted(archive.files, key=_natural)]
+        return [(f"{file}:{n}", archive[n]) for n in sorted(archive.files, key=_natural)]
 
 
 def _read_folder(folder: Path) -> list[tuple[str, np.ndarray]]:
@@ -149,7 +149,7 @@ class MatrixSequence:
         what = f"num-clients={m}"
         # mixing's checks without its zeta test, which a single gossip W_r need not pass.
         matrices = tuple(
-            mixing._checked(w, f"{KEY} {name}", m, what, symmetric=True, nonnegative=False)
+            mixing._checked(w, f"{KEY}[{name}]", m, what, symmetric=True, nonnegative=False)
             for name, w in named
         )
         support = np.any([np.abs(w) > _TOL for w in matrices], axis=0)
