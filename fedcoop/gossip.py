@@ -99,21 +99,11 @@ def _read_npz(file: Path) -> list[tuple[str, np.ndarray]]:
 
 
 def _read_folder(folder: Path) -> list[tuple[str, np.ndarray]]:
-    # load_matrix is the matrix-file reader; imported here as fedcoop.algorithms builds specs
-    # from schedules, so a module-level import would be circular.
-    from fedcoop.algorithms import load_matrix
-
     files = sorted(
         (f for f in folder.iterdir() if f.suffix in (".npy", ".csv") and f.is_file()),
         key=lambda f: _natural(f.name),
     )
-    out = []
-    for file in files:
-        try:
-            out.append((str(file), load_matrix(str(file))))
-        except ConfigError as exc:
-            raise ConfigError(KEY, exc.value, exc.valid) from None
-    return out
+    return [(str(f), mixing.read_matrix(f, KEY)) for f in files]
 
 
 class MatrixSequence:

@@ -8,6 +8,7 @@ i's new model, and every column sums to 1. Workers come first, auxiliary nodes l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -344,3 +345,24 @@ def spectral_gap_zeta(w: object) -> float:
     """zeta for any mixing matrix: the eigenvalue form when W is symmetric, else the norm form."""
     a = _square(w, "W")
     return zeta(a) if is_symmetric(a) else column_zeta(a)
+
+
+def read_matrix(path: str | Path, key: str) -> np.ndarray:
+    """Read one matrix from .npy, or from text (.csv or whitespace separated).
+
+    A file that is not a numeric matrix fails as a ConfigError under the run-config `key`
+    that named the file, not as numpy's parser error from deep inside the run.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(key, str(path), "no such file")
+    try:
+        if file.suffix == ".npy":
+            w = np.load(file)
+        else:
+            w = np.loadtxt(file, delimiter="," if file.suffix == ".csv" else None, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(key, str(path), f"cannot read a numeric matrix: {exc}") from None
+    if w.dtype.kind not in "biuf":
+        raise ConfigError(key, str(path), f"holds {w.dtype} values, not a numeric matrix")
+    return w
