@@ -189,7 +189,7 @@ def _cooperative(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec
     """Any user matrix: symmetric ones are held to Assumption 5, others to column sums."""
     if not config.matrix_file:
         raise ConfigError("matrix-file", "", "the cooperative algorithm needs a matrix file")
-    w = mixing.load_matrix(config.matrix_file)
+    w = mixing.read_matrix(config.matrix_file, "matrix-file")
     # A non-square W cannot be compared with its transpose; validate() names its shape.
     square = w.ndim == 2 and w.shape[0] == w.shape[1]
     symmetric = square and mixing.is_symmetric(w)

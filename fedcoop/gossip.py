@@ -95,7 +95,7 @@ def _read_npz(file: Path) -> list[tuple[str, np.ndarray]]:
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ConfigError(KEY, str(file), "must be an .npz archive or a folder of .npy/.csv files")
     with archive:
-        return [(f"{file}[{n}]", archive[n]) for n in sorted(archive.files, key=_natural)]
+        return [(f"{file}:{n}", archive[n]) for n in sorted(archive.files, key=_natural)]
 
 
 def _read_folder(folder: Path) -> list[tuple[str, np.ndarray]]:
@@ -103,7 +103,7 @@ def _read_folder(folder: Path) -> list[tuple[str, np.ndarray]]:
         (f for f in folder.iterdir() if f.suffix in (".npy", ".csv") and f.is_file()),
         key=lambda f: _natural(f.name),
     )
-    return [(str(file), mixing.load_matrix(str(file), KEY)) for file in files]
+    return [(str(f), mixing.read_matrix(f, KEY)) for f in files]
 
 
 class MatrixSequence:
@@ -139,7 +139,7 @@ class MatrixSequence:
         what = f"num-clients={m}"
         # mixing's checks without its zeta test, which a single gossip W_r need not pass.
         matrices = tuple(
-            mixing._checked(w, f"{KEY} {name}", m, what, symmetric=True, nonnegative=False)
+            mixing.checked(w, f"{KEY}[{name}]", m, what, symmetric=True, nonnegative=False)
             for name, w in named
         )
         support = np.any([np.abs(w) > _TOL for w in matrices], axis=0)

@@ -53,7 +53,7 @@ def is_symmetric(w: np.ndarray) -> bool:
     return bool(np.allclose(w, w.T, rtol=0.0, atol=_TOL))
 
 
-def _checked(
+def checked(
     w: object, name: str, size: int, what: str, *, symmetric: bool, nonnegative: bool
 ) -> np.ndarray:
     """Shape, finiteness, sign, column sums and symmetry; the parts of `validate` that do not
@@ -137,7 +137,7 @@ def validate(
     m = check_int("num_workers", num_workers, 1)
     v = check_int("num_aux", num_aux, 0)
     what = f"{m} clients and {v} auxiliary nodes"
-    a = _checked(w, name, m + v, what, symmetric=symmetric, nonnegative=nonnegative)
+    a = checked(w, name, m + v, what, symmetric=symmetric, nonnegative=nonnegative)
     _check_mixes(a, name, m, symmetric=symmetric)
     return a
 
@@ -178,7 +178,7 @@ def generalized_elastic(w: object, alpha: float | None = None) -> np.ndarray:
     """
     a = _square(w, "W")
     m = a.shape[0]
-    a = _checked(a, "W", m, f"{m} workers", symmetric=True, nonnegative=False)
+    a = checked(a, "W", m, f"{m} workers", symmetric=True, nonnegative=False)
     z = zeta(a)
     if z > 1.0 + _TOL:
         raise ConfigError(
@@ -260,7 +260,7 @@ def hierarchical(
     if aux_mixing is None:
         b = averaging(g)
     else:
-        b = _checked(aux_mixing, "aux_mixing", g, f"{g} groups", symmetric=True, nonnegative=False)
+        b = checked(aux_mixing, "aux_mixing", g, f"{g} groups", symmetric=True, nonnegative=False)
         _check_mixes(b, "aux_mixing", 0, symmetric=True)
     rest = np.array([1 - len(part) * alpha for part in parts])
     r_min = rest.min()
@@ -347,21 +347,22 @@ def spectral_gap_zeta(w: object) -> float:
     return zeta(a) if is_symmetric(a) else column_zeta(a)
 
 
-def load_matrix(path: str, key: str = "matrix-file") -> np.ndarray:
-    """Read W from .npy, or from text (.csv or whitespace separated); errors name `key`, the
-    config key that gave the path."""
+def read_matrix(path: str | Path, key: str) -> np.ndarray:
+    """Read one matrix from .npy, or from text (.csv or whitespace separated).
+
+    A file that is not a numeric matrix fails as a ConfigError under the run-config `key`
+    that named the file, not as numpy's parser error from deep inside the run.
+    """
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(key, path, "no such file")
-    # A file that is not a numeric matrix must fail as a config error naming the file, not
-    # as numpy's parser error from deep inside the run.
+        raise ConfigError(key, str(path), "no such file")
     try:
         if file.suffix == ".npy":
             w = np.load(file)
         else:
             w = np.loadtxt(file, delimiter="," if file.suffix == ".csv" else None, ndmin=2)
     except (OSError, ValueError) as exc:
-        raise ConfigError(key, path, f"cannot read a numeric matrix: {exc}") from None
+        raise ConfigError(key, str(path), f"cannot read a numeric matrix: {exc}") from None
     if w.dtype.kind not in "biuf":
-        raise ConfigError(key, path, f"holds {w.dtype} values, not a numeric matrix")
+        raise ConfigError(key, str(path), f"holds {w.dtype} values, not a numeric matrix")
     return w
