@@ -94,13 +94,18 @@ class FollowUpScale:
     matcha_budgets: tuple[float, ...]
 
 
-#: AdaComm on claim 1's convex problem over a link whose round trip (0.4 s of latency and
+#: AdaComm on FedProx's Synthetic(1, 1) logistic regression over a link whose round trip (0.4 s of latency and
 #: more) costs about 14 local steps, so that tau matters; MATCHA with the MLP, whose 0.8 MB
 #: model makes a round's cost grow with the number of neighbours a worker sends to.
 FOLLOW_UPS_FULL = FollowUpScale(
     seeds=3,
     adacomm={
-        **FULL.convex,
+        "dataset": "synthetic",
+        "model": "logreg",
+        "partition": "natural",
+        "num-clients": 8,
+        "batch-size": 10,
+        "lr": 0.1,
         "link": "congested-wireless",
         "step-time": 0.05,
         "adacomm-interval": 60.0,
