@@ -94,9 +94,10 @@ class FollowUpScale:
     matcha_budgets: tuple[float, ...]
 
 
-#: AdaComm on FedProx's Synthetic(1, 1) logistic regression over a link whose round trip (0.4 s of latency and
-#: more) costs about 14 local steps, so that tau matters; MATCHA with the MLP, whose 0.8 MB
-#: model makes a round's cost grow with the number of neighbours a worker sends to.
+#: AdaComm on FedProx's Synthetic(1, 1) logistic regression over a link whose round trip
+#: (0.4 s of latency and more) costs about 14 local steps, so that tau matters; MATCHA with
+#: the MLP, whose 0.8 MB model makes a round's cost grow with the number of neighbours a
+#: worker sends to.
 FOLLOW_UPS_FULL = FollowUpScale(
     seeds=3,
     adacomm={
