@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 
 from fedcoop import algorithms, workload
 from fedcoop.clock import VirtualClock
@@ -108,6 +109,22 @@ def by_point(runs: Sequence[compare.RecordedRun]) -> dict[str, list[compare.Reco
 COMPARED = ["run", "against", "measure", "difference", "2 x combined se", "rule", "holds"]
 
 
+def draw_means(
+    ax: Axes,
+    points: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+    end: float,
+    target: float | None = None,
+) -> None:
+    """Each point's (x, y) curves over seeds, on a common grid of x in [0, end], as the mean
+    with a band of +-1 sample std (plots.band); the target as a dashed line."""
+    grid = np.linspace(0.0, end, 200)
+    for name, curves in points.items():
+        rows = [np.interp(grid, x, y, left=np.nan, right=np.nan) for x, y in curves]
+        plots.band(ax, grid, rows, f"{name} ({len(rows)} seeds)")
+    if target is not None:
+        ax.axhline(target, color="black", linestyle="--", linewidth=1, label="target (mean)")
+
+
 def compared(
     times: dict[str, list[float]], mine: str, others: Sequence[str], measure: str
 ) -> tuple[int, list[list[str]]]:
@@ -149,9 +166,11 @@ def claim_adacomm(
     budget, window = scale.adacomm_budget, WINDOW * scale.adacomm_budget
     points = by_point(runs)
     times: dict[str, list[float]] = {name: [] for name in points}
+    targets = []
     for seed in range(scale.seeds):
         t, y = smoothed(find(runs, algorithm="sync", seed=seed), "test-loss", window)
         target = y[np.searchsorted(t, budget, side="right") - 1]
+        targets.append(target)
         for name, members in points.items():
             u, v = smoothed(members[seed], "test-loss", window)
             times[name].append(first_time(u, v, v <= target, budget))
@@ -170,7 +189,18 @@ def claim_adacomm(
         last = [m.rows[-1]["tau"] for m in members]
         return f"{members[0].rows[0]['tau']} -> {min(last)}..{max(last)}"
 
-    figure = plots.curves(runs, [label(r.config) for r in runs], "virtual-time")
+    figure, (loss_ax, tau_ax) = plots.new_figure(2)
+    curves = {n: [smoothed(m, "test-loss", window) for m in ms] for n, ms in points.items()}
+    draw_means(loss_ax, curves, budget, float(np.mean(targets)))
+    loss_ax.set_yscale("log")
+    plots.style_axes(loss_ax, "virtual time (s)", f"test loss, trailing {window:g} s mean")
+    loss_ax.legend(fontsize="x-small")
+    for name, members in points.items():
+        if name.startswith("adacomm"):
+            tau_ax.step(members[0].column("virtual-time"), members[0].column("tau"), label=name)
+    tau_ax.set_xlim(0, budget)
+    plots.style_axes(tau_ax, "virtual time (s)", "tau (seed 0)")
+    tau_ax.legend(fontsize="x-small")
     return Claim(
         title="6. AdaComm against fully synchronous SGD and fixed taus (AdaComm paper, Fig. 1)",
         paper="AdaComm, which starts with infrequent averaging and averages more often as the "
@@ -193,7 +223,7 @@ def claim_adacomm(
             time_table(points, times, budget, taus, "tau (first -> last, over seeds)"),
             table(COMPARED, rows),
         ],
-        figures=[save_png(figure, figures / "repro-adacomm.png")] if figure else [],
+        figures=[save_png(figure, figures / "repro-adacomm.png")],
         runs=runs_dir,
         notes=f"Speed-up in time to target against sync: {speedups} (the paper: about 3x). "
         f"The fastest fixed setting is {best} ({mean[best]:.1f} s): AdaComm's tau falls with "
@@ -211,9 +241,12 @@ def claim_matcha(
     points = by_point(runs)
     comm: dict[str, list[float]] = {name: [] for name in points}
     final: dict[str, list[float]] = {name: [] for name in points}
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in points}
+    targets = []
     for seed in range(scale.seeds):
         _, acc = smoothed(find(runs, algorithm="dpsgd", seed=seed), "test-accuracy", window)
         target = acc[-1] - ACCURACY_SLACK
+        targets.append(target)
         for name, members in points.items():
             run = members[seed]
             t, y = smoothed(run, "test-accuracy", window)
@@ -221,6 +254,7 @@ def claim_matcha(
             spent = t - step * np.asarray(run.column("local-steps"), dtype=float)
             comm[name].append(first_time(spent, y, y >= target, math.inf))
             final[name].append(y[-1])
+            curves[name].append((spent, y))
     hits, total, rows = 0, 0, []
     for budget in [b for b in scale.matcha_budgets if b <= 0.5]:
         name = f"matcha, budget {budget:g}"
@@ -235,7 +269,12 @@ def claim_matcha(
         s = stats.spread(final[label(members[0].config)])
         return f"{fmt(s.mean)} ± {fmt(s.std)}"
 
-    figure = plots.curves(runs, [label(r.config) for r in runs], "virtual-time")
+    figure, (ax,) = plots.new_figure(1)
+    end = max(float(x[-1]) for c in curves.values() for x, _ in c)
+    draw_means(ax, curves, end, float(np.mean(targets)))
+    plots.style_axes(ax, "communication time (s)", f"test accuracy, trailing {window:.0f} s mean")
+    ax.set_ylim(float(np.mean(targets)) - 0.1, None)
+    ax.legend(fontsize="x-small")
     return Claim(
         title="7. MATCHA against D-PSGD (MATCHA paper, Fig. 2-3)",
         paper="Sampling a few matchings of the graph per round, MATCHA reaches D-PSGD's "
@@ -258,6 +297,6 @@ def claim_matcha(
             ),
             table(COMPARED, rows),
         ],
-        figures=[save_png(figure, figures / "repro-matcha.png")] if figure else [],
+        figures=[save_png(figure, figures / "repro-matcha.png")],
         runs=runs_dir,
     )
