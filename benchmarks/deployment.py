@@ -14,7 +14,13 @@ the link rate (tbf could limit rate but not add delay). Each run reports the dev
 communication the devices waited for (Flower's message path and the link). The fraction an
 overlap variant hides is 1 - its exposed communication / local-sgd's.
 
+Both report, per number of SuperNodes (`--nodes 3 8 16 32`), each process's CPU while the
+deployment idles (before the run) and during the run (% of one core, from /proc/<pid>/stat),
+and its peak RSS (VmHWM), with the load average: `--workload cnn-mnist` measures the RSS of a
+device training the CNN on MNIST.
+
     python benchmarks/deployment.py overhead --rounds 4
+    python benchmarks/deployment.py overhead --nodes 3 8 16 32 --rounds 6 --skip-default
     python benchmarks/deployment.py overlap --rounds 4 --tau 256 --nodes 2 --out overlap.json
 """
 
@@ -29,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -221,18 +228,179 @@ def simulated_per_round(run_config: str, nodes: int) -> float:
     return per_round(run(InProcessGrid(app, nodes), config).rounds)
 
 
-# -- the two benchmarks -----------------------------------------------------------------------
-def overhead(args: argparse.Namespace) -> None:
-    run_config = (
-        f"algorithm='local-sgd' num-clients={args.nodes} num-rounds={args.rounds} tau=2 "
-        "dataset='least-squares' model='linear' batch-size=0"
+# -- what each process costs -----------------------------------------------------------------
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+#: the roles of a deployment's processes, in table order
+ROLES = ("superlink", "serverapp", "supernode", "clientapp")
+
+
+def _role(name: str, pid: int) -> str:
+    """superlink (and its SuperExec), serverapp, supernode or clientapp."""
+    if name != "superlink":
+        return name.rpartition("-")[0]
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "superlink"
+    return "serverapp" if b"serverapp" in cmdline else "superlink"
+
+
+def _cpu_and_peak(pid: int) -> tuple[float, int] | None:
+    """(CPU seconds, peak RSS in kB) of a live process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    peak = next(
+        (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0
     )
-    print(f"run config: {run_config}")
-    print(f"in-process simulation: {simulated_per_round(run_config, args.nodes):.3f} s/round")
-    for helper, name in ((False, "Flower default (--isolation subprocess)"), (True, "helper")):
-        with loopback(args.nodes, helper) as deployment:
-            seconds = per_round(deployment.submit(run_config))
-        print(f"{name}: {seconds:.3f} s/round")
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK, peak
+
+
+class Sampler:
+    """Every process of a deployment, sampled in a thread: each pid's role, its latest CPU
+    seconds and its peak RSS, kept after the process exits (the ServerApp does)."""
+
+    def __init__(self, state: Path, interval: float = 0.5) -> None:
+        self.state, self.interval = state, interval
+        self.seen: dict[int, tuple[str, float, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.sample()
+        self._thread.start()
+
+    def sample(self) -> None:
+        for name, root in processes.running(self.state).items():
+            for pid in processes.process_tree(root):
+                if (figures := _cpu_and_peak(pid)) is not None:
+                    self.seen[pid] = (_role(name, pid), *figures)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def cpu(self) -> dict[int, tuple[str, float]]:
+        return {pid: (role, cpu) for pid, (role, cpu, _) in self.seen.items()}
+
+    def peak_rss(self) -> dict[str, int]:
+        """The largest peak RSS (kB) of a process of each role."""
+        out: dict[str, int] = {}
+        for role, _, peak in self.seen.values():
+            out[role] = max(out.get(role, 0), peak)
+        return out
+
+
+def cpu_share(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], seconds: float
+) -> dict[str, tuple[float, float, float]]:
+    """Per role: (mean, max, sum) over its processes of the % of one core used in between."""
+    shares: dict[str, list[float]] = {}
+    for pid, (role, cpu) in after.items():
+        used = cpu - before.get(pid, (role, 0.0))[1]
+        shares.setdefault(role, []).append(100 * used / seconds)
+    return {role: (sum(v) / len(v), max(v), sum(v)) for role, v in shares.items()}
+
+
+def wait_for_nodes(state: Path, nodes: int, timeout: float = 600) -> None:
+    """Return once every SuperNode has its node id (it is registered and activated)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = [processes.log_file(state, f"supernode-{i}") for i in range(nodes)]
+        if all(log.exists() and "SuperNode ID" in log.read_text(errors="replace") for log in logs):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"not all {nodes} SuperNodes connected after {timeout}s")
+
+
+# -- the two benchmarks -----------------------------------------------------------------------
+#: run configs of the overhead benchmark: nil compute, or the default CNN on MNIST
+WORKLOADS = {
+    "least-squares": "dataset='least-squares' model='linear' batch-size=0",
+    "cnn-mnist": "dataset='mnist-embedded' model='cnn' batch-size=32",
+}
+
+
+def measure_helper(run_config: str, nodes: int, idle_seconds: float) -> dict[str, object]:
+    """The helper's deployment of `nodes` SuperNodes: its idle CPU (after every node has
+    connected and settled), then the run's seconds per round, CPU and peak RSS per role."""
+    with loopback(nodes, True) as deployment:
+        wait_for_nodes(deployment.state, nodes)
+        sampler = Sampler(deployment.state)
+        try:
+            time.sleep(5)  # the last processes finish starting
+            load_idle = os.getloadavg()[0]
+            sampler.sample()
+            before, began = sampler.cpu(), time.monotonic()
+            time.sleep(idle_seconds)
+            sampler.sample()
+            idle = cpu_share(before, sampler.cpu(), time.monotonic() - began)
+            before, began = sampler.cpu(), time.monotonic()
+            rows = deployment.submit(run_config)
+            load_run = os.getloadavg()[0]
+        finally:
+            sampler.close()
+        run = cpu_share(before, sampler.cpu(), time.monotonic() - began)
+        return {
+            "s-per-round": per_round(rows),
+            "idle-cpu": idle,
+            "run-cpu": run,
+            "peak-rss-mb": {role: kb / 1024 for role, kb in sampler.peak_rss().items()},
+            "load-idle": load_idle,
+            "load-run": load_run,
+        }
+
+
+def overhead(args: argparse.Namespace) -> None:
+    results = {}
+    for nodes in args.nodes:
+        run_config = (
+            f"algorithm='local-sgd' num-clients={nodes} num-rounds={args.rounds} tau=2 "
+            + WORKLOADS[args.workload]
+        )
+        print(f"run config: {run_config}", flush=True)
+        simulated = simulated_per_round(run_config, nodes)
+        print(f"in-process simulation: {simulated:.3f} s/round", flush=True)
+        if not args.skip_default:
+            with loopback(nodes, False) as deployment:
+                seconds = per_round(deployment.submit(run_config))
+            print(f"Flower default (--isolation subprocess): {seconds:.3f} s/round", flush=True)
+        figures = measure_helper(run_config, nodes, args.idle_seconds)
+        figures["simulated-s-per-round"] = simulated
+        print(f"helper: {json.dumps(figures)}", flush=True)
+        results[nodes] = figures
+    print_scale_table(results)
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.out}")
+
+
+def print_scale_table(results: dict[int, dict[str, object]]) -> None:
+    """Markdown, a row per number of SuperNodes: the helper's seconds per round and its
+    overhead over the simulation, CPU (% of a core: mean / max per process) while idle and
+    during the run, peak RSS per process (MB), and the load average."""
+    print(
+        "\n| nodes | s/round | over simulation | idle CPU % supernode / clientapp / superlink "
+        "| run CPU % superlink / serverapp | peak RSS MB supernode / clientapp | load |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for nodes, r in results.items():
+        idle, run, rss = r["idle-cpu"], r["run-cpu"], r["peak-rss-mb"]
+        over = r["s-per-round"] - r["simulated-s-per-round"]
+        cells = [
+            str(nodes), f"{r['s-per-round']:.2f}", f"{over:.2f}",
+            " / ".join(f"{idle[k][0]:.1f} ({idle[k][1]:.1f})" for k in ROLES[2:])
+            + f" / {idle['superlink'][2]:.1f}",
+            " / ".join(f"{run.get(k, (0.0, 0.0, 0.0))[2]:.0f}" for k in ROLES[:2]),
+            " / ".join(f"{rss[k]:.0f}" for k in ROLES[2:]),
+            f"{r['load-idle']:.1f} / {r['load-run']:.1f}",
+        ]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
 
 
 def overlap(args: argparse.Namespace) -> None:
@@ -290,16 +458,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="benchmark", required=True)
     both = argparse.ArgumentParser(add_help=False)
-    both.add_argument("--nodes", type=int, default=3)
     both.add_argument("--rounds", type=int, default=4)
-    help_ = "per-round overhead, Flower default vs the helper"
-    sub.add_parser("overhead", parents=[both], help=help_).set_defaults(func=overhead)
+    both.add_argument("--out", type=Path, help="also write the figures to this JSON file")
+    help_ = "per-round overhead, idle CPU and RSS: Flower default vs the helper"
+    p = sub.add_parser("overhead", parents=[both], help=help_)
+    p.add_argument("--nodes", type=int, nargs="+", default=[3], help="one run per count")
+    p.add_argument("--workload", choices=list(WORKLOADS), default="least-squares")
+    p.add_argument("--idle-seconds", type=float, default=10.0, help="idle CPU sampled over")
+    p.add_argument("--skip-default", action="store_true", help="only the helper's deployment")
+    p.set_defaults(func=overhead)
     p = sub.add_parser("overlap", parents=[both], help="sync / local-sgd / overlaps over links")
+    p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--tau", type=int, default=32)
     p.add_argument("--model", default="cnn")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    p.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     p.set_defaults(func=overlap)
     args = parser.parse_args(argv)
     args.func(args)
