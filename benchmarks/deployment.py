@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,15 +307,27 @@ def cpu_share(
     return {role: (sum(v) / len(v), max(v), sum(v)) for role, v in shares.items()}
 
 
-def wait_for_nodes(state: Path, nodes: int, timeout: float = 600) -> None:
-    """Return once every SuperNode has its node id (it is registered and activated)."""
+def _received(state: Path, node: int) -> int:
+    """How many messages SuperNode `node` has received, from its log."""
+    log = processes.log_file(state, f"supernode-{node}")
+    return log.read_text(errors="replace").count("Receiving: ") if log.exists() else 0
+
+
+def _wait(what: str, done: Callable[[], bool], timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        logs = [processes.log_file(state, f"supernode-{i}") for i in range(nodes)]
-        if all(log.exists() and "SuperNode ID" in log.read_text(errors="replace") for log in logs):
-            return
-        time.sleep(1)
-    raise TimeoutError(f"not all {nodes} SuperNodes connected after {timeout}s")
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} after {timeout}s")
+        time.sleep(0.5)
+
+
+def wait_for_nodes(state: Path, nodes: int) -> None:
+    """Return once every SuperNode has its node id (it is registered and activated)."""
+    logs = [processes.log_file(state, f"supernode-{i}") for i in range(nodes)]
+    _wait(
+        f"not all {nodes} SuperNodes connected",
+        lambda: all(p.exists() and "SuperNode ID" in p.read_text(errors="replace") for p in logs),
+    )
 
 
 # -- the two benchmarks -----------------------------------------------------------------------
@@ -326,12 +338,17 @@ WORKLOADS = {
 }
 
 
-def measure_helper(run_config: str, nodes: int, idle_seconds: float) -> dict[str, object]:
+def measure_helper(
+    run_config: str, nodes: int, rounds: int, idle_seconds: float
+) -> dict[str, object]:
     """The helper's deployment of `nodes` SuperNodes: its idle CPU (after every node has
-    connected and settled), then the run's seconds per round, CPU and peak RSS per role."""
+    connected and settled), then the run's seconds per round, the CPU of every role over
+    rounds 2 on (every ClientApp has loaded the app: each SuperNode has its third message,
+    after the handshake and round 1) and the peak RSS of each role."""
     with loopback(nodes, True) as deployment:
-        wait_for_nodes(deployment.state, nodes)
-        sampler = Sampler(deployment.state)
+        state = deployment.state
+        wait_for_nodes(state, nodes)
+        sampler = Sampler(state)
         try:
             time.sleep(5)  # the last processes finish starting
             load_idle = os.getloadavg()[0]
@@ -340,16 +357,30 @@ def measure_helper(run_config: str, nodes: int, idle_seconds: float) -> dict[str
             time.sleep(idle_seconds)
             sampler.sample()
             idle = cpu_share(before, sampler.cpu(), time.monotonic() - began)
+            out: list[list[dict[str, float]]] = []
+            run = threading.Thread(target=lambda: out.append(deployment.submit(run_config)))
+            run.start()
+            _wait(
+                "round 2 not reached",
+                lambda: not run.is_alive() or all(_received(state, i) >= 3 for i in range(nodes)),
+            )
+            sampler.sample()
             before, began = sampler.cpu(), time.monotonic()
-            rows = deployment.submit(run_config)
+            run.join()
             load_run = os.getloadavg()[0]
         finally:
             sampler.close()
-        run = cpu_share(before, sampler.cpu(), time.monotonic() - began)
+        if not out:
+            raise RuntimeError("the run failed: see its output above")
+        seconds = time.monotonic() - began
+        shares = cpu_share(before, sampler.cpu(), seconds)
         return {
-            "s-per-round": per_round(rows),
+            "s-per-round": per_round(out[0]),
             "idle-cpu": idle,
-            "run-cpu": run,
+            "run-cpu": shares,
+            "run-cpu-s-per-round": {
+                role: share[2] / 100 * seconds / (rounds - 1) for role, share in shares.items()
+            },
             "peak-rss-mb": {role: kb / 1024 for role, kb in sampler.peak_rss().items()},
             "load-idle": load_idle,
             "load-run": load_run,
@@ -370,7 +401,7 @@ def overhead(args: argparse.Namespace) -> None:
             with loopback(nodes, False) as deployment:
                 seconds = per_round(deployment.submit(run_config))
             print(f"Flower default (--isolation subprocess): {seconds:.3f} s/round", flush=True)
-        figures = measure_helper(run_config, nodes, args.idle_seconds)
+        figures = measure_helper(run_config, nodes, args.rounds, args.idle_seconds)
         figures["simulated-s-per-round"] = simulated
         print(f"helper: {json.dumps(figures)}", flush=True)
         results[nodes] = figures
@@ -382,22 +413,27 @@ def overhead(args: argparse.Namespace) -> None:
 
 def print_scale_table(results: dict[int, dict[str, object]]) -> None:
     """Markdown, a row per number of SuperNodes: the helper's seconds per round and its
-    overhead over the simulation, CPU (% of a core: mean / max per process) while idle and
-    during the run, peak RSS per process (MB), and the load average."""
+    overhead over the simulation; idle CPU (% of a core, mean (max) per SuperNode and per
+    ClientApp process, the SuperLink with its SuperExec); CPU seconds per round of the
+    SuperLink, the ServerApp and one device (SuperNode + ClientApp, mean); peak RSS per
+    process (MB, the largest of each kind); the load average while idle / after the run."""
     print(
-        "\n| nodes | s/round | over simulation | idle CPU % supernode / clientapp / superlink "
-        "| run CPU % superlink / serverapp | peak RSS MB supernode / clientapp | load |"
+        "\n| nodes | s/round | over simulation | idle CPU %: SuperNode / ClientApp / SuperLink "
+        "| CPU s per round: SuperLink / ServerApp / device | peak RSS MB: SuperNode / ClientApp "
+        "| load |"
     )
     print("|---|---|---|---|---|---|---|")
     for nodes, r in results.items():
-        idle, run, rss = r["idle-cpu"], r["run-cpu"], r["peak-rss-mb"]
+        idle, cpu, rss = r["idle-cpu"], r["run-cpu-s-per-round"], r["peak-rss-mb"]
         over = r["s-per-round"] - r["simulated-s-per-round"]
+        device = (cpu["supernode"] + cpu["clientapp"]) / nodes
         cells = [
             str(nodes), f"{r['s-per-round']:.2f}", f"{over:.2f}",
-            " / ".join(f"{idle[k][0]:.1f} ({idle[k][1]:.1f})" for k in ROLES[2:])
-            + f" / {idle['superlink'][2]:.1f}",
-            " / ".join(f"{run.get(k, (0.0, 0.0, 0.0))[2]:.0f}" for k in ROLES[:2]),
-            " / ".join(f"{rss[k]:.0f}" for k in ROLES[2:]),
+            f"{idle['supernode'][0]:.2f} ({idle['supernode'][1]:.2f}) / "
+            f"{idle['clientapp'][0]:.2f} ({idle['clientapp'][1]:.2f}) / "
+            f"{idle['superlink'][2]:.1f}",
+            f"{cpu['superlink']:.2f} / {cpu.get('serverapp', 0.0):.2f} / {device:.3f}",
+            f"{rss['supernode']:.0f} / {rss['clientapp']:.0f}",
             f"{r['load-idle']:.1f} / {r['load-run']:.1f}",
         ]  # fmt: skip
         print("| " + " | ".join(cells) + " |")

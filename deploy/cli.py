@@ -24,7 +24,11 @@ from deploy.commands import (
     supernode_commands,
 )
 from deploy.credentials import superexec_secret, write_certificates, write_node_keys
-from deploy.flower_patches import shorten_serverapp_retries, shorten_supernode_waits
+from deploy.flower_patches import (
+    omit_installed_app_content,
+    shorten_serverapp_retries,
+    shorten_supernode_waits,
+)
 from deploy.flwr_cli import DEFAULT_CONNECTION, run_flwr, write_connection
 from deploy.processes import log_file, process_env, running, start, stop
 
@@ -145,10 +149,13 @@ def _cmd_stop(args: argparse.Namespace) -> None:
 def _cmd_supernode_process(args: argparse.Namespace) -> None:
     """Flower's flower-supernode in this process: it polls every poll-interval after a
     message and backs off to idle-poll while none comes, wakes the ClientApp on wake-port
-    when a task waits, and its heartbeat interval is set (flower_patches)."""
+    when a task waits and then hands it installed apps without their content, and its
+    heartbeat interval is set (flower_patches)."""
     shorten_supernode_waits(
         args.poll_interval, args.heartbeat_interval, args.idle_poll, args.wake_port
     )
+    if args.wake_port is not None:  # its ClientApp is the helper's: it loads installed apps
+        omit_installed_app_content()
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *args.flags]

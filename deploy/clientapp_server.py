@@ -165,7 +165,8 @@ def _run_task(address: str, token: str, apps: dict[str, Any]) -> None:
     try:
         message, context, run, fab = pull_task_input(client)
         if fab.hash_str not in apps:
-            install_from_fab(fab.content, skip_prompt=True)
+            if fab.content:  # none: the SuperNode saw the app installed here already
+                install_from_fab(fab.content, skip_prompt=True)
             load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
             apps[fab.hash_str] = load(run.fab_id, run.fab_version, fab.hash_str)
         reply = apps[fab.hash_str](message=message, context=context)

@@ -143,6 +143,34 @@ def shorten_supernode_waits(
     loop._pull_and_store_message = pull_and_wake  # type: ignore[assignment]
 
 
+def omit_installed_app_content() -> None:
+    """The SuperNode hands a task's app (FAB) without its content once the app is installed
+    in this FLWR_HOME, which its long-lived ClientApp (deploy.clientapp_server, started with
+    the same FLWR_HOME) then loads from there.
+
+    Flower 1.41's Runtime API sends the whole FAB with every task
+    (flwr.supernode.servicer.runtime.runtime_handlers.pull_task_input): 2.6 MB here, with
+    the embedded MNIST, serialised, sent and parsed for every message although the ClientApp
+    installs it once. Flower's own install (flwr.cli.install.install_from_fab) also takes an
+    installed directory as it is.
+    """
+    check_flower_version()
+    import flwr.supernode.servicer.runtime.runtime_handlers as handlers
+    from flwr.common.config import get_project_dir
+
+    pull = handlers.pull_task_input
+
+    @functools.wraps(pull)
+    def pull_without_installed_app(request: Any, state: Any, task: Any) -> Any:
+        response = pull(request, state, task)
+        run, fab = response.run, response.fab
+        if get_project_dir(run.fab_id, run.fab_version, fab.hash_str).is_dir():
+            fab.content = b""
+        return response
+
+    handlers.pull_task_input = pull_without_installed_app  # type: ignore[assignment]
+
+
 def shorten_serverapp_retries(
     poll_interval: float, pull_timeout: float, idle_poll: float | None = None
 ) -> None:
