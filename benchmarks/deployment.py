@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -511,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     p.set_defaults(func=overlap)
     args = parser.parse_args(argv)
+    # SIGTERM (a timeout) unwinds like Ctrl-C, so each deployment still stops its processes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     args.func(args)
 
 
