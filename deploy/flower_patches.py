@@ -1,15 +1,16 @@
-"""Flower 1.41 waits shortened at run time, for Flower 1.41 only.
+"""Flower 1.41 waits and app hand-over changed at run time, for Flower 1.41 only.
 
 Flower 1.41 has no option for any of them: `flower-supernode` has flags for its connection
 retries but none for its idle waits or heartbeat, `flwr-serverapp` only takes addresses,
 the SuperNode loop (flwr.supernode.start_client_internal) sleeps a literal 3 s and 0.5 s,
-the heartbeat interval is the constant flwr.common.constant.HEARTBEAT_DEFAULT_INTERVAL, and
-the retry waits for an object still arriving are the defaults of `pull_objects` and
+the heartbeat interval is the constant flwr.common.constant.HEARTBEAT_DEFAULT_INTERVAL, the
+retry waits for an object still arriving are the defaults of `pull_objects` and
 `pull_and_inflate_object_from_tree` (PULL_INITIAL_BACKOFF and friends in
-flwr.supercore.constant, read from no environment variable). So each patch replaces the
-attribute a Flower module looks these up by, in the one process that calls it, and refuses
-on a Flower other than 1.41.x, whose internals it was not written for.
-"""
+flwr.supercore.constant, read from no environment variable), the ServerApp's Grid pulls as
+often as its strategy asks, and the SuperNode's Runtime API sends the whole app with every
+task. So each patch replaces the attribute a Flower module looks these up by, in the one
+process that calls it, and refuses on a Flower other than 1.41.x, whose internals it was
+not written for"""
 
 from __future__ import annotations
 
