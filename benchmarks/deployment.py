@@ -20,7 +20,8 @@ and its peak RSS (VmHWM), with the load average: `--workload cnn-mnist` measures
 device training the CNN on MNIST.
 
     python benchmarks/deployment.py overhead --rounds 4
-    python benchmarks/deployment.py overhead --nodes 3 8 16 32 --rounds 6 --skip-default
+    python benchmarks/deployment.py overhead --nodes 3 8 16 32 --rounds 10 --skip-default
+    python benchmarks/deployment.py overhead --workload cnn-mnist --nodes 3 --skip-default
     python benchmarks/deployment.py overlap --rounds 4 --tau 256 --nodes 2 --out overlap.json
 """
 
@@ -45,6 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.procstats import Sampler, cpu_share  # noqa: E402
 from deploy import commands, credentials, processes  # noqa: E402
 
 #: name -> (one-way latency in seconds, rate in bit/s), the issue's presets
@@ -227,85 +229,6 @@ def simulated_per_round(run_config: str, nodes: int) -> float:
     values = parse_config_args([run_config])  # as `flwr run --run-config` reads it
     config = RunConfig.from_mapping({**values, "num-clients": nodes, "results-dir": ""})
     return per_round(run(InProcessGrid(app, nodes), config).rounds)
-
-
-# -- what each process costs -----------------------------------------------------------------
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-#: the roles of a deployment's processes, in table order
-ROLES = ("superlink", "serverapp", "supernode", "clientapp")
-
-
-def _role(name: str, pid: int) -> str:
-    """superlink (and its SuperExec), serverapp, supernode or clientapp."""
-    if name != "superlink":
-        return name.rpartition("-")[0]
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "superlink"
-    return "serverapp" if b"serverapp" in cmdline else "superlink"
-
-
-def _cpu_and_peak(pid: int) -> tuple[float, int] | None:
-    """(CPU seconds, peak RSS in kB) of a live process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    peak = next(
-        (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0
-    )
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK, peak
-
-
-class Sampler:
-    """Every process of a deployment, sampled in a thread: each pid's role, its latest CPU
-    seconds and its peak RSS, kept after the process exits (the ServerApp does)."""
-
-    def __init__(self, state: Path, interval: float = 0.5) -> None:
-        self.state, self.interval = state, interval
-        self.seen: dict[int, tuple[str, float, int]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.sample()
-        self._thread.start()
-
-    def sample(self) -> None:
-        for name, root in processes.running(self.state).items():
-            for pid in processes.process_tree(root):
-                if (figures := _cpu_and_peak(pid)) is not None:
-                    self.seen[pid] = (_role(name, pid), *figures)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-    def cpu(self) -> dict[int, tuple[str, float]]:
-        return {pid: (role, cpu) for pid, (role, cpu, _) in self.seen.items()}
-
-    def peak_rss(self) -> dict[str, int]:
-        """The largest peak RSS (kB) of a process of each role."""
-        out: dict[str, int] = {}
-        for role, _, peak in self.seen.values():
-            out[role] = max(out.get(role, 0), peak)
-        return out
-
-
-def cpu_share(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], seconds: float
-) -> dict[str, tuple[float, float, float]]:
-    """Per role: (mean, max, sum) over its processes of the % of one core used in between."""
-    shares: dict[str, list[float]] = {}
-    for pid, (role, cpu) in after.items():
-        used = cpu - before.get(pid, (role, 0.0))[1]
-        shares.setdefault(role, []).append(100 * used / seconds)
-    return {role: (sum(v) / len(v), max(v), sum(v)) for role, v in shares.items()}
 
 
 def _received(state: Path, node: int) -> int:
