@@ -52,10 +52,32 @@ class Sampler:
         self._thread.start()
 
     def sample(self) -> None:
-        for name, root in processes.running(self.state).items():
-            for pid in processes.process_tree(root):
-                if (figures := _cpu_and_peak(pid)) is not None:
-                    self.seen[pid] = (_role(name, pid), *figures)
+        found = {
+            pid: _role(name, pid)
+            for name, root in processes.running(self.state).items()
+            for pid in processes.process_tree(root)
+        }
+        found.update(dict.fromkeys(self._serverapps(), "serverapp"))
+        for pid, role in found.items():
+            if (figures := _cpu_and_peak(pid)) is not None:
+                self.seen[pid] = (role, *figures)
+
+    def _serverapps(self) -> list[int]:
+        """The ServerApp even where the SuperExec's start left it outside the SuperLink's
+        process tree: the process running `serverapp-process` with this deployment's
+        FLWR_HOME (under the state directory)."""
+        home = f"FLWR_HOME={(self.state / 'home' / 'superlink').resolve()}".encode()
+        out = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if (
+                    entry.name.isdigit()
+                    and b"serverapp-process" in (entry / "cmdline").read_bytes()
+                ) and home in (entry / "environ").read_bytes().split(b"\0"):
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+        return out
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
