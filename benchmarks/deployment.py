@@ -14,7 +14,14 @@ the link rate (tbf could limit rate but not add delay). Each run reports the dev
 communication the devices waited for (Flower's message path and the link). The fraction an
 overlap variant hides is 1 - its exposed communication / local-sgd's.
 
+Both report, per number of SuperNodes (`--nodes 3 8 16 32`), each process's CPU while the
+deployment idles (before the run) and during the run (% of one core, from /proc/<pid>/stat),
+and its peak RSS (VmHWM), with the load average: `--workload cnn-mnist` measures the RSS of a
+device training the CNN on MNIST.
+
     python benchmarks/deployment.py overhead --rounds 4
+    python benchmarks/deployment.py overhead --nodes 3 8 16 32 --rounds 10 --skip-default
+    python benchmarks/deployment.py overhead --workload cnn-mnist --nodes 3 --skip-default
     python benchmarks/deployment.py overlap --rounds 4 --tau 256 --nodes 2 --out overlap.json
 """
 
@@ -25,11 +32,13 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.procstats import Sampler, cpu_share  # noqa: E402
 from deploy import commands, credentials, processes  # noqa: E402
 
 #: name -> (one-way latency in seconds, rate in bit/s), the issue's presets
@@ -221,18 +231,136 @@ def simulated_per_round(run_config: str, nodes: int) -> float:
     return per_round(run(InProcessGrid(app, nodes), config).rounds)
 
 
-# -- the two benchmarks -----------------------------------------------------------------------
-def overhead(args: argparse.Namespace) -> None:
-    run_config = (
-        f"algorithm='local-sgd' num-clients={args.nodes} num-rounds={args.rounds} tau=2 "
-        "dataset='least-squares' model='linear' batch-size=0"
+def _received(state: Path, node: int) -> int:
+    """How many messages SuperNode `node` has received, from its log."""
+    log = processes.log_file(state, f"supernode-{node}")
+    return log.read_text(errors="replace").count("Receiving: ") if log.exists() else 0
+
+
+def _wait(what: str, done: Callable[[], bool], timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} after {timeout}s")
+        time.sleep(0.5)
+
+
+def wait_for_nodes(state: Path, nodes: int) -> None:
+    """Return once every SuperNode has its node id (it is registered and activated)."""
+    logs = [processes.log_file(state, f"supernode-{i}") for i in range(nodes)]
+    _wait(
+        f"not all {nodes} SuperNodes connected",
+        lambda: all(p.exists() and "SuperNode ID" in p.read_text(errors="replace") for p in logs),
     )
-    print(f"run config: {run_config}")
-    print(f"in-process simulation: {simulated_per_round(run_config, args.nodes):.3f} s/round")
-    for helper, name in ((False, "Flower default (--isolation subprocess)"), (True, "helper")):
-        with loopback(args.nodes, helper) as deployment:
-            seconds = per_round(deployment.submit(run_config))
-        print(f"{name}: {seconds:.3f} s/round")
+
+
+# -- the two benchmarks -----------------------------------------------------------------------
+#: run configs of the overhead benchmark: nil compute, or the default CNN on MNIST
+WORKLOADS = {
+    "least-squares": "dataset='least-squares' model='linear' batch-size=0",
+    "cnn-mnist": "dataset='mnist-embedded' model='cnn' batch-size=32",
+}
+
+
+def measure_helper(
+    run_config: str, nodes: int, rounds: int, idle_seconds: float
+) -> dict[str, object]:
+    """The helper's deployment of `nodes` SuperNodes: its idle CPU (after every node has
+    connected and settled), then the run's seconds per round, the CPU of every role over
+    rounds 2 on (every ClientApp has loaded the app: each SuperNode has its third message,
+    after the handshake and round 1) and the peak RSS of each role."""
+    with loopback(nodes, True) as deployment:
+        state = deployment.state
+        wait_for_nodes(state, nodes)
+        sampler = Sampler(state)
+        try:
+            time.sleep(5)  # the last processes finish starting
+            load_idle = os.getloadavg()[0]
+            sampler.sample()
+            before, began = sampler.cpu(), time.monotonic()
+            time.sleep(idle_seconds)
+            sampler.sample()
+            idle = cpu_share(before, sampler.cpu(), time.monotonic() - began)
+            out: list[list[dict[str, float]]] = []
+            run = threading.Thread(target=lambda: out.append(deployment.submit(run_config)))
+            run.start()
+            _wait(
+                "round 2 not reached",
+                lambda: not run.is_alive() or all(_received(state, i) >= 3 for i in range(nodes)),
+            )
+            sampler.sample()
+            before, began = sampler.cpu(), time.monotonic()
+            run.join()
+            load_run = os.getloadavg()[0]
+        finally:
+            sampler.close()
+        if not out:
+            raise RuntimeError("the run failed: see its output above")
+        seconds = time.monotonic() - began
+        shares = cpu_share(before, sampler.cpu(), seconds)
+        return {
+            "s-per-round": per_round(out[0]),
+            "idle-cpu": idle,
+            "run-cpu": shares,
+            "run-cpu-s-per-round": {
+                role: share[2] / 100 * seconds / (rounds - 1) for role, share in shares.items()
+            },
+            "peak-rss-mb": {role: kb / 1024 for role, kb in sampler.peak_rss().items()},
+            "load-idle": load_idle,
+            "load-run": load_run,
+        }
+
+
+def overhead(args: argparse.Namespace) -> None:
+    results = {}
+    for nodes in args.nodes:
+        run_config = (
+            f"algorithm='local-sgd' num-clients={nodes} num-rounds={args.rounds} tau=2 "
+            + WORKLOADS[args.workload]
+        )
+        print(f"run config: {run_config}", flush=True)
+        simulated = simulated_per_round(run_config, nodes)
+        print(f"in-process simulation: {simulated:.3f} s/round", flush=True)
+        if not args.skip_default:
+            with loopback(nodes, False) as deployment:
+                seconds = per_round(deployment.submit(run_config))
+            print(f"Flower default (--isolation subprocess): {seconds:.3f} s/round", flush=True)
+        figures = measure_helper(run_config, nodes, args.rounds, args.idle_seconds)
+        figures["simulated-s-per-round"] = simulated
+        print(f"helper: {json.dumps(figures)}", flush=True)
+        results[nodes] = figures
+    print_scale_table(results)
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.out}")
+
+
+def print_scale_table(results: dict[int, dict[str, object]]) -> None:
+    """Markdown, a row per number of SuperNodes: the helper's seconds per round and its
+    overhead over the simulation; idle CPU (% of a core, mean (max) per SuperNode and per
+    ClientApp process, the SuperLink with its SuperExec); CPU seconds per round of the
+    SuperLink, the ServerApp and one device (SuperNode + ClientApp, mean); peak RSS per
+    process (MB, the largest of each kind); the load average while idle / after the run."""
+    print(
+        "\n| nodes | s/round | over simulation | idle CPU %: SuperNode / ClientApp / SuperLink "
+        "| CPU s per round: SuperLink / ServerApp / device | peak RSS MB: SuperNode / ClientApp "
+        "| load |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for nodes, r in results.items():
+        idle, cpu, rss = r["idle-cpu"], r["run-cpu-s-per-round"], r["peak-rss-mb"]
+        over = r["s-per-round"] - r["simulated-s-per-round"]
+        device = (cpu["supernode"] + cpu["clientapp"]) / nodes
+        cells = [
+            str(nodes), f"{r['s-per-round']:.2f}", f"{over:.2f}",
+            f"{idle['supernode'][0]:.2f} ({idle['supernode'][1]:.2f}) / "
+            f"{idle['clientapp'][0]:.2f} ({idle['clientapp'][1]:.2f}) / "
+            f"{idle['superlink'][2]:.1f}",
+            f"{cpu['superlink']:.2f} / {cpu.get('serverapp', 0.0):.2f} / {device:.3f}",
+            f"{rss['supernode']:.0f} / {rss['clientapp']:.0f}",
+            f"{r['load-idle']:.1f} / {r['load-run']:.1f}",
+        ]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
 
 
 def overlap(args: argparse.Namespace) -> None:
@@ -290,18 +418,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="benchmark", required=True)
     both = argparse.ArgumentParser(add_help=False)
-    both.add_argument("--nodes", type=int, default=3)
     both.add_argument("--rounds", type=int, default=4)
-    help_ = "per-round overhead, Flower default vs the helper"
-    sub.add_parser("overhead", parents=[both], help=help_).set_defaults(func=overhead)
+    both.add_argument("--out", type=Path, help="also write the figures to this JSON file")
+    help_ = "per-round overhead, idle CPU and RSS: Flower default vs the helper"
+    p = sub.add_parser("overhead", parents=[both], help=help_)
+    p.add_argument("--nodes", type=int, nargs="+", default=[3], help="one run per count")
+    p.add_argument("--workload", choices=list(WORKLOADS), default="least-squares")
+    p.add_argument("--idle-seconds", type=float, default=10.0, help="idle CPU sampled over")
+    p.add_argument("--skip-default", action="store_true", help="only the helper's deployment")
+    p.set_defaults(func=overhead)
     p = sub.add_parser("overlap", parents=[both], help="sync / local-sgd / overlaps over links")
+    p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--tau", type=int, default=32)
     p.add_argument("--model", default="cnn")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    p.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     p.set_defaults(func=overlap)
     args = parser.parse_args(argv)
+    # SIGTERM (a timeout) unwinds like Ctrl-C, so each deployment still stops its processes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     args.func(args)
 
 

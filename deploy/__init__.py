@@ -16,7 +16,10 @@ kept alive. ``supernode`` therefore starts the SuperNode with ``--isolation proc
 ``clientapp``, a long-lived process that takes the SuperNode's tasks off its Runtime API and
 runs the ClientApp in-process, as ``flwr-clientapp`` does, but for every message. The
 SuperNode itself runs with its hard-coded idle waits (3 s between empty pulls, 0.5 s while
-waiting for a reply) shortened to ``--poll-interval``. docs/deployment.md has the measurements.
+waiting for a reply) replaced: it polls every ``--poll-interval`` while a message is due and
+backs off to ``--idle-poll`` while none comes, wakes its ClientApp with a local datagram when
+a task waits (an idle ClientApp does not poll), and hands it installed apps without their
+content. docs/deployment.md has the measurements.
 
 Why a top-level package: this is tooling above the strategies layer, not part of the
 framework. It starts the Flower processes that load ``clients`` and ``strategies`` from the
@@ -25,7 +28,8 @@ or ``strategies`` imports it.
 
 Modules: ``credentials`` (CA, SuperLink certificate, node keys, SuperExec secrets),
 ``processes`` (start, find and stop background processes), ``commands`` (the command lines
-of the SuperLink, SuperNodes and ServerApp), ``flower_patches`` (the Flower waits shortened at
-run time, for Flower 1.41 only), ``clientapp_server`` (the long-lived ClientApp),
-``flwr_cli`` (the flwr CLI's connection to the SuperLink) and ``cli`` (the commands).
+of the SuperLink, SuperNodes and ServerApp), ``flower_patches`` (the Flower waits and app
+hand-over changed at run time, for Flower 1.41 only), ``clientapp_server`` (the long-lived
+ClientApp), ``flwr_cli`` (the flwr CLI's connection to the SuperLink) and ``cli`` (the
+commands).
 """

@@ -15,6 +15,7 @@ import deploy
 from deploy.clientapp_server import serve_clientapp
 from deploy.commands import (
     DEFAULT_HEARTBEAT,
+    DEFAULT_IDLE_POLL,
     DEFAULT_POLL,
     DEFAULT_PULL_TIMEOUT,
     SUPERLINK_TLS,
@@ -23,7 +24,11 @@ from deploy.commands import (
     supernode_commands,
 )
 from deploy.credentials import superexec_secret, write_certificates, write_node_keys
-from deploy.flower_patches import shorten_serverapp_retries, shorten_supernode_waits
+from deploy.flower_patches import (
+    omit_installed_app_content,
+    shorten_serverapp_retries,
+    shorten_supernode_waits,
+)
 from deploy.flwr_cli import DEFAULT_CONNECTION, run_flwr, write_connection
 from deploy.processes import log_file, process_env, running, start, stop
 
@@ -58,7 +63,7 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
         None if args.insecure else args.certs, args.host, args.port, not args.no_node_auth
     )
     env = process_env(args.state / "home" / "superlink")
-    shim = serverapp_shim(args.state, args.poll_interval, args.pull_timeout)
+    shim = serverapp_shim(args.state, args.poll_interval, args.pull_timeout, args.idle_poll)
     env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
     pid = start(args.state, "superlink", command, env)
     print(f"superlink pid {pid}, log {log_file(args.state, 'superlink')}")
@@ -81,6 +86,7 @@ def _cmd_supernode(args: argparse.Namespace) -> None:
         runtime_port=runtime_port,
         isolation=args.isolation,
         poll_interval=args.poll_interval,
+        idle_poll=args.idle_poll,
         secret=secret,
         state_dir=None if args.state_dir is None else args.state_dir.resolve(),
         heartbeat_interval=args.heartbeat_interval,
@@ -141,9 +147,15 @@ def _cmd_stop(args: argparse.Namespace) -> None:
 
 
 def _cmd_supernode_process(args: argparse.Namespace) -> None:
-    """Flower's flower-supernode in this process, its idle waits capped at poll-interval and
-    its heartbeat interval set (flower_patches.shorten_supernode_waits)."""
-    shorten_supernode_waits(args.poll_interval, args.heartbeat_interval)
+    """Flower's flower-supernode in this process: it polls every poll-interval after a
+    message and backs off to idle-poll while none comes, wakes the ClientApp on wake-port
+    when a task waits and then hands it installed apps without their content, and its
+    heartbeat interval is set (flower_patches)."""
+    shorten_supernode_waits(
+        args.poll_interval, args.heartbeat_interval, args.idle_poll, args.wake_port
+    )
+    if args.wake_port is not None:  # its ClientApp is the helper's: it loads installed apps
+        omit_installed_app_content()
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *args.flags]
@@ -156,8 +168,8 @@ def _cmd_serverapp_process(args: argparse.Namespace) -> None:
     pulls every few milliseconds meets such replies in most rounds. A reply whose content
     has not all arrived after pull-timeout becomes an error reply: its SuperNode died while
     pushing it, and Flower would block the whole ServerApp for up to 500 retries (over an
-    hour) before giving up."""
-    shorten_serverapp_retries(args.poll_interval, args.pull_timeout)
+    hour) before giving up. Pulls that bring nothing back off to idle-poll."""
+    shorten_serverapp_retries(args.poll_interval, args.pull_timeout, args.idle_poll)
     from flwr.superlink.cli import flwr_serverapp
 
     sys.argv = ["flwr-serverapp", *args.flags]
@@ -171,6 +183,8 @@ def _cmd_clientapp(args: argparse.Namespace) -> None:
         args.poll_interval,
         None if secret is None else secret.read_bytes(),
         args.token,
+        idle_poll=args.idle_poll,
+        wake_port=args.wake_port,
     )
 
 
@@ -208,7 +222,23 @@ def _poll(parser: argparse.ArgumentParser) -> None:
         "--poll-interval",
         type=float,
         default=DEFAULT_POLL,
-        help=f"seconds between polls of a waiting process (default {DEFAULT_POLL:g})",
+        help="seconds between polls of a process that expects a message soon "
+        f"(default {DEFAULT_POLL:g})",
+    )
+    parser.add_argument(
+        "--idle-poll",
+        type=float,
+        default=DEFAULT_IDLE_POLL,
+        help="the most seconds a waiting process backs off to between polls while nothing "
+        f"comes (default {DEFAULT_IDLE_POLL:g})",
+    )
+
+
+def _wake_port(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wake-port",
+        type=int,
+        help="UDP port on 127.0.0.1 where the SuperNode wakes its ClientApp for a task",
     )
 
 
@@ -324,6 +354,7 @@ def add_commands(subparsers: Any) -> None:
         "supernode-process", help="(started by supernode) Flower's SuperNode, short polls"
     )
     _poll(p)
+    _wake_port(p)
     _heartbeat(p)
     p.add_argument("flags", nargs=argparse.REMAINDER, help="-- then flower-supernode flags")
     p.set_defaults(func=_cmd_supernode_process)
@@ -341,6 +372,7 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument("runtime_api_address", help="the SuperNode's Runtime API HOST:PORT")
     _poll(p)
+    _wake_port(p)
     p.add_argument("--superexec-auth-secret-file", type=Path)
     p.add_argument("--token", help="serve this task first (after a restart for a new app)")
     p.set_defaults(func=_cmd_clientapp)

@@ -4,16 +4,25 @@ message, so torch is imported and the worker built once per device, not once per
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import socket
 import sys
 import time
 from typing import Any
 
-from deploy.flower_patches import shorten_task_input_retries
+from deploy.flower_patches import Backoff, shorten_task_input_retries
 
 
 def serve_clientapp(
-    address: str, poll_interval: float, secret: bytes | None, first_token: str | None = None
+    address: str,
+    poll_interval: float,
+    secret: bytes | None,
+    first_token: str | None = None,
+    *,
+    idle_poll: float | None = None,
+    wake_port: int | None = None,
 ) -> None:
     """Take the SuperNode's ClientApp tasks off its Runtime API and run each in this process.
 
@@ -25,6 +34,10 @@ def serve_clientapp(
     process, because Python cannot unload the first app's modules. Flower's own task input
     pull is used, its retries for content the SuperNode is still fetching shortened to
     poll-interval (rather than 1 s, doubling): a long-lived ClientApp asks for it at once.
+
+    Waiting for a task costs next to nothing: the SuperNode wakes this process with a
+    datagram on UDP 127.0.0.1:`wake_port` when it creates one, and without a wake-up it
+    asks again after a wait that backs off from poll-interval to `idle_poll`.
     """
     shorten_task_input_retries(poll_interval)
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
@@ -51,6 +64,8 @@ def serve_clientapp(
         retry_invoker=make_simple_http_retry_invoker(),
     )
     apps: dict[str, Any] = {}
+    woken = _wake_socket(wake_port)
+    idle = Backoff(poll_interval, poll_interval if idle_poll is None else idle_poll)
     if first_token is not None:
         _run_task(address, first_token, apps)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
@@ -64,8 +79,37 @@ def serve_clientapp(
                 _run_task(address, reply.token, apps)
             except Exception as ex:  # the task failed; the SuperNode expires it, this serves on
                 print(f"task failed: {ex!r}", file=sys.stderr, flush=True)
-        else:
-            time.sleep(poll_interval)
+            idle.reset()
+        elif _wait(woken, idle.next()):
+            idle.reset()
+
+
+def _wake_socket(port: int | None) -> socket.socket | None:
+    """The UDP socket the SuperNode's wake-ups arrive on, or None (then this only polls)."""
+    if port is None:
+        return None
+    woken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        woken.bind(("127.0.0.1", port))
+    except OSError as ex:
+        woken.close()
+        print(f"no wake-ups on UDP port {port} ({ex}): polling", file=sys.stderr, flush=True)
+        return None
+    woken.setblocking(False)
+    return woken
+
+
+def _wait(woken: socket.socket | None, seconds: float) -> bool:
+    """Wait up to `seconds`, less if a wake-up comes; whether one came."""
+    if woken is None:
+        time.sleep(seconds)
+        return False
+    if not select.select([woken], [], [], seconds)[0]:
+        return False
+    with contextlib.suppress(BlockingIOError):
+        while woken.recv(64):  # every wake-up that came is answered by one AcquireTask
+            pass
+    return True
 
 
 def restart_argv(argv: list[str], first_token: str | None, token: str) -> list[str]:
@@ -121,7 +165,8 @@ def _run_task(address: str, token: str, apps: dict[str, Any]) -> None:
     try:
         message, context, run, fab = pull_task_input(client)
         if fab.hash_str not in apps:
-            install_from_fab(fab.content, skip_prompt=True)
+            if fab.content:  # none: the SuperNode saw the app installed here already
+                install_from_fab(fab.content, skip_prompt=True)
             load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
             apps[fab.hash_str] = load(run.fab_id, run.fab_version, fab.hash_str)
         reply = apps[fab.hash_str](message=message, context=context)

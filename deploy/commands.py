@@ -9,8 +9,11 @@ import shlex
 import sys
 from pathlib import Path
 
-#: seconds between polls of every waiting process (each costs about a millisecond of CPU)
+#: seconds between polls of a process that expects a message soon (each poll costs about a
+#: millisecond of CPU, and the SuperLink answers those of every device)
 DEFAULT_POLL = 0.05
+#: the most seconds a waiting process backs off to between polls while nothing comes
+DEFAULT_IDLE_POLL = 1.0
 #: the heartbeat interval a SuperNode reports (Flower's default; the SuperLink accepts 10 to
 #: 1800 s and marks a node offline after 2 intervals without a heartbeat)
 DEFAULT_HEARTBEAT = 30.0
@@ -44,7 +47,10 @@ def superlink_command(
 
 
 def serverapp_shim(
-    state: Path, poll_interval: float, pull_timeout: float = DEFAULT_PULL_TIMEOUT
+    state: Path,
+    poll_interval: float,
+    pull_timeout: float = DEFAULT_PULL_TIMEOUT,
+    idle_poll: float = DEFAULT_IDLE_POLL,
 ) -> Path:
     """A directory whose `flwr-serverapp` is `serverapp-process`: the SuperLink's SuperExec
     starts the ServerApp by that name from PATH, and this is the one way to give it short
@@ -54,7 +60,7 @@ def serverapp_shim(
     shim = directory / "flwr-serverapp"
     command = helper_command(
         "serverapp-process", "--poll-interval", str(poll_interval),
-        "--pull-timeout", str(pull_timeout),
+        "--idle-poll", str(idle_poll), "--pull-timeout", str(pull_timeout),
     )  # fmt: skip
     shim.write_text(f'#!/bin/sh\nexec {shlex.join(command)} -- "$@"\n')
     shim.chmod(0o755)
@@ -71,6 +77,7 @@ def supernode_commands(
     runtime_port: int,
     isolation: str = "process",
     poll_interval: float = DEFAULT_POLL,
+    idle_poll: float = DEFAULT_IDLE_POLL,
     secret: Path | None = None,
     state_dir: Path | None = None,
     heartbeat_interval: float = DEFAULT_HEARTBEAT,
@@ -82,7 +89,9 @@ def supernode_commands(
     message (the baseline of the overhead benchmark), which has no heartbeat flag.
     `state_dir`: where the ClientApp keeps its worker state on the device, to resume from it
     after a restart. With the long-lived clientapp, runs with `eager-reply` run a round's
-    local steps after replying (node config `background-steps`).
+    local steps after replying (node config `background-steps`); the SuperNode wakes it on
+    UDP port `runtime_port` when a task is waiting, and both back off to `idle_poll`
+    between polls while nothing comes.
     """
     runtime = f"127.0.0.1:{runtime_port}"
     node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
@@ -105,16 +114,10 @@ def supernode_commands(
         return [(name, ["flower-supernode", *flags])]
     auth = [] if secret is None else ["--superexec-auth-secret-file", str(secret)]
     flags += auth
-    node_flags = [
-        "--poll-interval",
-        str(poll_interval),
-        "--heartbeat-interval",
-        str(heartbeat_interval),
-    ]
+    polls = ["--poll-interval", str(poll_interval), "--idle-poll", str(idle_poll)]
+    polls += ["--wake-port", str(runtime_port)]
+    node_flags = [*polls, "--heartbeat-interval", str(heartbeat_interval)]
     return [
         (name, helper_command("supernode-process", *node_flags, "--", *flags)),
-        (
-            f"clientapp-{partition_id}",
-            helper_command("clientapp", runtime, "--poll-interval", str(poll_interval), *auth),
-        ),
+        (f"clientapp-{partition_id}", helper_command("clientapp", runtime, *polls, *auth)),
     ]

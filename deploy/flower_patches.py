@@ -1,20 +1,24 @@
-"""Flower 1.41 waits shortened at run time, for Flower 1.41 only.
+"""Flower 1.41 waits and app hand-over changed at run time, for Flower 1.41 only.
 
 Flower 1.41 has no option for any of them: `flower-supernode` has flags for its connection
 retries but none for its idle waits or heartbeat, `flwr-serverapp` only takes addresses,
 the SuperNode loop (flwr.supernode.start_client_internal) sleeps a literal 3 s and 0.5 s,
-the heartbeat interval is the constant flwr.common.constant.HEARTBEAT_DEFAULT_INTERVAL, and
-the retry waits for an object still arriving are the defaults of `pull_objects` and
+the heartbeat interval is the constant flwr.common.constant.HEARTBEAT_DEFAULT_INTERVAL, the
+retry waits for an object still arriving are the defaults of `pull_objects` and
 `pull_and_inflate_object_from_tree` (PULL_INITIAL_BACKOFF and friends in
-flwr.supercore.constant, read from no environment variable). So each patch replaces the
-attribute a Flower module looks these up by, in the one process that calls it, and refuses
-on a Flower other than 1.41.x, whose internals it was not written for.
-"""
+flwr.supercore.constant, read from no environment variable), the ServerApp's Grid pulls as
+often as its strategy asks, and the SuperNode's Runtime API sends the whole app with every
+task. So each patch replaces the attribute a Flower module looks these up by, in the one
+process that calls it, and refuses on a Flower other than 1.41.x, whose internals it was
+not written for"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 #: the Flower release (major.minor) whose internals these patches were written against
@@ -43,51 +47,174 @@ def _backoff(poll_interval: float) -> dict[str, float]:
     return {"initial_backoff": poll_interval, "backoff_cap": 1.0}
 
 
-class _CappedSleep:
-    """The time module, but sleep() waits at most `cap` seconds."""
+class Backoff:
+    """Poll waits that start at `fast` and grow by `factor` after every empty poll up to
+    `cap`; reset() when a poll brought something, as the next one is then due soon.
 
-    def __init__(self, cap: float) -> None:
-        self.cap = cap
+    A process waiting for a message that is late (a round's barrier, a run not yet
+    submitted) thus polls about log(wait / fast) / log(factor) times rather than wait / fast
+    times, and a message is picked up at most (factor - 1) x the time already waited (at
+    most `cap`) after it arrived.
+    """
+
+    def __init__(self, fast: float, cap: float, factor: float = 1.5) -> None:
+        self.fast, self.cap, self.factor = fast, max(cap, fast), factor
+        self._wait = fast
+
+    def next(self) -> float:
+        """The wait before the next poll (this one came back empty)."""
+        wait, self._wait = self._wait, min(self.cap, self._wait * self.factor)
+        return wait
+
+    def reset(self) -> None:
+        self._wait = self.fast
+
+
+#: the SuperNode loop's literal wait after an empty pull (flwr.supernode.start_client_internal)
+_SUPERNODE_IDLE_WAIT = 3
+
+
+class _SuperNodeClock:
+    """The time module for Flower's SuperNode loop: its wait after an empty pull follows
+    `idle` (a Backoff), every other wait (for the ClientApp's reply) is capped at `fast`."""
+
+    def __init__(self, fast: float, idle: Backoff) -> None:
+        self.fast, self.idle = fast, idle
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.cap))
+        time.sleep(self.idle.next() if seconds == _SUPERNODE_IDLE_WAIT else min(seconds, self.fast))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
 
-def shorten_supernode_waits(poll_interval: float, heartbeat_interval: float) -> None:
-    """The SuperNode's idle waits capped at `poll_interval`, and its heartbeat interval set.
+def wake(port: int) -> Callable[[], None]:
+    """A function that tells the ClientApp listening on UDP 127.0.0.1:`port` that a task is
+    waiting (a lost datagram costs only the ClientApp's next idle poll)."""
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            sender.sendto(b"task", ("127.0.0.1", port))
+
+    return send
+
+
+def shorten_supernode_waits(
+    poll_interval: float,
+    heartbeat_interval: float,
+    idle_poll: float | None = None,
+    wake_port: int | None = None,
+) -> None:
+    """The SuperNode polls the SuperLink every `poll_interval` after a message and backs off
+    to `idle_poll` while none comes, its other waits are capped at `poll_interval`, its
+    heartbeat interval is set, and each task it creates wakes the ClientApp on `wake_port`.
 
     Flower 1.41's SuperNode loop sleeps a literal 3 s after every empty pull, 0.5 s between
     checks for the ClientApp's reply, and backs off 1 s when it asks for a message's content
     before the server has finished pushing it (flwr.supernode.start_client_internal); each
-    adds seconds to a round. The heartbeat interval, which Flower hard-codes to 30 s, is the
-    one the SuperNode reports and the one its heartbeat thread sends at: the SuperLink
-    reports the node unavailable 2 intervals after its last heartbeat, so a shorter one finds
-    a dead device sooner.
+    adds seconds to a round, while fixed fast polling by every SuperNode loads the SuperLink
+    in proportion to the number of devices. The heartbeat interval, which Flower hard-codes
+    to 30 s, is the one the SuperNode reports and the one its heartbeat thread sends at: the
+    SuperLink reports the node unavailable 2 intervals after its last heartbeat, so a
+    shorter one finds a dead device sooner. `idle_poll` None: never back off.
     """
     check_flower_version()
     import flwr.supercore.heartbeat as heartbeat
     import flwr.supernode.fleet_http_connection as connection
     import flwr.supernode.start_client_internal as loop
 
+    idle = Backoff(poll_interval, poll_interval if idle_poll is None else idle_poll)
+    notify = None if wake_port is None else wake(wake_port)
+    pull = loop._pull_and_store_message
+
+    @functools.wraps(pull)
+    def pull_and_wake(*args: Any, **kwargs: Any) -> int | None:
+        run_id = pull(*args, **kwargs)
+        if run_id is not None:  # a task for the ClientApp: the next message is due soon
+            idle.reset()
+            if notify is not None:
+                notify()
+        return run_id
+
     connection.HEARTBEAT_DEFAULT_INTERVAL = heartbeat_interval  # type: ignore[assignment]
     heartbeat.HEARTBEAT_DEFAULT_INTERVAL = heartbeat_interval  # type: ignore[assignment]
-    loop.time = _CappedSleep(poll_interval)  # type: ignore[assignment]
+    loop.time = _SuperNodeClock(poll_interval, idle)  # type: ignore[assignment]
     loop.pull_objects = functools.partial(loop.pull_objects, **_backoff(poll_interval))
+    loop._pull_and_store_message = pull_and_wake  # type: ignore[assignment]
 
 
-def shorten_serverapp_retries(poll_interval: float, pull_timeout: float) -> None:
+def omit_installed_app_content() -> None:
+    """The SuperNode hands a task's app (FAB) without its content once the app is installed
+    in this FLWR_HOME, which its long-lived ClientApp (deploy.clientapp_server, started with
+    the same FLWR_HOME) then loads from there.
+
+    Flower 1.41's Runtime API sends the whole FAB with every task
+    (flwr.supernode.servicer.runtime.runtime_handlers.pull_task_input): 2.6 MB here, with
+    the embedded MNIST, serialised, sent and parsed for every message although the ClientApp
+    installs it once. Flower's own install (flwr.cli.install.install_from_fab) also takes an
+    installed directory as it is.
+    """
+    check_flower_version()
+    import flwr.supernode.servicer.runtime.runtime_handlers as handlers
+    from flwr.common.config import get_project_dir
+
+    pull = handlers.pull_task_input
+
+    @functools.wraps(pull)
+    def pull_without_installed_app(request: Any, state: Any, task: Any) -> Any:
+        response = pull(request, state, task)
+        run, fab = response.run, response.fab
+        if get_project_dir(run.fab_id, run.fab_version, fab.hash_str).is_dir():
+            fab.content = b""
+        return response
+
+    handlers.pull_task_input = pull_without_installed_app  # type: ignore[assignment]
+
+
+def shorten_serverapp_retries(
+    poll_interval: float, pull_timeout: float, idle_poll: float | None = None
+) -> None:
     """The ServerApp's Grid retries a reply whose content is still arriving every
     `poll_interval` rather than after 1 s (then 2 s, ...), and gives up after `pull_timeout`
-    (Flower's limits: 500 tries, 7200 s); the reply then becomes an error reply."""
+    (Flower's limits: 500 tries, 7200 s); the reply then becomes an error reply.
+
+    With `idle_poll`, a pull that brings no reply makes the next one wait, from
+    `poll_interval` backing off to `idle_poll`, until a pull brings one or messages are
+    pushed: a strategy that pulls every few milliseconds (strategies.cooperative) would
+    otherwise send the SuperLink a hundred requests a second while the devices compute.
+    """
     check_flower_version()
     import flwr.superlink.grid.http_grid as grid
 
     grid.pull_objects = functools.partial(
         grid.pull_objects, **_backoff(poll_interval), max_time=pull_timeout
     )
+    if idle_poll is None:
+        return
+    pace = Backoff(poll_interval, idle_poll)
+    due = [0.0]  # when the next pull may go out (time.monotonic)
+    push, pull = grid.HttpGrid.push_messages, grid.HttpGrid.pull_messages
+
+    @functools.wraps(push)
+    def push_and_expect(self: Any, messages: Any) -> Any:
+        pace.reset()
+        due[0] = 0.0
+        return push(self, messages)
+
+    @functools.wraps(pull)
+    def paced_pull(self: Any, message_ids: Any) -> Any:
+        time.sleep(max(0.0, due[0] - time.monotonic()))
+        replies = list(pull(self, message_ids))
+        if replies:
+            pace.reset()
+            due[0] = 0.0
+        else:
+            due[0] = time.monotonic() + pace.next()
+        return replies
+
+    grid.HttpGrid.push_messages = push_and_expect  # type: ignore[method-assign]
+    grid.HttpGrid.pull_messages = paced_pull  # type: ignore[method-assign]
 
 
 def shorten_task_input_retries(poll_interval: float) -> None:

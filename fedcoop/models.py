@@ -13,13 +13,13 @@ because it only matters for BatchNorm with ``momentum=None``. Nothing special is
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from fedcoop.data import ArrayDataset
 from fedcoop.errors import ConfigError
@@ -120,27 +120,6 @@ class LinearRegression(nn.Module):
         return self.linear(x.flatten(1)).squeeze(-1)
 
 
-class ResNet18(ResNet):
-    """ResNet-18 (He et al., 2016) in its CIFAR form: torchvision's network with a 3x3 stem.
-
-    torchvision's ImageNet stem (a 7x7 stride-2 conv, then a stride-2 max-pool) divides the
-    resolution by 4 before the first residual block, so a 32 x 32 image reaches it as 8 x 8 and
-    the last stage as 1 x 1. The usual CIFAR ResNet-18 uses a 3x3 stride-1 conv with 64
-    channels and no max-pool instead, so the four stages see 32, 16, 8 and 4 pixels. Here
-    ``conv1`` is that conv and ``maxpool`` is ``nn.Identity``; the rest (BasicBlocks
-    [2, 2, 2, 2], adaptive average pool, one Linear) is torchvision's. With 10 classes and 3
-    input channels it has 11,173,962 parameters. ``in_channels=1`` takes 1 x 28 x 28 images.
-    """
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
-        _check_positive(num_classes=num_classes, in_channels=in_channels)
-        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
-        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        # The same initialisation torchvision gives every other conv of the network.
-        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.maxpool = nn.Identity()
-
-
 # Configuration "D" of Simonyan & Zisserman (2015): 13 3x3 convs, "M" a 2x2 max-pool. The same
 # list as torchvision.models.vgg.cfgs["D"], whose make_layers cannot take in_channels.
 VGG16_LAYERS: tuple[int | str, ...] = (
@@ -206,13 +185,50 @@ class VGG16(nn.Module):
         return self.classifier(self.avgpool(self.features(x)))
 
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "cnn": SmallCNN,
-    "mlp": MLP,
-    "logreg": LogisticRegression,
-    "linear": LinearRegression,
-    "resnet18": ResNet18,
-    "vgg16": VGG16,
+@functools.cache
+def _resnet18() -> type[nn.Module]:
+    """ResNet18, defined on first use: it is the one model built on torchvision, whose import
+    (with the torch._dynamo it pulls in) costs about 170 MB and a second, so a device training
+    any other model never imports it. `fedcoop.models.ResNet18` is this class."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    class ResNet18(ResNet):
+        """ResNet-18 (He et al., 2016) in its CIFAR form: torchvision's network with a 3x3 stem.
+
+        torchvision's ImageNet stem (a 7x7 stride-2 conv, then a stride-2 max-pool) divides the
+        resolution by 4 before the first residual block, so a 32 x 32 image reaches it as 8 x 8 and
+        the last stage as 1 x 1. The usual CIFAR ResNet-18 uses a 3x3 stride-1 conv with 64
+        channels and no max-pool instead, so the four stages see 32, 16, 8 and 4 pixels. Here
+        ``conv1`` is that conv and ``maxpool`` is ``nn.Identity``; the rest (BasicBlocks
+        [2, 2, 2, 2], adaptive average pool, one Linear) is torchvision's. With 10 classes and 3
+        input channels it has 11,173,962 parameters. ``in_channels=1`` takes 1 x 28 x 28 images.
+        """
+
+        def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+            _check_positive(num_classes=num_classes, in_channels=in_channels)
+            super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            # The same initialisation torchvision gives every other conv of the network.
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+            self.maxpool = nn.Identity()
+
+    return ResNet18
+
+
+def __getattr__(name: str) -> object:
+    if name == "ResNet18":
+        return _resnet18()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: each model's class, or a function that defines it on first use
+_MODELS: dict[str, Callable[[], Callable[..., nn.Module]]] = {
+    "cnn": lambda: SmallCNN,
+    "mlp": lambda: MLP,
+    "logreg": lambda: LogisticRegression,
+    "linear": lambda: LinearRegression,
+    "resnet18": _resnet18,
+    "vgg16": lambda: VGG16,
 }
 MODELS = tuple(_MODELS)
 # Models that take N x C x H x W images (any C, H, W) and are sized by C.
@@ -225,7 +241,7 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
     """The model registered as ``name``, built with ``kwargs`` (checked against its signature)."""
     if name not in _MODELS:
         raise ConfigError("model", name, f"must be one of {', '.join(MODELS)}")
-    cls = _MODELS[name]
+    cls = _MODELS[name]()
     signature = inspect.signature(cls)
     try:
         signature.bind(**kwargs)

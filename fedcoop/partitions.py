@@ -9,22 +9,21 @@ draws a split's ``class_histogram`` (it needs matplotlib, imported only there).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import numbers
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    Partitioner,
-    PathologicalPartitioner,
-    ShardPartitioner,
-)
 
 from fedcoop.errors import ConfigError
+
+if TYPE_CHECKING:  # datasets and flwr-datasets (pandas, pyarrow, matplotlib) load on first use
+    from datasets import Dataset
+    from flwr_datasets.partitioner import Partitioner
 
 SCHEMES = ("iid", "dirichlet", "pathological", "skewed", "shards", "natural")
 
@@ -32,53 +31,67 @@ _INDEX = "index"
 _LABEL = "label"
 
 
-class SkewedPartitioner(Partitioner):
-    """The non-IID split of Overlap-Local-SGD (Wang et al., 2020), as a flwr-datasets partitioner.
+@functools.cache
+def _skewed_partitioner() -> type[Partitioner]:
+    """SkewedPartitioner, defined on first use (it subclasses flwr-datasets' Partitioner,
+    whose import costs some 180 MB: a device taking an IID shard never needs it)."""
+    from flwr_datasets.partitioner import Partitioner
 
-    Every partition gets n = N // num_partitions samples, round(major_fraction * n) of them from
-    one "major" class (partition i gets the i-th class, cycling over the sorted classes) and the
-    rest drawn without replacement from the samples of the other classes that no partition took
-    as major samples. With 16 partitions of CIFAR-10's 50,000 training images and
-    major_fraction=0.64 this gives the paper's 3125 samples per node, 2000 of one class. Minor
-    samples never come from the partition's own major class, so its major count is exact.
-    Subclassing ``Partitioner`` lets the split plug into ``FederatedDataset`` like the others.
-    """
+    class SkewedPartitioner(Partitioner):
+        """The non-IID split of Overlap-Local-SGD (Wang et al., 2020), a flwr-datasets partitioner.
 
-    def __init__(
-        self,
-        num_partitions: int,
-        partition_by: str = _LABEL,
-        major_fraction: float = 0.64,
-        seed: int | None = 42,
-    ) -> None:
-        super().__init__()
-        if num_partitions <= 0:
-            raise ConfigError("num_partitions", num_partitions, "must be a positive integer")
-        if not 0.0 < major_fraction <= 1.0:
-            raise ConfigError("major_fraction", major_fraction, "must lie in (0, 1]")
-        self._num_partitions = num_partitions
-        self._partition_by = partition_by
-        self._major_fraction = major_fraction
-        self._seed = seed
-        self._partition_id_to_indices: list[np.ndarray] | None = None
+        Every partition gets n = N // num_partitions samples, round(major_fraction * n) of them from
+        one "major" class (partition i gets the i-th class, cycling over the sorted classes) and the
+        rest drawn without replacement from the samples of the other classes that no partition took
+        as major samples. With 16 partitions of CIFAR-10's 50,000 training images and
+        major_fraction=0.64 this gives the paper's 3125 samples per node, 2000 of one class. Minor
+        samples never come from the partition's own major class, so its major count is exact.
+        Subclassing ``Partitioner`` lets the split plug into ``FederatedDataset`` like the others.
+        """
 
-    @property
-    def num_partitions(self) -> int:
-        """Total number of partitions."""
-        return self._num_partitions
+        def __init__(
+            self,
+            num_partitions: int,
+            partition_by: str = _LABEL,
+            major_fraction: float = 0.64,
+            seed: int | None = 42,
+        ) -> None:
+            super().__init__()
+            if num_partitions <= 0:
+                raise ConfigError("num_partitions", num_partitions, "must be a positive integer")
+            if not 0.0 < major_fraction <= 1.0:
+                raise ConfigError("major_fraction", major_fraction, "must lie in (0, 1]")
+            self._num_partitions = num_partitions
+            self._partition_by = partition_by
+            self._major_fraction = major_fraction
+            self._seed = seed
+            self._partition_id_to_indices: list[np.ndarray] | None = None
 
-    def load_partition(self, partition_id: int) -> Dataset:
-        """Rows of partition ``partition_id``; the whole split is computed on the first call."""
-        if self._partition_id_to_indices is None:
-            # Slice the column: iterating a datasets>=4 ``Column`` row by row is ~100x slower.
-            labels = np.asarray(self.dataset[self._partition_by][:])
-            self._partition_id_to_indices = _skewed_indices(
-                labels,
-                self._num_partitions,
-                self._major_fraction,
-                np.random.default_rng(self._seed),
-            )
-        return self.dataset.select(self._partition_id_to_indices[partition_id])
+        @property
+        def num_partitions(self) -> int:
+            """Total number of partitions."""
+            return self._num_partitions
+
+        def load_partition(self, partition_id: int) -> Dataset:
+            """Rows of partition ``partition_id``; the whole split is computed on the first call."""
+            if self._partition_id_to_indices is None:
+                # Slice the column: iterating a datasets>=4 ``Column`` row by row is ~100x slower.
+                labels = np.asarray(self.dataset[self._partition_by][:])
+                self._partition_id_to_indices = _skewed_indices(
+                    labels,
+                    self._num_partitions,
+                    self._major_fraction,
+                    np.random.default_rng(self._seed),
+                )
+            return self.dataset.select(self._partition_id_to_indices[partition_id])
+
+    return SkewedPartitioner
+
+
+def __getattr__(name: str) -> object:
+    if name == "SkewedPartitioner":
+        return _skewed_partitioner()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _skewed_indices(
@@ -197,6 +210,10 @@ def partition(
     if scheme == "natural":
         return _natural_indices(groups, num_partitions, len(labels))
 
+    if scheme == "iid":
+        return _iid_indices(len(labels), num_partitions, seed)
+    from datasets import Dataset
+
     dataset = Dataset.from_dict({_INDEX: np.arange(len(labels)), _LABEL: labels})
     partitioner = _make_partitioner(
         labels,
@@ -208,11 +225,9 @@ def partition(
         major_fraction,
         shards_per_partition,
     )
-    # IidPartitioner cuts contiguous shards and never shuffles, so shuffle with our seed first.
     # ShardPartitioner sorts by label (stably): shuffling first makes the rows of a class fall
     # into its shards at random rather than in storage order (which may follow e.g. devices).
-    shuffled = scheme in ("iid", "shards")
-    partitioner.dataset = dataset.shuffle(seed=seed) if shuffled else dataset
+    partitioner.dataset = dataset.shuffle(seed=seed) if scheme == "shards" else dataset
     try:
         with warnings.catch_warnings():
             # datasets' sort (used by ShardPartitioner) trips a pyarrow deprecation warning.
@@ -242,6 +257,17 @@ def partition(
     return parts
 
 
+def _iid_indices(num_samples: int, num_partitions: int, seed: int) -> list[np.ndarray]:
+    """The IID split flwr-datasets' IidPartitioner makes of the rows shuffled with `seed` (as
+    datasets' Dataset.shuffle shuffles them: numpy's default_rng(seed).permutation), computed
+    with numpy alone: contiguous shards of the permutation, the first N mod m one row longer
+    (datasets' Dataset.shard). tests/test_partitions.py checks it equals flwr-datasets'."""
+    order = np.random.default_rng(seed).permutation(num_samples)
+    size, extra = divmod(num_samples, num_partitions)
+    bounds = [size * i + min(i, extra) for i in range(num_partitions + 1)]
+    return [np.sort(order[lo:hi]).astype(np.int64) for lo, hi in itertools.pairwise(bounds)]
+
+
 def _make_partitioner(
     labels: np.ndarray,
     num_partitions: int,
@@ -253,8 +279,12 @@ def _make_partitioner(
     shards_per_partition: int,
 ) -> Partitioner:
     """The flwr-datasets partitioner for ``scheme``, seeded with our seed, after checking params."""
-    if scheme == "iid":
-        return IidPartitioner(num_partitions)
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        PathologicalPartitioner,
+        ShardPartitioner,
+    )
+
     if scheme == "shards":
         if isinstance(shards_per_partition, bool) or not isinstance(
             shards_per_partition, numbers.Integral
@@ -299,7 +329,7 @@ def _make_partitioner(
             class_assignment_mode="first-deterministic",
             seed=seed,
         )
-    return SkewedPartitioner(num_partitions, _LABEL, major_fraction, seed=seed)
+    return _skewed_partitioner()(num_partitions, _LABEL, major_fraction, seed=seed)
 
 
 def class_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:

@@ -3,6 +3,7 @@ subprocess (the way they are run); their figures are never asserted, only parsed
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,42 @@ def test_the_m_sweep_reports_each_m_against_the_first() -> None:
     assert list(ratios) == [(e, f"m={m}") for e in ("bare", "vectorized") for m in (2, 4)]
     assert ratios["bare", "m=2"] == ratios["vectorized", "m=2"] == 1.0
     assert all(out["seconds-per-round", e, "m=4"] > 0 for e in ("bare", "vectorized"))
+
+
+def _bench_processes() -> list[str]:
+    """Command lines of live processes of a benchmark deployment (its temporary directory)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if b"fedcoop-deploy-bench-" in cmdline:
+            out.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return out
+
+
+@pytest.mark.slow  # two loopback deployments with TLS and node auth: a few minutes
+def test_the_deployment_sweep_reports_overhead_idle_cpu_and_rss_and_stops_its_processes(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "sweep.json"
+    args = ["overhead", "--nodes", "2", "3", "--rounds", "3", "--skip-default"]
+    args += ["--idle-seconds", "4", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "deployment.py"), *args],
+        capture_output=True, text=True, check=False, cwd=REPO, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    assert list(results) == ["2", "3"]
+    for figures in results.values():
+        assert figures["s-per-round"] > figures["simulated-s-per-round"] > 0
+        assert set(figures["peak-rss-mb"]) == {"superlink", "serverapp", "supernode", "clientapp"}
+        assert set(figures["run-cpu-s-per-round"]) == set(figures["peak-rss-mb"])
+        # an idle device process waits for a wake-up or backs off: it does not spin (the
+        # target is 2 % of a core; 10 leaves room for a loaded machine)
+        assert figures["idle-cpu"]["supernode"][1] < 10
+        assert figures["idle-cpu"]["clientapp"][1] < 10
+    assert "| 3 |" in done.stdout  # the table's row
+    assert _bench_processes() == []  # every process it started is stopped

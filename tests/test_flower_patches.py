@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
+import socket
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 import flwr
 import flwr.supercore.heartbeat as heartbeat
 import flwr.superlink.grid.http_grid as grid
 import flwr.supernode.fleet_http_connection as connection
 import flwr.supernode.runtime.run_clientapp as runtime
+import flwr.supernode.servicer.runtime.runtime_handlers as runtime_handlers
 import flwr.supernode.start_client_internal as loop
 import pytest
+from flwr.common.config import get_project_dir
+from flwr.proto.fab_pb2 import Fab
+from flwr.proto.run_pb2 import Run
+from flwr.proto.runtime_pb2 import PullTaskInputResponse
 
 from deploy import flower_patches
+from deploy.clientapp_server import _wait, _wake_socket
 from deploy.flower_patches import UnsupportedFlowerError
 
 #: every Flower attribute a patch replaces, as (module, name)
@@ -22,14 +32,19 @@ PATCHED = [
     (heartbeat, "HEARTBEAT_DEFAULT_INTERVAL"),
     (loop, "time"),
     (loop, "pull_objects"),
+    (loop, "_pull_and_store_message"),
     (grid, "pull_objects"),
+    (grid.HttpGrid, "push_messages"),
+    (grid.HttpGrid, "pull_messages"),
     (runtime, "pull_and_inflate_object_from_tree"),
+    (runtime_handlers, "pull_task_input"),
 ]
 
 PATCHES = [
-    lambda: flower_patches.shorten_supernode_waits(0.01, 10.0),
-    lambda: flower_patches.shorten_serverapp_retries(0.01, 5.0),
+    lambda: flower_patches.shorten_supernode_waits(0.01, 10.0, 1.0, 9),
+    lambda: flower_patches.shorten_serverapp_retries(0.01, 5.0, 1.0),
     lambda: flower_patches.shorten_task_input_retries(0.01),
+    flower_patches.omit_installed_app_content,
 ]
 
 
@@ -41,17 +56,17 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("version", ["1.42.0", "2.0.0", "1.4.1"])
-@pytest.mark.parametrize("patch", PATCHES, ids=["supernode", "serverapp", "task-input"])
+@pytest.mark.parametrize("patch", PATCHES, ids=["supernode", "serverapp", "task-input", "fab"])
 def test_every_patch_refuses_another_flower_and_changes_nothing(
     version: str, patch: Callable[[], None], restored: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before = {(module.__name__, name): getattr(module, name) for module, name in PATCHED}
+    before = {(module, name): getattr(module, name) for module, name in PATCHED}
     monkeypatch.setattr(flwr, "__version__", version)
     with pytest.raises(UnsupportedFlowerError) as refused:
         patch()
     assert f"flwr {version} is installed" in str(refused.value)
     assert "Flower 1.41.x" in str(refused.value)
-    after = {(module.__name__, name): getattr(module, name) for module, name in PATCHED}
+    after = {(module, name): getattr(module, name) for module, name in PATCHED}
     assert after == before
 
 
@@ -61,7 +76,7 @@ def test_a_patch_release_of_1_41_is_supported(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_supernode_waits_are_capped_and_its_heartbeat_set(restored: None) -> None:
-    flower_patches.shorten_supernode_waits(0.01, 12.0)
+    flower_patches.shorten_supernode_waits(0.01, 12.0, idle_poll=None)
     assert connection.HEARTBEAT_DEFAULT_INTERVAL == heartbeat.HEARTBEAT_DEFAULT_INTERVAL == 12.0
     began = time.monotonic()
     loop.time.sleep(3)  # the SuperNode's wait after an empty pull
@@ -82,3 +97,84 @@ def test_serverapp_and_task_input_retries_are_shortened(restored: None) -> None:
         "initial_backoff": 0.03,
         "backoff_cap": 1.0,
     }
+
+
+def test_backoff_grows_to_its_cap_and_resets() -> None:
+    pace = flower_patches.Backoff(0.1, 0.5, factor=2.0)
+    assert [pace.next() for _ in range(5)] == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
+    pace.reset()
+    assert pace.next() == pytest.approx(0.1)
+
+
+def test_supernode_backs_off_while_idle_and_wakes_its_clientapp_on_a_task(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    got: list[int | None] = [None, None, None, 7, None]
+    monkeypatch.setattr(loop, "_pull_and_store_message", lambda **_: got.pop(0))
+    woken = _wake_socket(0)  # a free port
+    assert woken is not None
+    port = woken.getsockname()[1]
+    flower_patches.shorten_supernode_waits(0.01, 10.0, idle_poll=0.02, wake_port=port)
+    for _ in range(5):
+        if loop._pull_and_store_message() is None:
+            loop.time.sleep(3)  # Flower's wait after an empty pull
+    loop.time.sleep(0.5)  # Flower's wait for the ClientApp's reply: capped at poll-interval
+    # 1.5x per empty pull up to idle-poll; fast again after the message (run 7)
+    assert waits == pytest.approx([0.01, 0.015, 0.02, 0.01, 0.01])
+    monkeypatch.undo()  # the real time.sleep for select
+    assert _wait(woken, 5.0) is True  # the wake-up of run 7's task had come
+    assert _wait(woken, 0.01) is False  # drained: one wake-up per task
+    woken.close()
+
+
+def test_a_clientapp_without_its_wake_port_polls(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        assert _wake_socket(taken.getsockname()[1]) is None
+    assert "polling" in capsys.readouterr().err
+    assert _wake_socket(None) is None
+    began = time.monotonic()
+    assert _wait(None, 0.05) is False
+    assert time.monotonic() - began >= 0.05
+
+
+def test_serverapp_pulls_that_bring_nothing_back_off_until_a_push(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replies: list[list[str]] = [[], [], [], ["reply"], []]
+    pulled: list[float] = []
+
+    def pull(self: Any, ids: Any) -> list[str]:
+        pulled.append(time.monotonic())
+        return replies.pop(0)
+
+    monkeypatch.setattr(grid.HttpGrid, "pull_messages", pull)
+    monkeypatch.setattr(grid.HttpGrid, "push_messages", lambda self, messages: ["id"])
+    flower_patches.shorten_serverapp_retries(0.04, 5.0, idle_poll=0.06)
+    assert list(grid.HttpGrid.pull_messages(None, ["id"])) == []  # at once
+    assert list(grid.HttpGrid.pull_messages(None, ["id"])) == []  # 0.04 s later
+    assert list(grid.HttpGrid.pull_messages(None, ["id"])) == []  # 0.06 s later (the cap)
+    assert grid.HttpGrid.push_messages(None, []) == ["id"]  # replies are due: no wait
+    assert list(grid.HttpGrid.pull_messages(None, ["id"])) == ["reply"]
+    assert list(grid.HttpGrid.pull_messages(None, ["id"])) == []  # at once after a reply
+    gaps = [b - a for a, b in itertools.pairwise(pulled)]
+    assert gaps[0] >= 0.04 and gaps[1] >= 0.06
+    assert gaps[2] < 0.04 and gaps[3] < 0.04
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_a_task_s_app_comes_without_content_once_installed(
+    installed: bool, restored: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    run = Run(run_id=1, fab_id="fedcoop/fedcoop", fab_version="0.1.0", fab_hash="ab" * 32)
+    response = PullTaskInputResponse(run=run, fab=Fab(hash_str="ab" * 32, content=b"zip"))
+    monkeypatch.setattr(runtime_handlers, "pull_task_input", lambda *_: response)
+    if installed:
+        get_project_dir(run.fab_id, run.fab_version, run.fab_hash).mkdir(parents=True)
+    flower_patches.omit_installed_app_content()
+    served = runtime_handlers.pull_task_input(None, None, SimpleNamespace())
+    assert served.fab.hash_str == "ab" * 32
+    assert served.fab.content == (b"" if installed else b"zip")

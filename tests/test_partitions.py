@@ -98,6 +98,41 @@ def test_iid_covers_everything_with_balanced_sizes(labels: np.ndarray) -> None:
     assert not np.array_equal(parts[0], np.arange(len(parts[0])))
 
 
+@pytest.mark.parametrize(("num_samples", "num_partitions"), [(2000, 7), (10, 10), (61, 4), (5, 1)])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_iid_is_flwr_datasets_iid_split_of_the_seeded_shuffle(
+    num_samples: int, num_partitions: int, seed: int
+) -> None:
+    """IID is computed with numpy alone (a device need not import datasets), and equals what
+    flwr-datasets' IidPartitioner makes of the rows datasets shuffles with the seed."""
+    from flwr_datasets.partitioner import IidPartitioner
+
+    dataset = Dataset.from_dict({"index": np.arange(num_samples), "label": np.zeros(num_samples)})
+    partitioner = IidPartitioner(num_partitions)
+    partitioner.dataset = dataset.shuffle(seed=seed)
+    expected = [np.sort(partitioner.load_partition(i)["index"][:]) for i in range(num_partitions)]
+    got = partition(np.zeros(num_samples, dtype=np.int64), num_partitions, "iid", seed=seed)
+    assert len(got) == num_partitions
+    for mine, theirs in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_a_device_imports_no_partitioner_library_nor_torchvision() -> None:
+    """The ClientApp's imports leave out datasets, flwr-datasets, torchvision and matplotlib
+    (hundreds of MB on a device), which load only for the schemes and models that need them."""
+    import subprocess
+    import sys
+
+    heavy = ["datasets", "flwr_datasets", "torchvision", "matplotlib", "pandas"]
+    code = (
+        "import sys, clients.client_app; from fedcoop import partitions, workload; "
+        "partitions.partition(__import__('numpy').zeros(20, dtype=int), 4, 'iid', seed=0); "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_skewed_matches_the_overlap_paper_split() -> None:
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 5000))
     parts = partition(labels, 16, "skewed", seed=0)
