@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from fedcoop import partitions
@@ -104,11 +106,23 @@ def draw_series(
         return False
     length = min(len(r.rows) for r in members)
     x = np.mean([r.column(x_key)[:length] for r in members], axis=0)
-    y = np.array([r.column(y_key)[:length] for r in members])
-    mean, std = y.mean(axis=0), y.std(axis=0, ddof=1)
-    (line,) = ax.plot(x, mean, marker=".", label=f"{name} (mean ± 1 sd, {len(members)} seeds)")
-    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    y = [r.column(y_key)[:length] for r in members]
+    band(ax, x, y, f"{name} (mean ± 1 sd, {len(members)} seeds)", marker=".")
     return True
+
+
+def band(
+    ax: Axes, x: Sequence[float], y: Sequence[Sequence[float]], name: str, **style: Any
+) -> Line2D:
+    """The mean of y's rows (one per seed, each over x) as a line with a shaded band of +-1
+    sample std (no band for one row, which says nothing about the spread); its line."""
+    values = np.asarray(y, dtype=float)
+    mean = values.mean(axis=0)
+    (line,) = ax.plot(x, mean, label=name, **style)
+    if len(values) > 1:
+        std = values.std(axis=0, ddof=1)
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
 
 
 def curves(runs: Sequence[RecordedRun], labels: Sequence[str], x_key: str) -> Figure | None:

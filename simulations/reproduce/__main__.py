@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fedcoop.config import RunConfig
-from simulations.reproduce import cooperative_sgd, overlap_sgd
+from simulations.reproduce import cooperative_sgd, front, overlap_sgd
 from simulations.reproduce.report import report
 from simulations.reproduce.runner import ClaimRuns
 from simulations.reproduce.scale import FULL, SMOKE, Scale
@@ -29,28 +29,32 @@ from simulations.reproduce.verdicts import Claim
 
 def claim_folders(scale: Scale) -> dict[str, list[RunConfig]]:
     """Every compare directory's configs, all checked before the first run starts."""
-    return {
+    return {  # the longest first, so a run cut short has the main grid
+        overlap_sgd.IMAGE_RUNS: overlap_sgd.image_configs(scale),
         cooperative_sgd.CONVEX_RUNS: cooperative_sgd.convex_configs(scale),
         cooperative_sgd.EASGD_RUNS: cooperative_sgd.easgd_configs(scale),
-        overlap_sgd.IMAGE_RUNS: overlap_sgd.image_configs(scale),
     }
 
 
-def reproduce(scale: Scale, out: Path, runs: ClaimRuns) -> list[Claim]:
+def reproduce(scale: Scale, out: Path, runs: ClaimRuns) -> tuple[list[Claim], float]:
     """Run (or reuse) every claim's experiments under runs.root and draw its figures into
-    out/figures."""
+    out/figures; the claims, and the wall time the runs they use took when they ran (each
+    run's last recorded wall-time, summed), which a reusing invocation does not repeat."""
     figures = out / "figures"
     recorded = runs.run_all(claim_folders(scale))
+    compute = sum(r.rows[-1]["wall-time"] for folder in recorded.values() for r in folder)
     convex = recorded[cooperative_sgd.CONVEX_RUNS], runs.root / cooperative_sgd.CONVEX_RUNS
     easgd = recorded[cooperative_sgd.EASGD_RUNS], runs.root / cooperative_sgd.EASGD_RUNS
     image = recorded[overlap_sgd.IMAGE_RUNS], runs.root / overlap_sgd.IMAGE_RUNS
-    return [
+    claims = [
         cooperative_sgd.claim_floor(scale, *convex, figures),
         cooperative_sgd.claim_easgd(scale, *easgd, figures),
         cooperative_sgd.claim_zeta_tau(scale, *convex, figures),
         overlap_sgd.claim_overlap_accuracy(scale, *image, figures),
-        overlap_sgd.claim_front(scale, *image, figures),
+        overlap_sgd.claim_skewed_stability(scale, *image, figures),
+        front.claim_front(scale, *image, figures),
     ]
+    return claims, compute
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -82,9 +86,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     runs = ClaimRuns(runs_root.resolve())
     start = time.perf_counter()
     try:
-        claims = reproduce(scale, out, runs)
+        claims, compute = reproduce(scale, out, runs)
         wall = time.perf_counter() - start
-        path = report(claims, out, command, wall, scale, reused=runs.reused, runs=runs.ran)
+        path = report(
+            claims, out, command, wall, scale, reused=runs.reused, runs=runs.ran, compute=compute
+        )
     finally:
         torch.set_num_threads(threads)
     print(
