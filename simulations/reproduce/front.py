@@ -130,7 +130,6 @@ def claim_front(
                         textcoords="offset points",
                         fontsize="x-small",
                     )
-            ax.set_xscale("log")
             ax.set_title(f"{split} split, link {link}", fontsize="medium")
             plots.style_axes(ax, "virtual time at the end (s)", "final test error")
         axes[-1].legend(fontsize="small", title="labels: tau; bars: ± 1 sd")
