@@ -29,10 +29,10 @@ from simulations.reproduce.verdicts import Claim
 
 def claim_folders(scale: Scale) -> dict[str, list[RunConfig]]:
     """Every compare directory's configs, all checked before the first run starts."""
-    return {  # the short convex grids first, then the image grid seed by seed
+    return {  # the image grid first: it is the longest, and seed-major
+        overlap_sgd.IMAGE_RUNS: overlap_sgd.image_configs(scale),
         cooperative_sgd.CONVEX_RUNS: cooperative_sgd.convex_configs(scale),
         cooperative_sgd.EASGD_RUNS: cooperative_sgd.easgd_configs(scale),
-        overlap_sgd.IMAGE_RUNS: overlap_sgd.image_configs(scale),
     }
 
 

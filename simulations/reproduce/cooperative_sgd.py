@@ -147,8 +147,8 @@ def claim_floor(
         title="1. The error floor rises with tau and with zeta (Cooperative SGD, Fig. 3)",
         paper="For a fixed learning rate, a larger tau or a larger zeta gives a higher error "
         "floor at convergence (eq. 18, Fig. 2-3).",
-        setup=f"{describe(scale.convex)}; IID in the sense of one fixed problem for every "
-        "seed (the FedProx devices are merged onto the workers); constant lr; every run takes "
+        setup=f"{describe(scale.convex)} (FedProx's IID synthetic set: one W, b and one "
+        "feature distribution for every device, so IID workers); constant lr; every run takes "
         f"{scale.convex_steps} local steps per worker (rounds = steps / tau); "
         f"{scale.convex_seeds} seeds per grid point; the floor is the mean test loss of the "
         "workers' average over the last quarter of rounds, given as mean ± sample std (n).",
@@ -255,8 +255,8 @@ def claim_zeta_tau(
         ],
         figures=[save_png(figure, figures / "repro-pasgd-vs-dpsgd.png")],
         runs=runs_dir,
-        notes="zeta_tau compares worst-case bounds; the data here are non-IID across the "
-        "FedProx devices, which the bound does not model. " + noise_gauge(runs),
+        notes="zeta_tau compares worst-case bounds, not the floors themselves. "
+        + noise_gauge(runs),
     )
 
 

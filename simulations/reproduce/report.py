@@ -49,8 +49,8 @@ def report(
         "## Scaled down against the papers",
         "",
         "- Cooperative SGD (claims 1-3): the paper trains VGG-16 on CIFAR-10 with 8 workers for "
-        "hundreds of epochs; here the convex FedProx Synthetic(1, 1) logistic regression "
-        f"(naturally non-IID devices merged onto {scale.convex['num-clients']} workers), "
+        "hundreds of epochs; here the convex logistic regression on FedProx's IID synthetic "
+        f"set (its devices merged onto {scale.convex['num-clients']} workers), "
         f"{scale.convex_steps} local steps per worker at a fixed learning rate, and least "
         "squares for the dense rule.",
         "- Overlap-Local-SGD (claims 4-6): the paper trains ResNet-18 on CIFAR-10 with 16 "

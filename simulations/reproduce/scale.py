@@ -52,11 +52,11 @@ FULL = Scale(
         "batch-size": 10,
         "lr": 0.1,
     },
-    convex_steps=256,
+    convex_steps=1024,
     convex_taus=(1, 4, 16, 64),
     graphs=("complete", "hypercube", "ring", "star"),
     pasgd_tau=4,
-    easgd_steps=128,
+    easgd_steps=512,
     reference_steps=600,
     reference_batch=4,
     image={
