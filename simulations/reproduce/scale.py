@@ -40,9 +40,6 @@ class Scale:
     slow_link: float
 
 
-#: Fashion-MNIST steps per epoch of one of the 16 workers: ceil(60000 / 16 / 256) = 15.
-FULL_STEPS_PER_EPOCH = 15
-
 FULL = Scale(
     convex={
         "dataset": "synthetic-iid",
@@ -70,7 +67,8 @@ FULL = Scale(
         "momentum": 0.9,
         "nesterov": True,
         # the paper's 5-epoch warm-up and decays after epochs 150 and 250 of 300, scaled to
-        # the 48 steps = 3.2 epochs here (a longer warm-up than 5/300 of them: one step)
+        # the 48 steps = 3.2 epochs here (15 steps per epoch: ceil(60000 / 16 / 256)); the
+        # warm-up is 3 steps rather than 5/300 of the budget, which would be under one step
         "lr-schedule": "paper",
         "warmup-epochs": 0.2,
         "decay-epochs": "1.6,2.7",
