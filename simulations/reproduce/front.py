@@ -64,15 +64,16 @@ def dominated(
     point: tuple[float, list[float]], overlap: Sequence[tuple[int, float, list[float]]]
 ) -> tuple[str, str]:
     """Whether an overlap point (tau, time, errors) no slower than `point` (time, errors) has
-    a lower error beyond the noise (HOLDS), one only inside it (NOISE), or none (CONTRADICTED);
-    and which overlap tau decided it."""
+    a lower error beyond the noise (HOLDS), one only inside it (NOISE), or none (CONTRADICTED:
+    every one as fast has a higher error beyond the noise, or none is as fast); and which
+    overlap tau decided it."""
     time, errors = point
     faster = [(tau, above(errors, e)) for tau, t, e in overlap if t <= time * (1 + 1e-12)]
-    for wanted in (HOLDS, NOISE):
+    for wanted in (HOLDS, NOISE, CONTRADICTED):
         hit = [tau for tau, outcome in faster if outcome == wanted]
         if hit:
             return wanted, f"tau {hit[0]}"
-    return CONTRADICTED, "none"
+    return CONTRADICTED, "none as fast"
 
 
 def claim_front(

@@ -229,8 +229,9 @@ def claim_overlap_accuracy(
         runs=runs_dir,
         notes=f"The {SYNC} row is Local SGD at tau = 1: in this framework both are A(1, J, 0) "
         f"with the same rule (checked: {'yes' if sync_is_local_sgd(scale) else 'NO'}), so the "
-        "runs are shared rather than repeated. The plateau is the schedule's: after the "
-        "second decay the rate is 1% of its peak. Local SGD at tau = 1 ends at "
+        "runs are shared rather than repeated. What flattening there is comes from the "
+        "schedule: after the second decay the rate is 1% of its peak. Local SGD at tau = 1 "
+        "ends at "
         + " and ".join(
             f"{mean_std(accuracy(runs, algorithm='local-sgd', partition=s, tau=1))} ({s})"
             for s in SPLITS
