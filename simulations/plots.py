@@ -106,10 +106,8 @@ def draw_series(
         return False
     length = min(len(r.rows) for r in members)
     x = np.mean([r.column(x_key)[:length] for r in members], axis=0)
-    y = np.array([r.column(y_key)[:length] for r in members])
-    mean, std = y.mean(axis=0), y.std(axis=0, ddof=1)
-    (line,) = ax.plot(x, mean, marker=".", label=f"{name} (mean ± 1 sd, {len(members)} seeds)")
-    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    y = [r.column(y_key)[:length] for r in members]
+    band(ax, x, y, f"{name} (mean ± 1 sd, {len(members)} seeds)", marker=".")
     return True
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fedcoop.config import RunConfig
-from simulations.reproduce import cooperative_sgd, follow_ups, overlap_sgd
+from simulations.reproduce import cooperative_sgd, follow_ups, front, overlap_sgd
 from simulations.reproduce.report import report
 from simulations.reproduce.runner import ClaimRuns
 from simulations.reproduce.scale import (
@@ -36,35 +36,41 @@ from simulations.reproduce.verdicts import Claim
 
 def claim_folders(scale: Scale, later: FollowUpScale) -> dict[str, list[RunConfig]]:
     """Every compare directory's configs, all checked before the first run starts."""
-    return {
+    return {  # the image grid first: it is the longest, and seed-major
+        overlap_sgd.IMAGE_RUNS: overlap_sgd.image_configs(scale),
         cooperative_sgd.CONVEX_RUNS: cooperative_sgd.convex_configs(scale),
         cooperative_sgd.EASGD_RUNS: cooperative_sgd.easgd_configs(scale),
-        overlap_sgd.IMAGE_RUNS: overlap_sgd.image_configs(scale),
         follow_ups.ADACOMM_RUNS: follow_ups.adacomm_configs(later),
         follow_ups.MATCHA_RUNS: follow_ups.matcha_configs(later),
     }
 
 
-def reproduce(scale: Scale, later: FollowUpScale, out: Path, runs: ClaimRuns) -> list[Claim]:
+def reproduce(
+    scale: Scale, later: FollowUpScale, out: Path, runs: ClaimRuns
+) -> tuple[list[Claim], float]:
     """Run (or reuse) every claim's experiments under runs.root and draw its figures into
-    out/figures (`later`: the sizes of the follow-up papers' claims)."""
+    out/figures (`later`: the sizes of the follow-up papers' claims); the claims, and the
+    wall time the runs they use took when they ran (each run's last recorded wall-time,
+    summed), which a reusing invocation does not repeat."""
     figures = out / "figures"
     recorded = runs.run_all(claim_folders(scale, later))
+    compute = sum(r.rows[-1]["wall-time"] for folder in recorded.values() for r in folder)
 
     def of(name: str) -> tuple[list, Path]:
         return recorded[name], runs.root / name
 
-    convex = of(cooperative_sgd.CONVEX_RUNS)
-    image = of(overlap_sgd.IMAGE_RUNS)
-    return [
+    convex, image = of(cooperative_sgd.CONVEX_RUNS), of(overlap_sgd.IMAGE_RUNS)
+    claims = [
         cooperative_sgd.claim_floor(scale, *convex, figures),
         cooperative_sgd.claim_easgd(scale, *of(cooperative_sgd.EASGD_RUNS), figures),
         cooperative_sgd.claim_zeta_tau(scale, *convex, figures),
         overlap_sgd.claim_overlap_accuracy(scale, *image, figures),
-        overlap_sgd.claim_front(scale, *image, figures),
+        overlap_sgd.claim_skewed_stability(scale, *image, figures),
+        front.claim_front(scale, *image, figures),
         follow_ups.claim_adacomm(later, *of(follow_ups.ADACOMM_RUNS), figures),
         follow_ups.claim_matcha(later, *of(follow_ups.MATCHA_RUNS), figures),
     ]
+    return claims, compute
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -97,9 +103,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     runs = ClaimRuns(runs_root.resolve())
     start = time.perf_counter()
     try:
-        claims = reproduce(scale, later, out, runs)
+        claims, compute = reproduce(scale, later, out, runs)
         wall = time.perf_counter() - start
-        path = report(claims, out, command, wall, scale, reused=runs.reused, runs=runs.ran)
+        path = report(
+            claims, out, command, wall, scale, reused=runs.reused, runs=runs.ran, compute=compute
+        )
     finally:
         torch.set_num_threads(threads)
     print(

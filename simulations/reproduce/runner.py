@@ -33,14 +33,23 @@ from simulations.runner import run_config
 
 
 def steps_configs(
-    base: Mapping[str, Any], steps: int, taus: Sequence[int], grid: Mapping[str, Sequence[Any]]
+    base: Mapping[str, Any],
+    steps: int,
+    taus: Sequence[int],
+    grid: Mapping[str, Sequence[Any]],
+    seeds: int,
 ) -> list[RunConfig]:
-    """The grid at every tau, each run taking `steps` local steps (steps / tau rounds), so
-    that runs over tau compare at equal computation as the papers' figures do."""
+    """The grid at every tau and seed 0..seeds-1, each run taking `steps` local steps
+    (steps / tau rounds), so that runs over tau compare at equal computation as the papers'
+    figures do. Seed-major: every grid point's seed 0 runs before any seed 1, so a run cut
+    short still holds whole seeds of the grid."""
     return [
         config
+        for seed in range(seeds)
         for tau in taus
-        for config in compare.expand({**base, "tau": tau, "num-rounds": steps // tau}, grid)
+        for config in compare.expand(
+            {**base, "seed": seed, "tau": tau, "num-rounds": steps // tau}, grid
+        )
     ]
 
 
@@ -116,8 +125,17 @@ def run_in_process(config: RunConfig) -> compare.RecordedRun:
     return compare.load_run(result.directory)
 
 
+def find_all(runs: Sequence[compare.RecordedRun], **values: Any) -> list[compare.RecordedRun]:
+    """The runs whose config has these values (dashed keys given with underscores), by seed:
+    a grid point's repeats; at least one."""
+    wanted = {k.replace("_", "-"): v for k, v in values.items()}
+    found = [r for r in runs if all(r.config[k] == v for k, v in wanted.items())]
+    if not found:
+        raise ValueError(f"no run has {wanted}")
+    return sorted(found, key=lambda r: r.config["seed"])
+
+
 def find(runs: Sequence[compare.RecordedRun], **values: Any) -> compare.RecordedRun:
     """The one run whose config has these values (dashed keys given with underscores)."""
-    wanted = {k.replace("_", "-"): v for k, v in values.items()}
-    (run,) = [r for r in runs if all(r.config[k] == v for k, v in wanted.items())]
+    (run,) = find_all(runs, **values)
     return run

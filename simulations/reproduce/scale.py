@@ -27,36 +27,61 @@ class Scale:
     image: Mapping[str, Any]
     image_steps: int
     image_taus: tuple[int, ...]
+    #: seeds per grid point (0, 1, ...): of the convex claims 1 and 3, of claim 2's framework
+    #: runs, and of the image claims 4-6
+    convex_seeds: int
+    easgd_seeds: int
+    image_seeds: int
+    #: claim 5: communication of one Local SGD round at tau = 2 as a share of its compute
+    #: (the overlap paper's 34.6%), the link's one-way latency, and the slower second link's
+    #: bandwidth as a fraction of the first's
+    comm_share: float
+    latency_ms: float
+    slow_link: float
 
 
 FULL = Scale(
     convex={
-        "dataset": "synthetic",
+        "dataset": "synthetic-iid",
         "model": "logreg",
         "partition": "natural",
         "num-clients": 8,
         "batch-size": 10,
         "lr": 0.1,
     },
-    convex_steps=1536,
+    convex_steps=1024,
     convex_taus=(1, 4, 16, 64),
     graphs=("complete", "hypercube", "ring", "star"),
     pasgd_tau=4,
-    easgd_steps=1024,
+    easgd_steps=512,
     reference_steps=600,
     reference_batch=4,
     image={
         "dataset": "fashion-mnist",
         "model": "mlp",
-        "num-clients": 8,
-        "batch-size": 32,
-        "lr": 0.05,
+        "num-clients": 16,
+        "batch-size": 256,
+        # the paper's rule: 0.1 / 16 per worker, scaled by the 16 workers to a peak of 0.1
+        "lr": 0.00625,
+        "scale-lr-by-workers": True,
         "momentum": 0.9,
         "nesterov": True,
-        "link": "wifi",
+        # the paper's 5-epoch warm-up and decays after epochs 150 and 250 of 300, scaled to
+        # the 48 steps = 3.2 epochs here (15 steps per epoch: ceil(60000 / 16 / 256)); the
+        # warm-up is 3 steps rather than 5/300 of the budget, which would be under one step
+        "lr-schedule": "paper",
+        "warmup-epochs": 0.2,
+        "decay-epochs": "1.6,2.7",
+        "step-time": 0.05,
     },
-    image_steps=192,
+    image_steps=48,
     image_taus=(1, 2, 8, 24),
+    convex_seeds=5,
+    easgd_seeds=3,
+    image_seeds=3,
+    comm_share=0.346,
+    latency_ms=1.0,
+    slow_link=0.1,
 )
 
 SMOKE = Scale(
@@ -72,10 +97,18 @@ SMOKE = Scale(
         **FULL.image,
         "dataset": "mnist-embedded",
         "model": "logreg",
+        "num-clients": 8,
         "batch-size": 8,
+        "decay-epochs": "1,2",
     },
     image_steps=4,
     image_taus=(1, 2),
+    convex_seeds=2,
+    easgd_seeds=2,
+    image_seeds=2,
+    comm_share=FULL.comm_share,
+    latency_ms=FULL.latency_ms,
+    slow_link=FULL.slow_link,
 )
 
 

@@ -11,9 +11,18 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from simulations import plots
+from simulations import plots, stats
 
 REPRODUCED, PARTLY, NOT_REPRODUCED = "reproduced", "partly", "not reproduced"
+#: the verdict of a claim whose every check stays inside the seeds' noise
+INSIDE_NOISE = "inside the noise"
+#: one check's outcome: the claimed difference beyond noise, inside it, or the opposite one
+HOLDS, NOISE, CONTRADICTED = "holds", "inside the noise", "contradicted"
+#: how every criterion states the rule its checks use
+RULE = (
+    "a difference counts when |mean difference| > 2 combined standard errors over the seeds "
+    "(simulations.stats.differs)"
+)
 
 
 @dataclass
@@ -36,6 +45,41 @@ def verdict(hits: int, total: int) -> str:
     if total and hits == total:
         return REPRODUCED
     return PARTLY if total and 2 * hits >= total else NOT_REPRODUCED
+
+
+def above(a: Sequence[float], b: Sequence[float]) -> str:
+    """Whether a's mean lies above b's beyond the noise (HOLDS), inside it, or below it."""
+    difference = stats.differs(a, b)
+    if difference.verdict != stats.DIFFERS:
+        return NOISE
+    return HOLDS if difference.delta > 0 else CONTRADICTED
+
+
+def judge(outcomes: Sequence[str]) -> str:
+    """A claim's verdict from its checks' outcomes: every check holds: reproduced; every one
+    inside the noise: INSIDE_NOISE (no verdict either way); else partly when at least half
+    hold or none is contradicted, not reproduced otherwise."""
+    holds, contradicted = outcomes.count(HOLDS), outcomes.count(CONTRADICTED)
+    if outcomes and holds == len(outcomes):
+        return REPRODUCED
+    if outcomes and outcomes.count(NOISE) == len(outcomes):
+        return INSIDE_NOISE
+    return (
+        PARTLY
+        if outcomes and (2 * holds >= len(outcomes) or not contradicted)
+        else (NOT_REPRODUCED)
+    )
+
+
+def tally(outcomes: Sequence[str]) -> str:
+    """How many checks came out each way, for a criterion's text."""
+    return ", ".join(f"{outcomes.count(o)} {o}" for o in (HOLDS, NOISE, CONTRADICTED))
+
+
+def mean_std(values: Sequence[float], digits: int = 4) -> str:
+    """A table cell: mean ± sample std over the seeds (and n), from stats.spread."""
+    s = stats.spread(values)
+    return f"{fmt(s.mean, digits)} ± {fmt(s.std, digits)} (n={s.n})"
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
