@@ -26,7 +26,7 @@ has settled without the worker.
 
 The module is one state machine over shared tables (who is busy, late or ahead, the reports,
 payloads and auxiliary values of each open round), which is why it stays one file of some
-600 lines: splitting it would hand those tables across modules.
+650 lines: splitting it would hand those tables across modules.
 """
 
 from __future__ import annotations
