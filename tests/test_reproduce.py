@@ -8,6 +8,7 @@ import dataclasses
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +159,9 @@ def test_image_tables_match_the_run_files(smoke: tuple[str, Path, Path]) -> None
             assert "| " + " | ".join(cells) + " |" in markdown
 
 
-def time_to(run: compare.RecordedRun, key: str, done: object, window: float) -> float | None:
+def time_to(
+    run: compare.RecordedRun, key: str, done: Callable[[float], bool], window: float
+) -> float | None:
     """The first virtual time at which the trailing-window mean of `key` satisfies `done`,
     worked out here round by round from the run's rows."""
     rows = run.rows
