@@ -108,9 +108,10 @@ class VirtualClock:
         self._channel = np.zeros(m)  # when each worker's link is free
         #: the latest sync whose payload each worker holds; an auxiliary-only column's sync 1
         #: reads the initial anchor x0, which every worker starts with
-        self._held = np.array(self._links_of(1).prefetch, dtype=int)
+        self._held = self._links_of(1).prefetch.astype(int)
         self._held_at = np.zeros(m)  # when that payload arrived
         self._arrivals = np.full(m, np.nan)  # the last round's report arrivals (NaN: absent)
+        self._arrived = np.arange(0)  # the workers whose reports those are
         self._synced = [0.0]  # sync s complete at the server (auxiliary nodes updated)
 
     @classmethod
@@ -166,8 +167,10 @@ class VirtualClock:
             upload = self.link.transfer(self.model_bytes * copies)
             arrivals[i] = self._channel[i] = max(self._done[i], self._channel[i]) + upload
         self._arrivals = arrivals
-        for old in [r for r in self._links if r < round_ - 1]:
-            del self._links[old]
+        self._arrived = np.flatnonzero(~np.isnan(arrivals))
+        if self.spec.w_schedule is not None:  # one W_r per sync: keep the last two
+            for old in [r for r in self._links if r < round_ - 1]:
+                del self._links[old]
         self._synced.append(max(self._synced[-1], float(np.nanmax(arrivals))))
         return self._synced[-1]
 
@@ -186,11 +189,10 @@ class VirtualClock:
         Only the last round's reports are kept: a column that reads workers is fetched for
         the last sync only, one that reads only auxiliary nodes possibly for the next.
         """
-        reports, links = self._arrivals, self._links_of(sync)
-        times = [reports[j] for j in links.worker_sources[worker] if not np.isnan(reports[j])]
-        if links.reads_aux[worker]:
-            times.append(self._synced[sync - 1])
-        return max(times, default=0.0)
+        links, arrived = self._links_of(sync), self._arrived
+        times = self._arrivals[arrived][links.off[arrived, worker]]
+        ready = float(times.max()) if times.size else 0.0
+        return max(ready, self._synced[sync - 1]) if links.reads_aux[worker] else ready
 
     def _delivery(self, worker: int, sync: int, share: int) -> float:
         """When payload `sync` arrives at `worker`, the server's link split `share` ways; peer
@@ -224,15 +226,17 @@ class VirtualClock:
 
 @dataclass(frozen=True)
 class _Links:
-    """The transfers one W implies (see the module docstring)."""
+    """The transfers one W implies (see the module docstring), as arrays over its columns,
+    so that a round reads the cohort's entries and never a list per column of W."""
 
-    #: worker sources of each column, and whether it reads any auxiliary node
-    worker_sources: list[list[int]]
-    reads_aux: list[bool]
+    #: off[j, i]: column i of W reads node j (j != i)
+    off: np.ndarray
+    #: per worker column: whether it reads any auxiliary node
+    reads_aux: np.ndarray
     #: columns that read only auxiliary nodes: sync r's payload exists before round r ends
-    prefetch: list[bool]
+    prefetch: np.ndarray
     #: bytes of each column's payload: a model, or nothing for a column without sources
-    payload_bytes: list[int]
+    payload_bytes: np.ndarray
     #: deg(i): the workers whose columns read worker i's model
     degree: np.ndarray
 
@@ -241,13 +245,12 @@ class _Links:
         """The links of W over m workers (and its auxiliary nodes)."""
         off = w != 0
         np.fill_diagonal(off, False)
-        sources = [np.flatnonzero(off[:, i]) for i in range(m)]
-        workers = [[int(j) for j in s if j < m] for s in sources]
-        reads_aux = [bool(np.any(s >= m)) for s in sources]
+        reads_aux = off[m:, :m].any(axis=0)
+        reads_workers = off[:m, :m].any(axis=0)
         return cls(
-            worker_sources=workers,
+            off=off,
             reads_aux=reads_aux,
-            prefetch=[a and not w for a, w in zip(reads_aux, workers, strict=True)],
-            payload_bytes=[model_bytes if s.size else 0 for s in sources],
+            prefetch=reads_aux & ~reads_workers,
+            payload_bytes=np.where(reads_aux | reads_workers, model_bytes, 0),
             degree=off[:m, :m].sum(axis=1),
         )

@@ -41,6 +41,7 @@ import numpy as np
 from fedcoop import participation
 from fedcoop.cooperative import ClientRule, CooperativeSpec
 from fedcoop.errors import ConfigError
+from fedcoop.pending import Payload, PendingPayloads
 from fedcoop.round_schedule import LAG, Settled
 
 
@@ -66,25 +67,6 @@ def check_eager(spec: CooperativeSpec, participation: float, norm_bound: float) 
         raise ConfigError("eager-reply", True, "needs participation = 1")
     if norm_bound:
         raise ConfigError("eager-reply", True, "needs update-norm-bound = 0 (off)")
-
-
-@dataclass(frozen=True)
-class Payload:
-    """What worker `worker` needs to apply sync `sync` to its own model.
-
-    new x_i = self_weight * x_i + mix (client rule MIX), or for CoCoD-SGD the stale average
-    in `mix` (client rule CORRECTION). ``mix`` is None when the column has no other entries.
-    """
-
-    worker: int
-    sync: int
-    self_weight: float
-    mix: np.ndarray | None
-    #: the worker missed the sync: its model becomes `mix`, and what it held back for the
-    #: sync it missed (a pending gradient, a CoCoD snapshot) is dropped
-    adopt: bool = False
-    #: its last update was rejected: its momentum buffers are cleared too
-    reset: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,7 +143,7 @@ class Coordinator:
     _rejected: dict[int, set[int]] = field(init=False, default_factory=dict)
     #: payloads sent before their round settled, by (worker, sync)
     _early: dict[tuple[int, int], Payload] = field(init=False, default_factory=dict)
-    _pending: dict[int, Payload] = field(init=False, default_factory=dict)
+    _pending: PendingPayloads = field(init=False)
     _settled: int = field(init=False, default=0)
     _aux: dict[int, np.ndarray] = field(init=False, default_factory=dict)
     _velocity: np.ndarray = field(init=False)
@@ -179,6 +161,7 @@ class Coordinator:
         m, v = self.spec.num_workers, self.spec.num_aux
         self.x0 = np.asarray(self.x0)
         self._last = [0] * m
+        self._pending = PendingPayloads(m)
         self._aux[0] = np.repeat(self.x0[None, :], v, axis=0)
         self._velocity = np.zeros_like(self._aux[0])
         if self.eager:
@@ -358,7 +341,7 @@ class Coordinator:
         """Everything needed to go on from the end of settled round `round_`: a worker
         already running round_ + 1 (overlap) is put back to before it, with the payload it
         was sent counted as not yet delivered."""
-        pending = dict(self._pending)
+        pending = self._pending.as_dict()
         last = list(self._last)
         for (i, sync), payload in self._early.items():
             if sync == round_:
@@ -382,7 +365,9 @@ class Coordinator:
         self._trained = set(cut["trained"])
         self._aux = {self._settled: np.asarray(cut["aux"])}
         self._velocity = np.asarray(cut["velocity"])
-        self._pending = {int(i): Payload(**p) for i, p in cut["pending"].items()}
+        self._pending = PendingPayloads(self.spec.num_workers)
+        for i, p in cut["pending"].items():
+            self._pending.set(int(i), Payload(**p))
 
     # -- internals -----------------------------------------------------------------------
     def _take_back_ahead(self, worker: int, missed: int) -> None:
@@ -433,7 +418,7 @@ class Coordinator:
         """(known, payload): the sync payload message `round_` to `worker` carries."""
         sync = round_ - 1
         if self._settled >= sync:
-            return True, self._pending.pop(worker, None)
+            return True, self._pending.pop(worker)
         # Early: the worker trained that very sync's round, its report stands, and its
         # column reads only itself and auxiliary values of the sync before (overlap).
         w = self.spec.w_at(sync)
@@ -449,7 +434,12 @@ class Coordinator:
         )
         if not early:
             return False, None
-        payload = self._payload(worker, sync, w, {}, adopt=False)
+        m = self.spec.num_workers
+        aux = self._aux[sync - 1]
+        mix: np.ndarray | None = None
+        for j in np.flatnonzero(w[m:, worker]):
+            mix = w[m + j, worker] * aux[j] if mix is None else mix + w[m + j, worker] * aux[j]
+        payload = self._survivor_payload(worker, sync, float(w[worker, worker]), mix)
         self._early[worker, sync] = payload
         return True, payload
 
@@ -459,76 +449,51 @@ class Coordinator:
         column = w[: self.spec.num_workers, worker]
         return bool(np.count_nonzero(column) - (column[worker] != 0))
 
-    def _payload(
-        self,
-        worker: int,
-        sync: int,
-        w: np.ndarray,
-        reports: dict[int, np.ndarray],
-        *,
-        adopt: bool,
-    ) -> Payload | None:
-        """Worker's column of `w` at `sync` (`adopt`: it missed the sync); None for the
-        identity column of a missed sync, which changes nothing."""
-        m = self.spec.num_workers
-        mix: np.ndarray | None = None
-        for j in np.flatnonzero(w[:, worker]):
-            if j == worker:
-                continue
-            source = reports[j] if j < m else self._aux[sync - 1][j - m]
-            mix = w[j, worker] * source if mix is None else mix + w[j, worker] * source
-        return self._with_mix(worker, sync, w, reports, mix, adopt=adopt)
-
-    def _with_mix(
-        self,
-        worker: int,
-        sync: int,
-        w: np.ndarray,
-        reports: dict[int, np.ndarray],
-        mix: np.ndarray | None,
-        *,
-        adopt: bool,
-    ) -> Payload | None:
-        """The payload of worker's column at `sync` whose other entries sum to `mix` (None:
-        it has none)."""
-        reset = worker in self._rejected.get(sync, set()) or (adopt and self._resets(worker, sync))
-        if adopt and mix is None:
-            if not reset:
-                return None
-            # A rejected model with no surviving source must not be kept: take the
-            # survivors' average instead.
-            mix = np.mean(list(reports.values()), axis=0)
+    def _survivor_payload(
+        self, worker: int, sync: int, self_weight: float, mix: np.ndarray | None
+    ) -> Payload:
+        """The payload of a worker whose report the sync used (or, early, will use)."""
         if mix is not None:
             mix = mix.astype(self.x0.dtype, copy=False)
-        self_weight = 0.0 if adopt else float(w[worker, worker])
-        return Payload(worker, sync, self_weight, mix, adopt=adopt, reset=reset)
+        return Payload(worker, sync, self_weight, mix)
+
+    def _adopt(
+        self,
+        mix: participation.RoundMix,
+        sources: np.ndarray,
+        mean: np.ndarray,
+        sync: int,
+    ) -> None:
+        """The payloads of the workers that missed `sync`: each group's column of W_S read
+        once over the present nodes' models `sources`. A group whose column reads no present
+        node keeps what waited for it; a worker to reset (its update was rejected, or a reset
+        waits for it) gets its own payload, the survivors' average `mean` when it has no
+        source, as a rejected model must not be kept."""
+        to_reset = self._rejected.get(sync, set()) | self._pending.resetting()
+        for workers, column in mix.groups:
+            resets = [i for i in to_reset if i in workers] if to_reset else []
+            adopted = mean if column is None else column @ sources
+            shared = Payload(-1, sync, 0.0, adopted.astype(self.x0.dtype, copy=False), adopt=True)
+            for i in resets:
+                self._pending.set(i, dataclasses.replace(shared, worker=i, reset=True))
+            if column is not None:
+                kept = np.setdiff1d(workers, resets) if resets else workers
+                self._pending.set_group(kept, shared)
 
     def _survivor_mixes(
-        self,
-        w: np.ndarray,
-        alive: list[int],
-        models: np.ndarray,
-        prev: np.ndarray,
-        round_: int,
+        self, mix: participation.RoundMix, sources: np.ndarray, round_: int
     ) -> dict[int, np.ndarray | None]:
-        """Each survivor's sum_{j != i} w_ji x_j over the survivors' models and the
-        auxiliary values of the sync before, in one product (None: no other entries)."""
-        m = self.spec.num_workers
-        columns = [i for i in alive if (i, round_) not in self._early]
+        """Each survivor's sum_{j != i} w_ji x_j over the present nodes' models `sources`
+        (the survivors', then the auxiliary values of the sync before), in one product, by
+        its position in `mix.alive` (None: no other entries)."""
+        columns = [k for k, i in enumerate(mix.alive) if (i, round_) not in self._early]
         if not columns:
             return {}
-        sources = [*alive, *range(m, w.shape[0])]
-        off = w[np.ix_(sources, columns)]  # a copy: the diagonal is zeroed below
-        off[[sources.index(i) for i in columns], range(len(columns))] = 0.0
-        mixed = off.T @ np.concatenate([models, prev.astype(np.float64)])
+        off = mix.block[:, columns]  # a copy: the diagonal is zeroed below
+        off[columns, range(len(columns))] = 0.0
+        mixed = off.T @ sources
         other = np.any(off != 0.0, axis=0)
-        return {i: mixed[k] if other[k] else None for k, i in enumerate(columns)}
-
-    def _resets(self, worker: int, sync: int) -> bool:
-        """Whether the worker's payload of `sync` must reset it: its update of that round
-        was rejected, or a reset not yet delivered (no message since) still applies."""
-        unsent = self._pending.get(worker)
-        return worker in self._rejected.get(sync, set()) or (unsent is not None and unsent.reset)
+        return {k: mixed[n] if other[n] else None for n, k in enumerate(columns)}
 
     def _settle(self) -> None:
         """Settle every round, in order, whose sampled workers have all been heard of."""
@@ -565,50 +530,30 @@ class Coordinator:
                 f"quorum needs {needed} ({reasons})"
             )
         survivors = frozenset(reports)
-        w = participation.round_matrix(spec.w_at(round_), m, survivors, spec.reweight)
-        alive = sorted(survivors)
-        # Only the survivors' and auxiliary rows of W_S are non-zero off the diagonal, so
-        # the mix reads the cohort's models and never an m x d table.
+        mix = participation.round_mix(spec.w_at(round_), m, survivors, spec.reweight)
+        alive, block, k = mix.alive, mix.block, len(mix.alive)
+        # Only the present nodes' rows of W_S are non-zero off the diagonal, so the sync
+        # reads the cohort's models and never an m x d table.
         models = np.stack([reports[i] for i in alive]).astype(np.float64)
         prev = self._aux[round_ - 1]
+        sources = np.concatenate([models, prev.astype(np.float64)])
         if spec.num_aux:
-            mixed = w[alive, m:].T @ models + w[m:, m:].T @ prev
+            mixed = block[:, k:].T @ sources
             self._velocity = spec.anchor_momentum * self._velocity + (mixed - prev)
             # Kept in the model's dtype: a float32 model must not travel as float64.
             self._aux[round_] = (prev + self._velocity).astype(self.x0.dtype, copy=False)
         else:
             self._aux[round_] = prev
-        # Workers whose columns are equal (every worker that adopts the survivors' average
-        # under a star rule) share one payload, so a round costs the cohort, not m.
-        shared: dict[tuple[bytes, bytes], Payload | None] = {}
-        mixes = self._survivor_mixes(w, alive, models, prev, round_)
-        for i in range(m):
-            if (i, round_) in self._early:
-                if i in survivors:
-                    continue
-                # eager: its early payload assumed a report that did not come
-                del self._early[i, round_]
-            adopt = i not in survivors
-            if adopt and not self._resets(i, round_):
-                sources = np.flatnonzero(w[:, i])
-                key = (sources.tobytes(), w[sources, i].tobytes())
-                if key not in shared:
-                    shared[key] = self._payload(i, round_, w, reports, adopt=True)
-                payload = shared[key]
-                payload = None if payload is None else dataclasses.replace(payload, worker=i)
-            elif not adopt:
-                payload = self._with_mix(i, round_, w, reports, mixes[i], adopt=False)
-            else:
-                payload = self._payload(i, round_, w, reports, adopt=True)
-            if payload is not None:
-                self._pending[i] = payload
+        for n, mixed_in in self._survivor_mixes(mix, sources, round_).items():
+            i = alive[n]
+            self._pending.set(i, self._survivor_payload(i, round_, float(block[n, n]), mixed_in))
+        for i, sync in [key for key in self._early if key[1] == round_ and key[0] not in survivors]:
+            del self._early[i, sync]  # eager: its early payload assumed a report that did not come
+        self._adopt(mix, sources, models.mean(axis=0), round_)
         if spec.client_rule is ClientRule.CORRECTION:
             average = models.mean(axis=0)
         else:
-            columns = w[alive][:, alive].T @ models
-            if spec.num_aux:
-                columns += w[m:, alive].T @ prev
-            average = columns.mean(axis=0)
+            average = (block[:, :k].T @ sources).mean(axis=0)
         spread = models - models.mean(axis=0)
         self._summaries.append(
             RoundSummary(
@@ -622,7 +567,7 @@ class Coordinator:
                 missing=dict(sorted(missing.items())),
                 rejected=sorted(self._rejected.get(round_, set())),
                 # W itself was validated to mix; only a re-weighted one can split
-                components=1 if len(alive) == m else participation.components(w, m, survivors),
+                components=1 if k == m else participation.components(mix),
                 settled_out=dict(sorted(self._settled_out.get(round_, {}).items())),
             )
         )

@@ -22,4 +22,10 @@ class ConfigError(ValueError):
 
 
 class RunFailed(RuntimeError):
-    """A worker failed or stopped answering; the message says which and why."""
+    """A worker failed or stopped answering; the message says which and why. `partial`:
+    what the run produced up to the failure (a `RunResult`, when there is one), so that its
+    settled rounds are written rather than lost."""
+
+    def __init__(self, message: str, partial: Any = None) -> None:
+        super().__init__(message)
+        self.partial = partial

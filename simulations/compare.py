@@ -59,6 +59,8 @@ class RecordedRun:
     path: Path
     config: dict[str, Any]
     rows: list[dict[str, Any]]
+    #: why the run stopped before its last round (final.json's "failed"), None if it did not
+    failed: str | None = None
 
     def column(self, key: str) -> list[float] | None:
         """The metric over the rounds, or None when some round lacks it (an older run)."""
@@ -67,10 +69,13 @@ class RecordedRun:
 
 
 def load_run(path: Path) -> RecordedRun:
-    """Read config.json and metrics.jsonl of one run directory."""
+    """Read config.json, metrics.jsonl and (when there) final.json of one run directory."""
     config = json.loads((path / "config.json").read_text())["config"]
     lines = (path / "metrics.jsonl").read_text().splitlines()
-    return RecordedRun(path, config, [json.loads(line) for line in lines if line.strip()])
+    final = path / "final.json"
+    failed = json.loads(final.read_text()).get("failed") if final.is_file() else None
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return RecordedRun(path, config, rows, failed)
 
 
 def load_runs(directory: str | Path) -> list[RecordedRun]:

@@ -11,6 +11,7 @@ node ever had two messages waiting at once, which the strategy must never cause.
 from __future__ import annotations
 
 import traceback
+from collections import Counter
 from collections.abc import Iterable
 from uuid import uuid4
 
@@ -58,6 +59,8 @@ class InProcessGrid(Grid):
             for i, node in enumerate(ids)
         }
         self._waiting: dict[str, Message] = {}
+        #: how many messages wait per node (never more than one, if the strategy is right)
+        self._waiting_nodes: Counter[int] = Counter()
         self._replies: dict[str, Message] = {}
         self.overlapping_messages = 0
         self._run = Run.create_empty(run_id=1)
@@ -93,8 +96,9 @@ class InProcessGrid(Grid):
             node = msg.metadata.dst_node_id
             if node not in self.contexts:
                 raise ValueError(f"no node {node}")
-            if any(m.metadata.dst_node_id == node for m in self._waiting.values()):
+            if self._waiting_nodes[node]:
                 self.overlapping_messages += 1
+            self._waiting_nodes[node] += 1
             # Flower's own InMemoryGrid assigns message ids this way.
             msg.metadata.__dict__["_message_id"] = str(uuid4())
             self._waiting[msg.metadata.message_id] = msg
@@ -106,7 +110,7 @@ class InProcessGrid(Grid):
         if waiting:
             count = int(self._rng.integers(1, len(waiting) + 1))
             for msg_id in self._rng.permutation(waiting)[:count]:
-                self._deliver(self._waiting.pop(str(msg_id)))
+                self._deliver(self._take(str(msg_id)))
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
     def send_and_receive(
@@ -119,6 +123,12 @@ class InProcessGrid(Grid):
             ids -= {r.metadata.reply_to_message_id for r in replies}
             out.extend(replies)
         return out
+
+    def _take(self, msg_id: str) -> Message:
+        """The waiting message `msg_id`, no longer waiting."""
+        msg = self._waiting.pop(msg_id)
+        self._waiting_nodes[msg.metadata.dst_node_id] -= 1
+        return msg
 
     def _deliver(self, msg: Message) -> None:
         context = self.contexts[msg.metadata.dst_node_id]

@@ -1,7 +1,8 @@
 """Results on disk: one directory per run, enough to redraw any plot or table from files.
 
 config.json holds the full resolved config and the spec actually run (tau, W, v, rules);
-metrics.jsonl and metrics.csv one row per round; final.json the end state's metrics;
+metrics.jsonl and metrics.csv one row per round; final.json the end state's metrics (and,
+for a run that stopped early, e.g. every model NaN, "failed": why, after its settled rounds);
 final-models.npz the workers' (m x d; NaN rows for workers that never came back) and
 auxiliary nodes' (v x d) final models; events.jsonl every fault the run rode out (failed,
 late, rejected workers, ...) with round, worker, node and reason, counted in final.json.
@@ -75,6 +76,7 @@ def write_results(result: RunResult, path: Path) -> Path:
         np.savez(path / "final-models.npz", **models)
     write_jsonl(path / "events.jsonl", result.events)
     final = {
+        **({"failed": result.failed} if result.failed else {}),
         "last-round": result.rounds[-1] if result.rounds else {},
         **result.client_evaluation,
         "faults": dict(Counter(event["kind"] for event in result.events)),

@@ -39,7 +39,7 @@ class VectorizedGrid(InProcessGrid):
         self._train = train
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        waiting, self._waiting = list(self._waiting.values()), {}
+        waiting = [self._take(msg_id) for msg_id in list(self._waiting)]
         trains = [m for m in waiting if m.metadata.message_type == MessageType.TRAIN]
         for msg in waiting:
             if msg.metadata.message_type != MessageType.TRAIN:

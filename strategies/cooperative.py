@@ -68,17 +68,21 @@ class RunResult:
     #: failed, deadline (left out of the round), late (its discarded reply came), busy (left
     #: out of a round while a late reply was still outstanding), rejected, split
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: why the run stopped before its last round (e.g. every worker's model became NaN);
+    #: `rounds` then holds the rounds settled before it
+    failed: str | None = None
 
 
 @dataclass
 class _Tally:
     """Per-round figures gathered while rounds are open: losses, seconds of local steps,
-    [bytes up, bytes down], and the workers' final models."""
+    [bytes up, bytes down], and the workers' final models (m x d, NaN rows until they come:
+    one table, written in place, rather than m arrays stacked at the end)."""
 
+    final: np.ndarray
     losses: dict[int, list[float]] = field(default_factory=dict)
     compute: dict[int, list[float]] = field(default_factory=dict)
     traffic: dict[int, list[int]] = field(default_factory=dict)
-    final: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,8 @@ class CooperativeStrategy:
         try:
             self._loop(grid, coordinator, clock, node_of, result)
         except QuorumLost as lost:
-            raise RunFailed(str(lost)) from None
+            result.failed = str(lost)
+            raise RunFailed(str(lost), partial=result) from None
         result.aux = coordinator.aux
         alive = [i for i in range(len(node_of)) if np.all(np.isfinite(result.workers[i]))]
         chosen = participation.subset(self.config.seed, alive, self.config.eval_workers)
@@ -281,7 +286,10 @@ class CooperativeStrategy:
         #: for the worker's message in flight to come back
         running: dict[int, Dispatch] = {}
         queued: dict[int, Dispatch] = {}
-        tally = _Tally()
+        tally = _Tally(np.full((len(node_of), self.x0.size), np.nan, dtype=self.x0.dtype))
+        # The final sync reaches every worker: at most a cohort's worth of its messages at
+        # a time, so m of them (and their replies) are never all held at once.
+        cohort = participation.cohort_size(len(node_of), self.config.participation)
         started = time.monotonic() - self._elapsed
         last_progress = time.monotonic()
 
@@ -304,7 +312,8 @@ class CooperativeStrategy:
         while not coordinator.done:
             for d in coordinator.ready():
                 queued[d.worker] = d
-            exchanges = self._exchanges(queued, running, [e for e, _ in in_flight.values()], late)
+            out_now = [e for e, _ in in_flight.values()]
+            exchanges = self._exchanges(queued, running, out_now, late, cohort)
             if not exchanges and not in_flight and not late:
                 raise RunFailed(f"nothing in flight and nothing ready: {coordinator.describe()}")
             if exchanges:
@@ -366,8 +375,7 @@ class CooperativeStrategy:
                 )
             else:
                 time.sleep(self.pull_interval)
-        missing = np.full_like(self.x0, np.nan)
-        result.workers = np.stack([tally.final.get(i, missing) for i in range(len(node_of))])
+        result.workers = tally.final
 
     def _exchanges(
         self,
@@ -375,12 +383,17 @@ class CooperativeStrategy:
         running: dict[int, Dispatch],
         in_flight: list[_Exchange],
         late: dict[str, _Exchange],
+        cohort: int,
     ) -> list[_Exchange]:
         """The messages to send now: each released dispatch to a worker with no message
-        out (eager: collecting the round its device runs), and, eager, a message that only
-        collects for a device that runs its final dispatch."""
+        out (eager: collecting the round its device runs; final dispatches up to `cohort`
+        in flight), and, eager, a message that only collects for a device that runs its
+        final dispatch."""
         busy = {e.awaited.worker for e in in_flight} | {e.awaited.worker for e in late.values()}
         free = [(i, d) for i, d in sorted(queued.items()) if i not in busy]
+        room = cohort - sum(e.awaited.final for e in in_flight)
+        finals = [(i, d) for i, d in free if d.final][: max(0, room)]
+        free = [(i, d) for i, d in free if not d.final] + finals
         if not self.config.eager_reply:
             return [_Exchange(d, d) for _, d in free]
         out = [_Exchange(d, running.pop(i, None)) for i, d in free]
@@ -416,7 +429,7 @@ class CooperativeStrategy:
         if problem is not None:
             event(d.round, d.worker, "rejected", problem)
         elif d.final:
-            tally.final[d.worker] = x
+            tally.final[d.worker] = x.reshape(-1)
         else:
             metrics = reply.content.metric_records[messages.METRICS]
             tally.losses.setdefault(d.round, []).append(float(metrics["train-loss"]))

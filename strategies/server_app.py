@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedcoop import algorithms, checkpoint, data, workload
 from fedcoop.config import RunConfig
+from fedcoop.errors import RunFailed
 from fedcoop.training import default_device, evaluate, load_model_vector, model_vector
 from strategies.cooperative import CooperativeStrategy, EvaluateFn, RunResult
 
@@ -112,7 +113,13 @@ def run(
         resume=resumed,
         lr=workload.schedule(config).lr,
     )
-    result = strategy.start(grid)
+    try:
+        result = strategy.start(grid)
+    except RunFailed as failed:
+        if directory is not None and results is not None and failed.partial is not None:
+            # its settled rounds and why it stopped stay on disk, with final.json's "failed"
+            failed.partial.directory = results.write_results(failed.partial, directory)
+        raise
     if directory is not None and results is not None:
         result.directory = results.write_results(result, directory)
         LOG.info("fedcoop: results in %s", result.directory)

@@ -451,7 +451,7 @@ def test_workers_that_adopt_the_same_column_share_one_payload() -> None:
     for i in first:
         driver.reply(i, reports[i])
     second = driver.poll()
-    pending = coordinator._pending
+    pending = coordinator._pending.as_dict()
     adopters = set(range(m)) - set(first) - set(second)
     assert len(adopters) >= 32 and adopters <= set(pending)
     mixes = {id(pending[i].mix) for i in adopters}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from clients import messages
 from clients.client_app import app as client_app
 from fedcoop import participation
 from fedcoop.config import RunConfig
+from simulations import compare, results
 from simulations.inprocess import InProcessGrid
 from strategies.cooperative import RunFailed, RunResult
 from strategies.server_app import run
@@ -258,3 +260,20 @@ def test_the_final_evaluation_asks_a_seeded_sample_of_the_workers() -> None:
     asked.clear()
     run(InProcessGrid(app, 6), config.replace(eval_workers=0))
     assert sorted(asked) == list(range(6))
+
+
+def test_a_run_that_diverges_keeps_its_settled_rounds_and_says_why_it_stopped(
+    tmp_path: Path,
+) -> None:
+    """Every model NaN (a learning rate far too large) stops the run at its first round
+    without a quorum; the rounds before it and the reason are written, not lost."""
+    config = least_squares_config(algorithm="local-sgd", lr=1000.0, num_rounds=40)
+    config = config.replace(results_dir=str(tmp_path))
+    with pytest.raises(RunFailed, match="NaN or Inf values") as err:
+        run(InProcessGrid(client_app, config.num_clients), config, results=results)
+    partial = err.value.partial
+    assert partial is not None and partial.directory is not None and partial.rounds
+    recorded = compare.load_run(partial.directory)
+    assert recorded.failed == partial.failed and "quorum needs" in recorded.failed
+    assert [row["round"] for row in recorded.rows] == list(range(1, len(partial.rounds) + 1))
+    assert len(recorded.rows) < config.num_rounds

@@ -69,6 +69,13 @@ def ring_round(survivors: frozenset[int]) -> np.ndarray:
     return participation.round_matrix(spec.w, RING, survivors, spec.reweight)
 
 
+def ring_parts(survivors: frozenset[int]) -> int:
+    """How many parts the ring's survivors mix in."""
+    spec = spec_of("dpsgd", RING)
+    mix = participation.round_mix(spec.w, RING, survivors, spec.reweight)
+    return participation.components(mix)
+
+
 def test_dpsgd_reweighs_the_surviving_ring_with_metropolis_hastings() -> None:
     survivors = frozenset({0, 1, 2, 3})  # the ring loses 4 and 5: a path
     w = ring_round(survivors)
@@ -76,13 +83,13 @@ def test_dpsgd_reweighs_the_surviving_ring_with_metropolis_hastings() -> None:
     for a, b in [(0, 1), (1, 2), (2, 3)]:
         path[a, b] = path[b, a] = True
     np.testing.assert_allclose(w[:4, :4], topology.metropolis_hastings(path), atol=1e-15)
-    assert participation.components(w, RING, survivors) == 1
+    assert ring_parts(survivors) == 1
 
 
 def test_a_split_surviving_graph_mixes_in_parts() -> None:
     survivors = frozenset({0, 1, 3, 4})  # ring without 2 and 5: parts {0, 1} and {3, 4}
     w = ring_round(survivors)
-    assert participation.components(w, RING, survivors) == 2
+    assert ring_parts(survivors) == 2
     np.testing.assert_allclose(w[np.ix_([0, 1], [0, 1])], np.full((2, 2), 0.5), atol=1e-15)
     assert w[0, 3] == w[3, 0] == 0.0
 
@@ -115,3 +122,28 @@ def test_sampling_is_seeded_and_the_share_asked_for() -> None:
     assert participation.sample(7, 5, 10, 0.3) == draws[4]
     assert participation.sample(7, 5, 10, 1.0) == frozenset(range(10))
     assert len(participation.sample(0, 1, 10, 0.01)) == 1
+
+
+def test_workers_that_miss_a_sync_form_one_group_per_column_over_the_present_nodes() -> None:
+    """FedAvg over 2,000 workers with 3 answering: the 1,997 others share one column (the
+    survivors' average), read from the present rows of W alone."""
+    m, survivors = 2000, frozenset({4, 700, 1999})
+    counts = np.arange(1.0, m + 1)
+    w = np.broadcast_to((counts / counts.sum())[:, None], (m, m))  # W = p 1^T, held once
+    mix = participation.round_mix(w, m, survivors, participation.renormalize)
+    assert mix.alive == [4, 700, 1999] and mix.block.shape == (3, 3)
+    ((workers, column),) = mix.groups
+    np.testing.assert_array_equal(workers, sorted(set(range(m)) - survivors))
+    np.testing.assert_allclose(column, counts[[4, 700, 1999]] / counts[[4, 700, 1999]].sum())
+    np.testing.assert_allclose(mix.block, np.repeat(column[:, None], 3, axis=1), atol=1e-15)
+
+
+def test_a_ring_round_groups_missing_workers_by_the_neighbours_they_adopt() -> None:
+    spec = spec_of("dpsgd", RING)
+    mix = participation.round_mix(spec.w, RING, frozenset({2, 3}), spec.reweight)
+    groups = {tuple(workers.tolist()): column for workers, column in mix.groups}
+    # present nodes are [2, 3]: 1 adopts 2, 4 adopts 3, 0 and 5 read neither and keep theirs
+    assert set(groups) == {(0, 5), (1,), (4,)}
+    assert groups[0, 5] is None
+    np.testing.assert_array_equal(groups[1,], [1.0, 0.0])
+    np.testing.assert_array_equal(groups[4,], [0.0, 1.0])

@@ -59,8 +59,8 @@ def test_a_rounds_train_messages_run_as_one_batch(
         algorithm=algorithm, num_clients=6, participation=participation, tau=2
     )
     run(VectorizedGrid(client_app, 6, train=recording(sizes)), config)
-    # every round's cohort at once, and the final sync to all six
-    assert sizes == [batch] * config.num_rounds + [6]
+    # every round's cohort at once, and the final sync to all six, a cohort at a time
+    assert sizes == [batch] * config.num_rounds + [batch] * (6 // batch)
 
 
 @pytest.mark.parametrize("model", ["cnn", "mlp"])

@@ -50,6 +50,9 @@ LR_TRIAL = (
     "rejected for every algorithm alike: a peak of 0.4 diverged (NaN models), 0.2 gained 0.9 "
     "points on Local SGD at tau = 2 (IID) and lost 10 points on overlap at tau = 8 (skewed)."
 )
+#: the final accuracy of a run that diverged: a NaN model predicts one class, which is a
+#: tenth of Fashion-MNIST's balanced test set (chance)
+DIVERGED = 0.1
 #: the tau of the learning-curve figures (the README's is the skewed split's)
 README_TAU = 2
 #: what one epoch cost, measured before choosing the model (vectorized engine, 16 workers,
@@ -120,8 +123,14 @@ def image_setup(scale: Scale, epochs: float) -> str:
 
 
 def accuracy(runs: Sequence[compare.RecordedRun], **values: Any) -> list[float]:
-    """The final test accuracy of the workers' average, one per seed of the grid point."""
-    return [r.rows[-1]["test-accuracy"] for r in find_all(runs, **values)]
+    """The final test accuracy of the workers' average, one per seed of the grid point; a
+    run that diverged (every worker's model NaN, so it stopped) scores DIVERGED."""
+    return [DIVERGED if r.failed else r.rows[-1]["test-accuracy"] for r in find_all(runs, **values)]
+
+
+def diverged(runs: Sequence[compare.RecordedRun], **values: Any) -> int:
+    """How many seeds of the grid point diverged."""
+    return sum(r.failed is not None for r in find_all(runs, **values))
 
 
 def sync_is_local_sgd(scale: Scale) -> bool:
@@ -135,15 +144,19 @@ def sync_is_local_sgd(scale: Scale) -> bool:
 
 def accuracy_table(runs: Sequence[compare.RecordedRun], split: str, taus: Sequence[int]) -> str:
     """Mean ± std of the final test accuracy, one row per algorithm and the sync row."""
-    rows = [
-        [a, *[mean_std(accuracy(runs, algorithm=a, partition=split, tau=t)) for t in taus]]
-        for a in IMAGE_ALGORITHMS
-    ]
+
+    def cell(algorithm: str, tau: int) -> str:
+        point = {"algorithm": algorithm, "partition": split, "tau": tau}
+        count = diverged(runs, **point)
+        return mean_std(accuracy(runs, **point)) + (f" ({count} diverged)" if count else "")
+
+    rows = [[a, *[cell(a, t) for t in taus]] for a in IMAGE_ALGORITHMS]
     sync = mean_std(accuracy(runs, algorithm="local-sgd", partition=split, tau=1))
     rows.append([f"{SYNC} (reference)", sync, *["" for _ in taus[1:]]])
-    return f"**{split}** split, final test accuracy of the workers' average:\n\n" + table(
-        ["algorithm", *[f"tau = {t}" for t in taus]], rows
-    )
+    return (
+        f"**{split}** split, final test accuracy of the workers' average (a run that "
+        f"diverged scores {DIVERGED}, chance):\n\n"
+    ) + table(["algorithm", *[f"tau = {t}" for t in taus]], rows)
 
 
 def plateau(scale: Scale, runs: Sequence[compare.RecordedRun]) -> tuple[list[list[str]], bool]:
@@ -243,7 +256,10 @@ def claim_overlap_accuracy(
 
 
 def instability(run: compare.RecordedRun) -> float:
-    """Sample std of the test accuracy over the run's last quarter of rounds (at least 3)."""
+    """Sample std of the test accuracy over the run's last quarter of rounds (at least 3);
+    NaN for a run that diverged, which has no last rounds."""
+    if run.failed:
+        return math.nan
     values = run.column("test-accuracy") or []
     return float(np.std(values[-max(3, len(values) // 4) :], ddof=1))
 

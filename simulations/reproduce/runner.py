@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcoop.config import RunConfig
+from fedcoop.errors import RunFailed
 from simulations import compare
 from simulations.runner import run_config
 
@@ -107,7 +108,8 @@ class ClaimRuns:
                 start = time.perf_counter()
                 run = run_in_process(config)
                 self.ran += 1
-                print(f"{head} ran in {time.perf_counter() - start:.1f} s", flush=True)
+                stopped = f" (stopped: {run.failed[:80]})" if run.failed else ""
+                print(f"{head} ran in {time.perf_counter() - start:.1f} s{stopped}", flush=True)
             else:
                 unused.remove(run)
                 self.reused += 1
@@ -119,8 +121,14 @@ class ClaimRuns:
 
 
 def run_in_process(config: RunConfig) -> compare.RecordedRun:
-    """Run one config (results-dir set) in this process; its run as read back from disk."""
-    result = run_config(config, engine="vectorized", quiet=True)
+    """Run one config (results-dir set) in this process; its run as read back from disk,
+    a run that stopped early (every model NaN: it diverged) included, with its `failed`."""
+    try:
+        result = run_config(config, engine="vectorized", quiet=True)
+    except RunFailed as failed:
+        if failed.partial is None or failed.partial.directory is None:
+            raise
+        result = failed.partial
     assert result.directory is not None, "a run with a results-dir writes its results"
     return compare.load_run(result.directory)
 

@@ -67,14 +67,14 @@ FULL = Scale(
         "momentum": 0.9,
         "nesterov": True,
         # the paper's 5-epoch warm-up and decays after epochs 150 and 250 of 300, scaled to
-        # the 48 steps = 3.2 epochs here (15 steps per epoch: ceil(60000 / 16 / 256)); the
-        # warm-up is 3 steps rather than 5/300 of the budget, which would be under one step
+        # the 300 steps = 20 epochs here (15 steps per epoch: ceil(60000 / 16 / 256)): a
+        # warm-up of 5 steps and decays after epochs 10 and 16.67
         "lr-schedule": "paper",
-        "warmup-epochs": 0.2,
-        "decay-epochs": "1.6,2.7",
+        "warmup-epochs": 0.34,
+        "decay-epochs": "10,16.67",
         "step-time": 0.05,
     },
-    image_steps=48,
+    image_steps=300,
     image_taus=(1, 2, 8, 24),
     convex_seeds=5,
     easgd_seeds=3,
