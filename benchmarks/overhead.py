@@ -8,7 +8,8 @@ ClientApp on real Messages, one node after another) and "simulation" (Flower's s
 engine: Ray actors, SuperLink state, Messages, the stateful ClientApp and the strategy). Prints
 seconds per round for each, the start-up apart, and last one `overhead-ratio <engine>
 <engine seconds / bare seconds>` line per engine, where an engine's seconds count the rounds
-only (the run's `wall-time`: from the first train message to the last round's reply).
+after the first only (the run's `wall-time` from the end of round 1 to the last round's reply,
+the bare loop's likewise): round 1 also carries one-time set-up, counted in the start-up.
 
     python benchmarks/overhead.py                 # MNIST CNN, 16 clients, tau 8, 5 rounds
     python benchmarks/overhead.py --rounds 10 --clients 8 --tau 4 --model mlp
@@ -54,19 +55,25 @@ MODELS = ("cnn", "mlp", "logreg")
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds of one run: its rounds (what the ratios compare) and in all."""
+    """Seconds of one run: when each round ended (seconds into its rounds) and in all."""
 
-    rounds: float
+    ends: list[float]
     total: float
-    num_rounds: int
+
+    @property
+    def rounds(self) -> float:
+        """The seconds the ratios compare: every round after the first, which also carries
+        one-time set-up (the local rule, the first batches' buffers), or the only one."""
+        return self.ends[-1] - self.ends[0] if len(self.ends) > 1 else self.ends[0]
 
     @property
     def per_round(self) -> float:
-        return self.rounds / self.num_rounds
+        return self.rounds / max(1, len(self.ends) - 1)
 
     @property
     def startup(self) -> float:
-        """Everything but the rounds: building the nodes, Ray's start, the final sync."""
+        """Everything but those rounds: building the nodes, Ray's start, round 1, the final
+        sync."""
         return self.total - self.rounds
 
 
@@ -91,6 +98,7 @@ def bare(config: RunConfig) -> Timing:
     generator = torch.Generator().manual_seed(config.seed)
     average = x0.clone()
     rounds_start = time.perf_counter()
+    ends = []
     for round_ in range(1, config.num_rounds + 1):
         sampled = sorted(participation.sample(config.seed, round_, m, config.participation))
         for model, opt, i in zip(workers, optimizers, sampled, strict=True):
@@ -112,8 +120,8 @@ def bare(config: RunConfig) -> Timing:
         average = (weights[:, None] * models).sum(dim=0) / weights.sum()
         load_model_vector(workers[0], average)
         evaluate(workers[0], test)
-    end = time.perf_counter()
-    return Timing(end - rounds_start, end - start, config.num_rounds)
+        ends.append(time.perf_counter() - rounds_start)
+    return Timing(ends, time.perf_counter() - start)
 
 
 def timed(config: RunConfig, engine: str, cpus_per_client: float = 1.0) -> Timing:
@@ -123,7 +131,7 @@ def timed(config: RunConfig, engine: str, cpus_per_client: float = 1.0) -> Timin
     start = time.perf_counter()
     result = run_config(config, engine=engine, quiet=True, cpus_per_client=cpus_per_client)
     total = time.perf_counter() - start
-    return Timing(result.rounds[-1]["wall-time"], total, config.num_rounds)
+    return Timing([row["wall-time"] for row in result.rounds], total)
 
 
 def engine_list(raw: str) -> list[str]:

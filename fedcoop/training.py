@@ -69,8 +69,9 @@ class LocalSGD:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ArrayDataset, batch_size: int = 1000) -> tuple[float, float]:
-    """(mean loss, accuracy) of `model` on `data`; accuracy is NaN for regression."""
+def evaluate(model: nn.Module, data: ArrayDataset, batch_size: int = 256) -> tuple[float, float]:
+    """(mean loss, accuracy) of `model` on `data`; accuracy is NaN for regression. Batches
+    of 256: the CNN's activations for 1,000 images at once took 260 MB, as fast per image."""
     model.eval()
     device = next(model.parameters()).device
     loss_fn = loss_function(data)
