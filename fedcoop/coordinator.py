@@ -26,7 +26,9 @@ has settled without the worker.
 
 The module is one state machine over shared tables (who is busy, late or ahead, the reports,
 payloads and auxiliary values of each open round), which is why it stays one file of some
-650 lines: splitting it would hand those tables across modules.
+600 lines: splitting it would hand those tables across modules. The payloads waiting for
+workers' next messages are held by `fedcoop.pending`, W_S of a round by
+`fedcoop.participation.RoundMix`, so that a round costs its cohort and not m.
 """
 
 from __future__ import annotations

@@ -102,6 +102,8 @@ class RoundMix:
 
     #: the surviving workers, in order; with the auxiliary nodes they index `block`'s rows
     alive: list[int]
+    #: m and m + v
+    num_workers: int
     num_nodes: int
     block: np.ndarray
     #: (workers, their column over the present nodes, or None) per group of missing workers
@@ -110,8 +112,7 @@ class RoundMix:
     @property
     def present(self) -> list[int]:
         """The node indices of `block`'s rows and columns: survivors, then auxiliary nodes."""
-        m = self.num_nodes - (self.block.shape[0] - len(self.alive))
-        return [*self.alive, *range(m, self.num_nodes)]
+        return [*self.alive, *range(self.num_workers, self.num_nodes)]
 
     def dense(self) -> np.ndarray:
         """W_S as the (m + v) x (m + v) matrix (the reference rule's and tests' view)."""
@@ -131,7 +132,7 @@ def round_mix(w: np.ndarray, m: int, survivors: frozenset[int], reweight: Reweig
     rows of W only, O((|S| + v) m), never a copy of W."""
     alive = sorted(survivors)
     if len(alive) == m:  # W itself: no copy
-        return RoundMix(alive, w.shape[0], np.asarray(w, dtype=np.float64), [])
+        return RoundMix(alive, m, w.shape[0], np.asarray(w, dtype=np.float64), [])
     present = [*alive, *range(m, w.shape[0])]
     block = reweight(np.asarray(w[np.ix_(present, present)], dtype=np.float64), len(alive))
     out = np.ones(m, dtype=bool)
@@ -145,7 +146,7 @@ def round_mix(w: np.ndarray, m: int, survivors: frozenset[int], reweight: Reweig
     columns, missing = columns[:, reads], missing[reads]
     for workers, column in _equal_columns(columns, missing):
         groups.append((workers, column / column.sum()))
-    return RoundMix(alive, w.shape[0], block, groups)
+    return RoundMix(alive, m, w.shape[0], block, groups)
 
 
 def _equal_columns(columns: np.ndarray, workers: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
