@@ -484,18 +484,34 @@ class Coordinator:
 
     def _survivor_mixes(
         self, mix: participation.RoundMix, sources: np.ndarray, round_: int
-    ) -> dict[int, np.ndarray | None]:
-        """Each survivor's sum_{j != i} w_ji x_j over the present nodes' models `sources`
-        (the survivors', then the auxiliary values of the sync before), in one product, by
-        its position in `mix.alive` (None: no other entries)."""
+    ) -> dict[int, tuple[float, np.ndarray | None]]:
+        """Each survivor's (w_ii, sum_{j != i} w_ji x_j) over the present nodes' models
+        `sources` (the survivors', then the auxiliary values of the sync before), by its
+        position in `mix.alive` (None: no other entries).
+
+        When the survivors' columns are all equal (J, FedAvg's p 1^T), every survivor's new
+        model is the same c^T X: one row product instead of |S| of them, sent as a payload
+        that replaces the model (self weight 0), which is that sum with one rounding less.
+        Otherwise one product over the rows some column reads (an anchor rule's: one row)."""
         columns = [k for k, i in enumerate(mix.alive) if (i, round_) not in self._early]
         if not columns:
             return {}
-        off = mix.block[:, columns]  # a copy: the diagonal is zeroed below
+        block = mix.block
+        if (
+            self.spec.client_rule is ClientRule.MIX
+            and len(columns) > 1
+            and np.all(block[:, columns] == block[:, columns[:1]])
+        ):
+            total = (block[:, columns[0]] @ sources).astype(self.x0.dtype, copy=False)
+            return {k: (0.0, total) for k in columns}
+        off = block[:, columns]  # a copy: the diagonal is zeroed below
         off[columns, range(len(columns))] = 0.0
-        mixed = off.T @ sources
+        rows = np.flatnonzero(off.any(axis=1))
+        mixed = off[rows].T @ sources[rows]
         other = np.any(off != 0.0, axis=0)
-        return {k: mixed[n] if other[n] else None for n, k in enumerate(columns)}
+        return {
+            k: (float(block[k, k]), mixed[n] if other[n] else None) for n, k in enumerate(columns)
+        }
 
     def _settle(self) -> None:
         """Settle every round, in order, whose sampled workers have all been heard of."""
@@ -536,9 +552,13 @@ class Coordinator:
         alive, block, k = mix.alive, mix.block, len(mix.alive)
         # Only the present nodes' rows of W_S are non-zero off the diagonal, so the sync
         # reads the cohort's models and never an m x d table.
-        models = np.stack([reports[i] for i in alive]).astype(np.float64)
         prev = self._aux[round_ - 1]
-        sources = np.concatenate([models, prev.astype(np.float64)])
+        # the survivors' models, then the auxiliary values: the rows that W_S's block mixes
+        sources = np.empty((k + len(prev), self.x0.size))
+        for n, i in enumerate(alive):
+            sources[n] = reports[i]
+        sources[k:] = prev
+        models = sources[:k]
         if spec.num_aux:
             mixed = block[:, k:].T @ sources
             self._velocity = spec.anchor_momentum * self._velocity + (mixed - prev)
@@ -546,16 +566,16 @@ class Coordinator:
             self._aux[round_] = (prev + self._velocity).astype(self.x0.dtype, copy=False)
         else:
             self._aux[round_] = prev
-        for n, mixed_in in self._survivor_mixes(mix, sources, round_).items():
+        for n, (self_weight, mixed_in) in self._survivor_mixes(mix, sources, round_).items():
             i = alive[n]
-            self._pending.set(i, self._survivor_payload(i, round_, float(block[n, n]), mixed_in))
+            self._pending.set(i, self._survivor_payload(i, round_, self_weight, mixed_in))
         for i, sync in [key for key in self._early if key[1] == round_ and key[0] not in survivors]:
             del self._early[i, sync]  # eager: its early payload assumed a report that did not come
         self._adopt(mix, sources, models.mean(axis=0), round_)
         if spec.client_rule is ClientRule.CORRECTION:
             average = models.mean(axis=0)
         else:
-            average = (block[:, :k].T @ sources).mean(axis=0)
+            average = block[:, :k].mean(axis=1) @ sources  # the mean of the survivors' columns
         spread = models - models.mean(axis=0)
         self._summaries.append(
             RoundSummary(

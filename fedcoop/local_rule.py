@@ -313,7 +313,7 @@ class LocalRule:
                 w.momentum = row
         for w in workers:
             w.steps_done += 1
-        params = self.parameters_of(x) - lr * direction
+        params = torch.addcmul(self.parameters_of(x), lr, direction, value=-1.0)
         if self._index is None:
             return params
         out = x.clone()
