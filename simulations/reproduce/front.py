@@ -47,10 +47,11 @@ from simulations.reproduce.verdicts import (
 
 
 def replay(run: compare.RecordedRun, link: str) -> float:
-    """The virtual time at the end of the run's last round had it run on `link`."""
+    """The virtual time at the end of the run's last round had it run on `link` (all its
+    configured rounds: a run that diverged is charged the schedule it did not finish)."""
     config = RunConfig.from_mapping(run.config).replace(link=link)
     clock = VirtualClock.from_config(config, algorithms.resolve(config), model_bytes(run.config))
-    return max(clock.round(r) for r in range(1, len(run.rows) + 1))
+    return max(clock.round(r) for r in range(1, config.num_rounds + 1))
 
 
 def comm_per_round(scale: Scale, link: str) -> float:
@@ -85,6 +86,7 @@ def claim_front(
     exact = all(
         math.isclose(replay(r, r.config["link"]), r.rows[-1]["virtual-time"], rel_tol=1e-9)
         for r in runs
+        if not r.failed
     )
     rows, outcomes, paths = [], [], []
     for name, link in links.items():
