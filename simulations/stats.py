@@ -88,3 +88,18 @@ def differs(a_values: Sequence[float], b_values: Sequence[float]) -> Difference:
     if math.isnan(se):
         return Difference(delta, se, UNDETERMINED)
     return Difference(delta, se, DIFFERS if abs(delta) > 2 * se else WITHIN_NOISE)
+
+
+def differs_paired(a_values: Sequence[float], b_values: Sequence[float]) -> Difference:
+    """`differs` for paired values: a_i and b_i share everything but what is compared (the
+    same seed: data, initial model and batches), so the noise is that of the differences
+    d_i = a_i - b_i: it counts when |mean d| > 2 std(d) / sqrt(n). Seed-to-seed variation
+    that moves both alike (one data set's harder than another's) then cancels."""
+    if len(a_values) != len(b_values):
+        counts = f"{len(a_values)} and {len(b_values)}"
+        raise ValueError(f"paired values need equal counts, not {counts}")
+    d = spread([a - b for a, b in zip(a_values, b_values, strict=True)])
+    se = d.std / math.sqrt(d.n)
+    if math.isnan(se):
+        return Difference(d.mean, se, UNDETERMINED)
+    return Difference(d.mean, se, DIFFERS if abs(d.mean) > 2 * se else WITHIN_NOISE)

@@ -68,3 +68,18 @@ def test_differs_counts_only_a_gap_beyond_twice_the_combined_standard_error() ->
         delta, combined, verdict = stats.differs(a, b)
         assert delta == 1.0 - sum(b) / len(b) and math.isnan(combined)
         assert verdict == stats.UNDETERMINED
+
+
+def test_a_paired_difference_counts_what_the_seeds_share() -> None:
+    """Seeds far apart (one data set harder than another) but the same rise on each: the
+    unpaired rule sees noise, the paired one the rise; a rise that flips sign does not count."""
+    base = [0.13, 0.17, 0.15, 0.19, 0.14]
+    raised = [b + 0.003 + 0.0002 * k for k, b in enumerate(base)]
+    assert stats.differs(raised, base).verdict == stats.WITHIN_NOISE
+    paired = stats.differs_paired(raised, base)
+    assert paired.verdict == stats.DIFFERS and paired.delta > 0
+    flips = [b + (0.003 if k % 2 else -0.003) for k, b in enumerate(base)]
+    assert stats.differs_paired(flips, base).verdict == stats.WITHIN_NOISE
+    assert stats.differs_paired([1.0], [0.5]).verdict == stats.UNDETERMINED
+    with pytest.raises(ValueError, match="equal counts"):
+        stats.differs_paired([1.0, 2.0], [1.0])

@@ -26,6 +26,7 @@ from simulations.reproduce.verdicts import (
     HOLDS,
     NOISE,
     RULE,
+    RULE_PAIRED,
     Claim,
     above,
     describe,
@@ -101,7 +102,7 @@ def graph_zeta(config: Mapping[str, Any]) -> float:
 
 def convex_configs(scale: Scale) -> list[RunConfig]:
     """PASGD over tau and D-PSGD (tau = 1) over graphs, all at the same local steps."""
-    base = {**scale.convex, "results-dir": ""}
+    base = {**scale.floor_problem, "results-dir": ""}
     seeds, steps = scale.convex_seeds, scale.convex_steps
     local = steps_configs(base, steps, scale.convex_taus, {"algorithm": ["local-sgd"]}, seeds)
     graphs = {"algorithm": ["dpsgd"], "topology": list(scale.graphs)}
@@ -129,11 +130,13 @@ def claim_floor(
     scale: Scale, runs: list[compare.RecordedRun], runs_dir: Path, figures: Path
 ) -> Claim:
     """Claim 1: the floor rises with tau (PASGD) and with zeta (D-PSGD), beyond the noise."""
-    m, eta = int(scale.convex["num-clients"]), float(scale.convex["lr"])
+    m, eta = int(scale.floor_problem["num-clients"]), float(scale.floor_problem["lr"])
     by_tau = [(t, floors(runs, algorithm="local-sgd", tau=t)) for t in scale.convex_taus]
     by_zeta = graph_floors(scale, runs)
-    rise_tau = [above(b, a) for (_, a), (_, b) in pairwise(by_tau)]
-    rise_zeta = [above(b[2], a[2]) for a, b in pairwise(by_zeta) if b[0] > a[0] + 1e-9]
+    rise_tau = [above(b, a, paired=True) for (_, a), (_, b) in pairwise(by_tau)]
+    rise_zeta = [
+        above(b[2], a[2], paired=True) for a, b in pairwise(by_zeta) if b[0] > a[0] + 1e-9
+    ]
     outcomes = rise_tau + rise_zeta
     tables = [
         table(
@@ -197,13 +200,15 @@ def claim_floor(
         title="1. The error floor rises with tau and with zeta (Cooperative SGD, Fig. 3)",
         paper="For a fixed learning rate, a larger tau or a larger zeta gives a higher error "
         "floor at convergence (eq. 18, Fig. 2-3).",
-        setup=f"{describe(scale.convex)} (FedProx's IID synthetic set: one W, b and one "
-        "feature distribution for every device, so IID workers); constant lr; every run takes "
+        setup=f"{describe(scale.floor_problem)} (least squares with minibatch noise, the "
+        "workers' shards drawn IID: the regime of eq. 18, whose floor a fixed learning rate "
+        "reaches); constant lr; every run takes "
         f"{scale.convex_steps} local steps per worker (rounds = steps / tau); "
-        f"{scale.convex_seeds} seeds per grid point; the floor is the mean test loss of the "
+        f"{scale.convex_seeds} seeds per grid point, each seed one data set, initial model and "
+        "batch order shared by every tau and graph; the floor is the mean test loss of the "
         "workers' average over the last quarter of rounds, given as mean ± sample std (n).",
         criterion="Each step up in tau (PASGD) and each step up in zeta (D-PSGD over graphs "
-        f"sorted by zeta) raises the mean floor, where {RULE}; a step inside the noise is "
+        f"sorted by zeta) raises the mean floor, where {RULE_PAIRED}; a step inside the noise is "
         f"no evidence either way. Here {tally(outcomes)} (tau: {tally(rise_tau)}; zeta: "
         f"{tally(rise_zeta)}). All hold: reproduced; all inside the noise: inside the noise; "
         "else partly when at least half hold or none is contradicted, not reproduced otherwise.",
@@ -224,11 +229,11 @@ def noise_gauge(runs: list[compare.RecordedRun]) -> str:
         complete = floors(runs, algorithm="dpsgd", topology="complete")
     except ValueError:  # the scale lacks one of the two runs
         return ""
-    gap = stats.differs(one, complete)
+    gap = stats.differs_paired(one, complete)
     return (
         "Yardstick: PASGD at tau = 1 and D-PSGD on the complete graph are the same "
-        "A(1, J, 0) under the two update rules; their mean floors differ by "
-        f"{gap.delta:+.4f} (combined standard error {gap.se:.4f}: {gap.verdict})."
+        "A(1, J, 0) under the two update rules; their floors differ by "
+        f"{gap.delta:+.4f} seed by seed (standard error {gap.se:.4f}: {gap.verdict})."
     )
 
 
@@ -244,9 +249,13 @@ def claim_zeta_tau(
     for zeta, graph, measured in by_zeta:
         predicted_better = zeta < threshold
         # the predicted order: the predicted loser's floor lies above the winner's
-        outcome = above(pasgd, measured) if predicted_better else above(measured, pasgd)
+        outcome = (
+            above(pasgd, measured, paired=True)
+            if predicted_better
+            else above(measured, pasgd, paired=True)
+        )
         outcomes.append(outcome)
-        gap = stats.differs(measured, pasgd)
+        gap = stats.differs_paired(measured, pasgd)
         rows.append(
             [
                 graph,
@@ -285,7 +294,8 @@ def claim_zeta_tau(
         f"{tau} against D-PSGD at tau = 1 on graphs whose zeta lies on both sides of zeta_tau, "
         f"{scale.convex_seeds} seeds each.",
         criterion="For each graph, D-PSGD's mean floor lies below PASGD's when zeta < zeta_tau "
-        f"and above it otherwise, where {RULE}. Here {tally(outcomes)}. All hold: reproduced; "
+        f"and above it otherwise, where {RULE_PAIRED}. Here {tally(outcomes)}. All hold: "
+        "reproduced; "
         "all inside the noise: inside the noise; else partly when at least half hold or none "
         "is contradicted, not reproduced otherwise.",
         verdict=judge(outcomes),
@@ -297,7 +307,7 @@ def claim_zeta_tau(
                     "vs zeta_tau",
                     "D-PSGD floor",
                     f"PASGD tau={tau} floor",
-                    "D-PSGD - PASGD ± 2 se",
+                    "D-PSGD - PASGD seed by seed ± 2 se",
                     "predicted order",
                 ],
                 rows,

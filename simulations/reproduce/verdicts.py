@@ -23,6 +23,12 @@ RULE = (
     "a difference counts when |mean difference| > 2 combined standard errors over the seeds "
     "(simulations.stats.differs)"
 )
+#: the rule of checks between configs that share their seeds (data, initial model, batches)
+RULE_PAIRED = (
+    "a difference counts when the mean of the seed-by-seed differences exceeds 2 of its "
+    "standard errors (std of the differences / sqrt(n): simulations.stats.differs_paired; "
+    "each seed is one data set, initial model and batch order shared by every config)"
+)
 
 
 @dataclass
@@ -47,9 +53,10 @@ def verdict(hits: int, total: int) -> str:
     return PARTLY if total and 2 * hits >= total else NOT_REPRODUCED
 
 
-def above(a: Sequence[float], b: Sequence[float]) -> str:
-    """Whether a's mean lies above b's beyond the noise (HOLDS), inside it, or below it."""
-    difference = stats.differs(a, b)
+def above(a: Sequence[float], b: Sequence[float], *, paired: bool = False) -> str:
+    """Whether a's mean lies above b's beyond the noise (HOLDS), inside it, or below it;
+    `paired`: a and b are by seed, and the noise is that of their differences."""
+    difference = (stats.differs_paired if paired else stats.differs)(a, b)
     if difference.verdict != stats.DIFFERS:
         return NOISE
     return HOLDS if difference.delta > 0 else CONTRADICTED
