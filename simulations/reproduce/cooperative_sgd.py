@@ -52,8 +52,9 @@ def floor(run: compare.RecordedRun) -> float:
     return float(np.mean(losses[-max(1, len(losses) // 4) :]))
 
 
-#: a run has reached its floor when its mean test loss over the last quarter of rounds is
-#: within this share of its mean over the third quarter
+#: a grid point has reached its floor when its runs' mean test loss over the last quarter
+#: of rounds lies, on average over the seeds, within this share of their mean over the
+#: third quarter: no descent left beyond the floor's own fluctuation
 SETTLED = 0.01
 
 
@@ -68,7 +69,8 @@ def fall(run: compare.RecordedRun) -> float:
 
 def settled_table(runs: list[compare.RecordedRun]) -> tuple[str, bool]:
     """Per algorithm, tau and graph of claims 1 and 3: the fall of the loss into the floor
-    window (mean ± std over the seeds), and whether every run reached its floor (SETTLED)."""
+    window (mean ± std over the seeds), and whether every grid point reached its floor
+    (its mean fall under SETTLED)."""
     points: dict[tuple[str, int, str], list[float]] = {}
     for run in runs:
         c = run.config
@@ -81,7 +83,7 @@ def settled_table(runs: list[compare.RecordedRun]) -> tuple[str, bool]:
             t,
             g or "-",
             mean_std(v) if finite else "n/a",
-            "yes" if finite and max(v) < SETTLED else "no",
+            "yes" if finite and float(np.mean(v)) < SETTLED else "no",
         ]
         for (a, t, g), v in sorted(points.items())
         for finite in [all(math.isfinite(x) for x in v)]
@@ -134,9 +136,7 @@ def claim_floor(
     by_tau = [(t, floors(runs, algorithm="local-sgd", tau=t)) for t in scale.convex_taus]
     by_zeta = graph_floors(scale, runs)
     rise_tau = [above(b, a, paired=True) for (_, a), (_, b) in pairwise(by_tau)]
-    rise_zeta = [
-        above(b[2], a[2], paired=True) for a, b in pairwise(by_zeta) if b[0] > a[0] + 1e-9
-    ]
+    rise_zeta = [above(b[2], a[2], paired=True) for a, b in pairwise(by_zeta) if b[0] > a[0] + 1e-9]
     outcomes = rise_tau + rise_zeta
     tables = [
         table(
@@ -168,8 +168,9 @@ def claim_floor(
         "in the steps given, not the floors the theory bounds."
     )
     tables.append(
-        f"Has each run reached its floor (its mean test loss over the last quarter within "
-        f"{SETTLED:.0%} of its mean over the third quarter)? {answer}\n\n{settled}"
+        f"Has each grid point reached its floor (its runs' mean test loss over the last "
+        f"quarter within {SETTLED:.0%}, on average over the seeds, of their mean over the "
+        f"third quarter)? {answer}\n\n{settled}"
     )
     figure, (left, right) = plots.new_figure(2)
     for ax, xs, ys, theo, xlabel in (
