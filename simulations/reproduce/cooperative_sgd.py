@@ -73,7 +73,13 @@ def settled_table(runs: list[compare.RecordedRun]) -> tuple[str, bool]:
     points: dict[tuple[str, int, str], list[float]] = {}
     for run in runs:
         c = run.config
-        which = {"dpsgd": c["topology"], "easgd": f"alpha {c['alpha']:.4g}"}.get(c["algorithm"], "")
+        which = (
+            c["topology"]
+            if c["algorithm"] == "dpsgd"
+            else f"alpha {float(c['alpha']):.4g}"
+            if c["algorithm"] == "easgd"
+            else ""
+        )
         points.setdefault((c["algorithm"], c["tau"], which), []).append(fall(run))
     # a run of under four rounds has no third quarter to compare with (NaN): not settled
     rows = [
