@@ -60,7 +60,11 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
                 f"(write them with `deploy certs {args.certs}`)"
             )
     command = superlink_command(
-        None if args.insecure else args.certs, args.host, args.port, not args.no_node_auth
+        None if args.insecure else args.certs,
+        args.host,
+        args.port,
+        not args.no_node_auth,
+        args.database,
     )
     env = process_env(args.state / "home" / "superlink")
     shim = serverapp_shim(args.state, args.poll_interval, args.pull_timeout, args.idle_poll)
@@ -295,6 +299,12 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--no-node-auth", action="store_true", help="TLS without node auth")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument(
+        "--database",
+        type=Path,
+        help="SQLite file of the SuperLink's state (registered nodes, runs, messages), kept "
+        "across restarts (default: in memory, lost when it stops)",
+    )
     _poll(p)
     _pull_timeout(p)
     p.set_defaults(func=_cmd_superlink)
