@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import (
 from clients.client_app import app as client_app
 from deploy import credentials, processes
 from deploy.clientapp_server import restart_argv
+from deploy.commands import superlink_command
 from deploy.flwr_cli import write_connection
 from deploy.processes import free_port
 from fedcoop.config import RunConfig
@@ -144,6 +145,17 @@ def test_stop_ends_a_process_and_its_detached_children(tmp_path: Path) -> None:
     assert len(tree) == 2
     assert processes.stop(tmp_path) == ["tree"]
     assert not any(processes.alive(p) for p in tree)
+
+
+def test_the_superlink_keeps_its_state_in_a_database_only_when_given_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--database FILE reaches flower-superlink as an absolute path (its SQLite state
+    outlives a restart: tests/test_soak.py); without it Flower keeps the state in memory."""
+    monkeypatch.chdir(tmp_path)
+    command = superlink_command(None, "127.0.0.1", 9093, database=Path("link.db"))
+    assert command[command.index("--database") + 1] == str(tmp_path / "link.db")
+    assert "--database" not in superlink_command(None, "127.0.0.1", 9093)
 
 
 def test_python_m_deploy_and_fedcoop_deploy_run_the_same_commands(tmp_path: Path) -> None:
