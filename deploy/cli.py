@@ -25,6 +25,7 @@ from deploy.commands import (
 )
 from deploy.credentials import superexec_secret, write_certificates, write_node_keys
 from deploy.flower_patches import (
+    drop_messages_of_stopped_runs,
     omit_installed_app_content,
     shorten_serverapp_retries,
     shorten_supernode_waits,
@@ -154,10 +155,12 @@ def _cmd_supernode_process(args: argparse.Namespace) -> None:
     """Flower's flower-supernode in this process: it polls every poll-interval after a
     message and backs off to idle-poll while none comes, wakes the ClientApp on wake-port
     when a task waits and then hands it installed apps without their content, and its
-    heartbeat interval is set (flower_patches)."""
+    heartbeat interval is set, and a message whose run stops while it is pulled is dropped
+    (flower_patches)."""
     shorten_supernode_waits(
         args.poll_interval, args.heartbeat_interval, args.idle_poll, args.wake_port
     )
+    drop_messages_of_stopped_runs()
     if args.wake_port is not None:  # its ClientApp is the helper's: it loads installed apps
         omit_installed_app_content()
     from flwr.supernode.cli import flower_supernode
