@@ -1,8 +1,11 @@
-"""deploy.flower_patches: the Flower waits it shortens, and its refusal on another Flower."""
+"""deploy.flower_patches: the Flower waits it shortens, the stale messages it drops, its refusal
+on another Flower, and the refused task token the long-lived ClientApp rides out."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -16,16 +19,18 @@ import flwr.supernode.fleet_http_connection as connection
 import flwr.supernode.runtime.run_clientapp as runtime
 import flwr.supernode.servicer.runtime.runtime_handlers as runtime_handlers
 import flwr.supernode.start_client_internal as loop
+import httpx
 import pytest
 from flwr.common.config import get_project_dir
 from flwr.common.constant import SubStatus
 from flwr.proto.fab_pb2 import Fab
 from flwr.proto.run_pb2 import Run
 from flwr.proto.runtime_pb2 import PullTaskInputResponse
+from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.run import RunNotRunningException
 
 from deploy import flower_patches
-from deploy.clientapp_server import _wait, _wake_socket
+from deploy.clientapp_server import _wait, _wake_socket, task_retry_invoker
 from deploy.flower_patches import UnsupportedFlowerError
 
 #: every Flower attribute a patch replaces, as (module, name)
@@ -194,6 +199,29 @@ def test_a_message_whose_run_stops_while_it_is_pulled_is_dropped_with_its_task(
     flower_patches.drop_messages_of_stopped_runs()
     dropped = _take_message_of_a_run_that_stops()
     assert dropped.stored == [] and dropped.finished == {11: SubStatus.FAILED}
+
+
+def _refused_token() -> None:
+    request = httpx.Request("POST", "http://127.0.0.1:9094/v1/runtime/pull-object")
+    response = httpx.Response(401, request=request)
+    raise httpx.HTTPStatusError("401 Unauthorized", request=request, response=response)
+
+
+def test_a_refused_task_token_fails_the_task_without_ending_the_long_lived_clientapp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Flower's retries answer a 401 (the SuperNode failed the task) with SIGINT to their own
+    process, the end of a one-task flwr-clientapp; the long-lived ClientApp's give up on it
+    and raise, so that it fails the task and serves the next one."""
+    signals: list[int] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: signals.append(sig))
+    monkeypatch.setattr(time, "sleep", lambda _: None)
+    with pytest.raises(httpx.HTTPStatusError):
+        make_simple_http_retry_invoker().invoke(_refused_token)
+    assert signals == [signal.SIGINT]
+    with pytest.raises(httpx.HTTPStatusError):
+        task_retry_invoker().invoke(_refused_token)
+    assert signals == [signal.SIGINT]  # no second one
 
 
 def test_a_clientapp_without_its_wake_port_polls(capsys: pytest.CaptureFixture[str]) -> None:
