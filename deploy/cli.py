@@ -25,6 +25,7 @@ from deploy.commands import (
 )
 from deploy.credentials import superexec_secret, write_certificates, write_node_keys
 from deploy.flower_patches import (
+    drop_messages_of_stopped_runs,
     omit_installed_app_content,
     shorten_serverapp_retries,
     shorten_supernode_waits,
@@ -60,7 +61,11 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
                 f"(write them with `deploy certs {args.certs}`)"
             )
     command = superlink_command(
-        None if args.insecure else args.certs, args.host, args.port, not args.no_node_auth
+        None if args.insecure else args.certs,
+        args.host,
+        args.port,
+        not args.no_node_auth,
+        args.database,
     )
     env = process_env(args.state / "home" / "superlink")
     shim = serverapp_shim(args.state, args.poll_interval, args.pull_timeout, args.idle_poll)
@@ -150,10 +155,12 @@ def _cmd_supernode_process(args: argparse.Namespace) -> None:
     """Flower's flower-supernode in this process: it polls every poll-interval after a
     message and backs off to idle-poll while none comes, wakes the ClientApp on wake-port
     when a task waits and then hands it installed apps without their content, and its
-    heartbeat interval is set (flower_patches)."""
+    heartbeat interval is set, and a message whose run stops while it is pulled is dropped
+    (flower_patches)."""
     shorten_supernode_waits(
         args.poll_interval, args.heartbeat_interval, args.idle_poll, args.wake_port
     )
+    drop_messages_of_stopped_runs()
     if args.wake_port is not None:  # its ClientApp is the helper's: it loads installed apps
         omit_installed_app_content()
     from flwr.supernode.cli import flower_supernode
@@ -295,6 +302,12 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--no-node-auth", action="store_true", help="TLS without node auth")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument(
+        "--database",
+        type=Path,
+        help="SQLite file of the SuperLink's state (registered nodes, runs, messages), kept "
+        "across restarts (default: in memory, lost when it stops)",
+    )
     _poll(p)
     _pull_timeout(p)
     p.set_defaults(func=_cmd_superlink)

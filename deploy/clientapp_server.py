@@ -119,6 +119,29 @@ def restart_argv(argv: list[str], first_token: str | None, token: str) -> list[s
     return [sys.executable, *kept, "--token", token]
 
 
+def task_retry_invoker() -> Any:
+    """Flower's HTTP retries for one task's requests, except that a refused task token
+    (401: the SuperNode has failed or expired the task, e.g. its message's run stopped
+    while the content was pulled) ends the request at once, as an error of this task.
+
+    Flower's invoker is written for `flwr-clientapp`, which serves one task: on a 401 it
+    sends its own process SIGINT, which would end this long-lived one and leave the
+    SuperNode without a ClientApp for every later message."""
+    import httpx
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+
+    invoker = make_simple_http_retry_invoker()
+    flower_giveup = invoker.should_giveup
+
+    def should_giveup(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 401:
+            return True
+        return bool(flower_giveup(exc))
+
+    invoker.should_giveup = should_giveup
+    return invoker
+
+
 def _run_task(address: str, token: str, apps: dict[str, Any]) -> None:
     """One task, as flwr.supernode.runtime.run_clientapp runs it, minus the process exit."""
     from flwr.app import Error, Message
@@ -131,7 +154,6 @@ def _run_task(address: str, token: str, apps: dict[str, Any]) -> None:
         RuntimeTokenHttpInterceptor,
         RuntimeVersionHttpInterceptor,
     )
-    from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
     from flwr.supernode.runtime.run_clientapp import (
         pull_task_input,
@@ -147,7 +169,7 @@ def _run_task(address: str, token: str, apps: dict[str, Any]) -> None:
             RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
             RuntimeTokenHttpInterceptor(token),
         ],
-        retry_invoker=make_simple_http_retry_invoker(),
+        retry_invoker=task_retry_invoker(),
     )
 
     def heartbeat() -> bool:

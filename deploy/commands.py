@@ -35,10 +35,18 @@ SUPERLINK_TLS = {
 
 
 def superlink_command(
-    certs: Path | None, host: str, port: int, node_auth: bool = True
+    certs: Path | None,
+    host: str,
+    port: int,
+    node_auth: bool = True,
+    database: Path | None = None,
 ) -> list[str]:
-    """flower-superlink with TLS from `certs` and node authentication, or insecure (None)."""
+    """flower-superlink with TLS from `certs` and node authentication, or insecure (None);
+    its state (registered nodes, runs, messages) in the SQLite file `database`, so that it
+    outlives a restart, or in memory (None, Flower's default)."""
     command = ["flower-superlink", "--host", host, "--port", str(port)]
+    if database is not None:
+        command += ["--database", str(database.resolve())]
     if certs is None:
         return [*command, "--insecure"]
     certs = certs.resolve()

@@ -1,4 +1,5 @@
-"""Flower 1.41 waits and app hand-over changed at run time, for Flower 1.41 only.
+"""Flower 1.41 waits, app hand-over and one message leak changed at run time, for Flower 1.41
+only.
 
 Flower 1.41 has no option for any of them: `flower-supernode` has flags for its connection
 retries but none for its idle waits or heartbeat, `flwr-serverapp` only takes addresses,
@@ -7,10 +8,11 @@ the heartbeat interval is the constant flwr.common.constant.HEARTBEAT_DEFAULT_IN
 retry waits for an object still arriving are the defaults of `pull_objects` and
 `pull_and_inflate_object_from_tree` (PULL_INITIAL_BACKOFF and friends in
 flwr.supercore.constant, read from no environment variable), the ServerApp's Grid pulls as
-often as its strategy asks, and the SuperNode's Runtime API sends the whole app with every
-task. So each patch replaces the attribute a Flower module looks these up by, in the one
-process that calls it, and refuses on a Flower other than 1.41.x, whose internals it was
-not written for"""
+often as its strategy asks, the SuperNode's Runtime API sends the whole app with every
+task, and a SuperNode that pulls a message while its run stops keeps the message's task
+pending with no content (`drop_messages_of_stopped_runs`). So each patch replaces the
+attribute a Flower module looks these up by, in the one process that calls it, and refuses
+on a Flower other than 1.41.x, whose internals it was not written for"""
 
 from __future__ import annotations
 
@@ -142,6 +144,42 @@ def shorten_supernode_waits(
     loop.time = _SuperNodeClock(poll_interval, idle)  # type: ignore[assignment]
     loop.pull_objects = functools.partial(loop.pull_objects, **_backoff(poll_interval))
     loop._pull_and_store_message = pull_and_wake  # type: ignore[assignment]
+
+
+class RunStoppedWhilePulling(Exception):
+    """A message's run stopped while the SuperNode pulled its content: an ordinary error,
+    which Flower's SuperNode loop answers by dropping the message and failing its task."""
+
+
+def drop_messages_of_stopped_runs() -> None:
+    """The SuperNode drops a message whose run stops while it pulls the message's content,
+    and fails the task it created for it, as it does when such a pull fails otherwise.
+
+    Flower 1.41's SuperNode loop (flwr.supernode.start_client_internal
+    `_pull_and_store_message`) creates the message's task and stores the message before it
+    pulls the content. A pull that fails (`except Exception`) deletes the message and fails
+    the task, but one refused because the run is no longer running raises
+    RunNotRunningException, a BaseException, which only the loop's outer handler catches:
+    it logs "Ignoring message" and leaves the task pending, its message's content never to
+    come. The ClientApp then takes that task and retries the content for minutes, and the
+    long-lived ClientApp serves one task at a time: after a SuperLink restart (the killed
+    run is then finished), every SuperNode that was pulling when it died missed the next
+    run's messages that long. The same follows `flwr stop` during a pull.
+    """
+    check_flower_version()
+    import flwr.supernode.start_client_internal as loop
+    from flwr.supercore.run import RunNotRunningException
+
+    pull = loop.pull_objects
+
+    @functools.wraps(pull)
+    def pull_objects(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return pull(*args, **kwargs)
+        except RunNotRunningException:
+            raise RunStoppedWhilePulling("the message's run is no longer running") from None
+
+    loop.pull_objects = pull_objects  # type: ignore[assignment]
 
 
 def omit_installed_app_content() -> None:

@@ -1,6 +1,8 @@
-"""Shared pieces of the tests, the one module test files import helpers from: a small
-least-squares run through the real Flower path, the matrix rule it must equal, clients and
-grids that misbehave, data files in their real formats, and hand-written run directories."""
+"""Shared pieces of the tests, the one module test files import helpers from (but for
+tests/loopback.py, the slow tests' deployment on loopback): a small least-squares run
+through the real Flower path, the matrix rule it must equal (also of a run directory),
+clients and grids that misbehave, data files in their real formats, and hand-written run
+directories."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from fedcoop.config import RunConfig
 from fedcoop.cooperative import CooperativeSpec, reference_trajectory
 from fedcoop.round_schedule import TauSequence
 from fedcoop.training import model_vector
+from simulations import compare
 from simulations.inprocess import InProcessGrid
 from simulations.runner import GRIDS
 from strategies.cooperative import RunResult
@@ -158,6 +161,19 @@ def assert_matches_reference(
     ref = reference_final(config, result, answered(result, m))
     np.testing.assert_allclose(result.workers[workers], ref[:, workers].T, rtol=0, atol=1e-6)
     np.testing.assert_allclose(result.aux, ref[:, m:].T, rtol=0, atol=1e-6)
+
+
+def recorded_result(run_dir: Path) -> tuple[RunConfig, RunResult]:
+    """A run directory read back as its config and the parts of its result the matrix rule
+    is checked against: rounds (their taus), events (who answered), final models."""
+    run = compare.load_run(run_dir)
+    config = RunConfig.from_mapping(run.config)
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    node_of = json.loads((run_dir / "config.json").read_text())["node-of-worker"]
+    result = RunResult(config, algorithms.resolve(config), node_of, run.rows, events=events)
+    with np.load(run_dir / "final-models.npz") as models:
+        result.workers, result.aux = models["workers"], models["aux"]
+    return config, result
 
 
 # --- messages, and clients and grids that misbehave --------------------------------------

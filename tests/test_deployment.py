@@ -21,8 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +36,24 @@ from cryptography.hazmat.primitives.serialization import (
 from clients.client_app import app as client_app
 from deploy import credentials, processes
 from deploy.clientapp_server import restart_argv
-from deploy.commands import helper_command
-from deploy.flwr_cli import DEFAULT_CONNECTION, write_connection
+from deploy.commands import superlink_command
+from deploy.flwr_cli import write_connection
 from deploy.processes import free_port
 from fedcoop.config import RunConfig
 from simulations import cli
 from simulations.inprocess import InProcessGrid
 from strategies.server_app import run
+from tests.loopback import (
+    HEARTBEAT,
+    HELPER,
+    REPO,
+    Deployment,
+    loopback,
+    saved_round,
+    wait_for,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 NODES = 3
-HELPER = helper_command()
-#: seconds between SuperNode heartbeats (Flower's least): a dead node is reported after 20 s
-HEARTBEAT = 10
-#: seconds the ServerApp waits for a reply's content (a node killed mid-push never sends it)
-PULL_TIMEOUT = 10
 
 
 def test_certificates_name_every_host_and_chain_to_the_ca(tmp_path: Path) -> None:
@@ -145,6 +147,17 @@ def test_stop_ends_a_process_and_its_detached_children(tmp_path: Path) -> None:
     assert not any(processes.alive(p) for p in tree)
 
 
+def test_the_superlink_keeps_its_state_in_a_database_only_when_given_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--database FILE reaches flower-superlink as an absolute path (its SQLite state
+    outlives a restart: tests/test_soak.py); without it Flower keeps the state in memory."""
+    monkeypatch.chdir(tmp_path)
+    command = superlink_command(None, "127.0.0.1", 9093, database=Path("link.db"))
+    assert command[command.index("--database") + 1] == str(tmp_path / "link.db")
+    assert "--database" not in superlink_command(None, "127.0.0.1", 9093)
+
+
 def test_python_m_deploy_and_fedcoop_deploy_run_the_same_commands(tmp_path: Path) -> None:
     done = subprocess.run(
         [*HELPER, "keys", str(tmp_path / "helper"), "--nodes", "1"],
@@ -171,77 +184,11 @@ def test_a_clientapp_restarted_for_a_new_app_runs_as_started_serving_the_new_tas
 
 
 # -- a real deployment on loopback ------------------------------------------------------------
-@dataclass
-class Deployment:
-    env: dict[str, str]
-    superlink: str
-    root: Path
-
-    @property
-    def ca(self) -> Path:
-        return self.root / "certs" / "ca.crt"
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state"
-
-    def device(self, i: int) -> Path:
-        """Where SuperNode i keeps its worker state (on a real device, its own disk)."""
-        return self.root / f"device-{i}"
-
-    def start_supernode(self, i: int) -> None:
-        """SuperNode i with its key and device state, on a fresh Runtime API port."""
-        self.helper("supernode", "--state", str(self.state), "--superlink", self.superlink,
-                    "--root-cert", str(self.ca), "--partition-id", str(i),
-                    "--num-partitions", str(NODES),
-                    "--key", str(self.root / "keys" / f"supernode-{i}.key"),
-                    "--runtime-port", str(free_port()), "--state-dir", str(self.device(i)),
-                    "--heartbeat-interval", str(HEARTBEAT))  # fmt: skip
-
-    def submit_args(self, config: str) -> list[str]:
-        """The helper's arguments that run `config` and stream its log until it ends."""
-        return ["submit", str(REPO), "--superlink", self.superlink, "--root-cert",
-                str(self.ca), "--stream", "--run-config", config]  # fmt: skip
-
-    def helper(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        command = [*HELPER, *args]
-        done = subprocess.run(
-            command, env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """A SuperLink with TLS and node auth and three SuperNodes, all on loopback."""
-    root = tmp_path_factory.mktemp("deployment")
-    env = {**os.environ, **processes.FLOWER_ENV, "FLWR_HOME": str(root / "cli")}
-    d = Deployment(env, f"127.0.0.1:{free_port()}", root)
-    link = ["--superlink", d.superlink, "--root-cert", str(d.ca)]
-    try:
-        d.helper("certs", str(root / "certs"), "--host", "localhost", "127.0.0.1")
-        d.helper("keys", str(root / "keys"), "--nodes", str(NODES))
-        port = d.superlink.rpartition(":")[2]
-        d.helper("superlink", "--state", str(d.state), "--certs", str(root / "certs"),
-                 "--host", "127.0.0.1", "--port", port,
-                 "--pull-timeout", str(PULL_TIMEOUT))  # fmt: skip
-        processes.wait_for_port(int(port))
-        keys = [str(root / "keys" / f"supernode-{i}.pub") for i in range(NODES)]
-        d.helper("register", *link, *keys)
-        for i in range(NODES):
-            d.start_supernode(i)
+    with loopback(tmp_path_factory.mktemp("deployment"), NODES) as d:
         yield d
-    finally:
-        started = [
-            p for pid in processes.running(d.state).values() for p in processes.process_tree(pid)
-        ]
-        processes.stop(d.state)
-        assert not any(processes.alive(p) for p in started)
 
 
 @pytest.mark.slow
@@ -279,36 +226,6 @@ def test_deployment_matches_simulation(
 
 
 # -- a SuperNode that dies mid-run, and comes back -------------------------------------------
-def _nodes(d: Deployment) -> dict[str, str]:
-    """Node id -> status (online, offline, ...) as the SuperLink reports them."""
-    done = subprocess.run(
-        ["flwr", "supernode", "list", DEFAULT_CONNECTION, "--format", "json"],
-        env=d.env, cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    return {n["node-id"]: n["status"] for n in json.loads(done.stdout)["nodes"]}
-
-
-def _wait(what: str, ready: Callable[[], bool], timeout: float, every: float = 0.5) -> float:
-    """Seconds until `ready()`; fails after `timeout`."""
-    start = time.monotonic()
-    while not ready():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not after {timeout}s")
-        time.sleep(every)
-    return time.monotonic() - start
-
-
-def _saved_round(device: Path, earlier: set[Path]) -> int:
-    """The last round the worker on `device` wrote to the state file of a run not among
-    `earlier` runs' files (0: none yet)."""
-    files = set(device.glob("*-partition-*.npz")) - earlier
-    if not files:
-        return 0
-    with np.load(files.pop()) as f:  # written by rename: always whole
-        return int(f["meta"][0])
-
-
 @pytest.mark.slow
 def test_a_killed_supernode_is_left_out_then_rejoins_from_its_state(
     deployment: Deployment,
@@ -326,32 +243,22 @@ def test_a_killed_supernode_is_left_out_then_rejoins_from_its_state(
     )
     device = deployment.device(victim)
     earlier = set(device.glob("*-partition-*.npz"))
-    online = ["online"] * NODES
-    _wait("all nodes online", lambda: sorted(_nodes(deployment).values()) == online, 120)
-    nodes = _nodes(deployment)
+    wait_for("all nodes online", deployment.all_online, 120)
+    nodes = deployment.statuses()
     log = deployment.root / "faults.log"
-    with log.open("w") as out:
-        submit = subprocess.Popen(
-            [*HELPER, *deployment.submit_args(config)], env=deployment.env, cwd=REPO,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        _wait("round 3 on the victim", lambda: _saved_round(device, earlier) >= 3, 300, 0.05)
-        processes.stop(deployment.state, [f"supernode-{victim}", f"clientapp-{victim}"], kill=True)
-        detected = _wait(
+    with deployment.submitted(config, log) as submit:
+        wait_for("round 3 on the victim", lambda: saved_round(device, earlier) >= 3, 300, 0.05)
+        deployment.kill(f"supernode-{victim}", f"clientapp-{victim}")
+        detected = wait_for(
             "the SuperLink reports the node offline",
-            lambda: "offline" in _nodes(deployment).values(),
+            lambda: "offline" in deployment.statuses().values(),
             timeout=4 * HEARTBEAT,
         )
         print(f"killed node reported offline after {detected:.1f}s")
         deployment.start_supernode(victim)
         assert submit.wait(timeout=600) == 0, log.read_text()[-5000:]
-    finally:
-        if submit.poll() is None:
-            os.killpg(submit.pid, signal.SIGKILL)
-            submit.wait()
     # same node ids, all online again (the status follows heartbeats: give it two)
-    _wait("the same nodes online again", lambda: _nodes(deployment) == nodes, 2 * HEARTBEAT)
+    wait_for("the same nodes online again", lambda: deployment.statuses() == nodes, 2 * HEARTBEAT)
 
     (run_dir,) = runs.iterdir()
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
@@ -427,7 +334,7 @@ def test_a_supernode_whose_key_is_not_registered_is_refused(
     with superlink_log.open() as f:
         f.seek(before)
         assert "No SuperNode found with the given public key." in f.read()
-    assert len(_nodes(deployment)) == NODES
+    assert len(deployment.statuses()) == NODES
 
 
 @pytest.mark.slow

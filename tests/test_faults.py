@@ -32,6 +32,7 @@ from tests.conftest import (
     explode,
     least_squares_config,
     misbehaving,
+    recorded_result,
     round_of,
     set_model,
     tamper,
@@ -191,6 +192,22 @@ def test_a_worker_dead_from_round_3_ends_without_a_final_model() -> None:
     assert np.all(np.isfinite(result.workers[alive]))
     assert "worker-loss" in result.client_evaluation
     assert_matches_reference(config, result, alive)
+
+
+def test_a_run_directory_holds_what_its_models_are_checked_against(tmp_path: Path) -> None:
+    """From its files alone (as a deployed run is checked): the final models of a run whose
+    worker failed twice are the matrix rule's over the workers that answered, and would
+    not be without its events."""
+    config = least_squares_config(algorithm="dpsgd", num_clients=6, results_dir=str(tmp_path))
+    grid = InProcessGrid(misbehaving(2, [2, 3], explode), config.num_clients)
+    directory = run(grid, config, results=results).directory
+    assert directory is not None
+    recorded_config, recorded = recorded_result(directory)
+    assert [e["kind"] for e in recorded.events] == ["failed", "failed"]
+    assert_matches_reference(recorded_config, recorded)
+    recorded.events = []
+    with pytest.raises(AssertionError):
+        assert_matches_reference(recorded_config, recorded)
 
 
 class BlockingPullGrid(InProcessGrid):

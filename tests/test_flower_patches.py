@@ -1,8 +1,11 @@
-"""deploy.flower_patches: the Flower waits it shortens, and its refusal on another Flower."""
+"""deploy.flower_patches: the Flower waits it shortens, the stale messages it drops, its refusal
+on another Flower, and the refused task token the long-lived ClientApp rides out."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -16,14 +19,18 @@ import flwr.supernode.fleet_http_connection as connection
 import flwr.supernode.runtime.run_clientapp as runtime
 import flwr.supernode.servicer.runtime.runtime_handlers as runtime_handlers
 import flwr.supernode.start_client_internal as loop
+import httpx
 import pytest
 from flwr.common.config import get_project_dir
+from flwr.common.constant import SubStatus
 from flwr.proto.fab_pb2 import Fab
 from flwr.proto.run_pb2 import Run
 from flwr.proto.runtime_pb2 import PullTaskInputResponse
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.run import RunNotRunningException
 
 from deploy import flower_patches
-from deploy.clientapp_server import _wait, _wake_socket
+from deploy.clientapp_server import _wait, _wake_socket, task_retry_invoker
 from deploy.flower_patches import UnsupportedFlowerError
 
 #: every Flower attribute a patch replaces, as (module, name)
@@ -45,6 +52,7 @@ PATCHES = [
     lambda: flower_patches.shorten_serverapp_retries(0.01, 5.0, 1.0),
     lambda: flower_patches.shorten_task_input_retries(0.01),
     flower_patches.omit_installed_app_content,
+    flower_patches.drop_messages_of_stopped_runs,
 ]
 
 
@@ -56,7 +64,9 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("version", ["1.42.0", "2.0.0", "1.4.1"])
-@pytest.mark.parametrize("patch", PATCHES, ids=["supernode", "serverapp", "task-input", "fab"])
+@pytest.mark.parametrize(
+    "patch", PATCHES, ids=["supernode", "serverapp", "task-input", "fab", "stopped-run"]
+)
 def test_every_patch_refuses_another_flower_and_changes_nothing(
     version: str, patch: Callable[[], None], restored: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -127,6 +137,91 @@ def test_supernode_backs_off_while_idle_and_wakes_its_clientapp_on_a_task(
     assert _wait(woken, 5.0) is True  # the wake-up of run 7's task had come
     assert _wait(woken, 0.01) is False  # drained: one wake-up per task
     woken.close()
+
+
+class _NodeStore:
+    """The SuperNode's NodeState and ObjectStore as Flower's loop uses them while it takes a
+    message of run 7, recording what happens to the message and its task."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+        self.finished: dict[int, str] = {}
+
+    def get_run(self, run_id: int) -> Any:
+        return SimpleNamespace(primary_task_type="clientapp", fab_hash="f")
+
+    def create_task(self, **_: Any) -> int:
+        return 11
+
+    def preregister(self, run_id: int, tree: Any) -> list[str]:
+        return ["content"]
+
+    def store_message(self, message: Any) -> None:
+        self.stored.append(message.metadata.message_id)
+
+    def delete_messages(self, message_ids: list[str]) -> None:
+        self.stored = [m for m in self.stored if m not in message_ids]
+
+    def delete(self, message_id: str) -> None:
+        pass
+
+    def finish_task(self, task_id: int, sub_status: str, details: str) -> None:
+        self.finished[task_id] = sub_status
+
+
+def _take_message_of_a_run_that_stops() -> _NodeStore:
+    """Flower's SuperNode loop takes a message whose run is finished before its content is
+    pulled (the SuperLink answers the pull with "Run is finished")."""
+    store = _NodeStore()
+    metadata = SimpleNamespace(run_id=7, group_id="12", message_type="train", message_id="m")
+
+    def pull_object(run_id: int, object_id: str) -> bytes:
+        raise RunNotRunningException
+
+    got = loop._pull_and_store_message(
+        state=store, object_store=store, node_config={},
+        receive=lambda: (SimpleNamespace(metadata=metadata), None),
+        get_run=None, get_fab=None, pull_object=pull_object,
+        confirm_message_received=None, trusted_entities=None,
+    )  # fmt: skip
+    assert got is None  # no task for the ClientApp
+    return store
+
+
+def test_a_message_whose_run_stops_while_it_is_pulled_is_dropped_with_its_task(
+    restored: None,
+) -> None:
+    """Flower 1.41 leaves the task pending with a message whose content never comes (the
+    ClientApp takes it and retries for minutes); patched, the loop drops the message and
+    fails the task, as after any failed pull."""
+    leaked = _take_message_of_a_run_that_stops()
+    assert leaked.stored == ["m"] and leaked.finished == {}
+    flower_patches.drop_messages_of_stopped_runs()
+    dropped = _take_message_of_a_run_that_stops()
+    assert dropped.stored == [] and dropped.finished == {11: SubStatus.FAILED}
+
+
+def _refused_token() -> None:
+    request = httpx.Request("POST", "http://127.0.0.1:9094/v1/runtime/pull-object")
+    response = httpx.Response(401, request=request)
+    raise httpx.HTTPStatusError("401 Unauthorized", request=request, response=response)
+
+
+def test_a_refused_task_token_fails_the_task_without_ending_the_long_lived_clientapp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Flower's retries answer a 401 (the SuperNode failed the task) with SIGINT to their own
+    process, the end of a one-task flwr-clientapp; the long-lived ClientApp's give up on it
+    and raise, so that it fails the task and serves the next one."""
+    signals: list[int] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: signals.append(sig))
+    monkeypatch.setattr(time, "sleep", lambda _: None)
+    with pytest.raises(httpx.HTTPStatusError):
+        make_simple_http_retry_invoker().invoke(_refused_token)
+    assert signals == [signal.SIGINT]
+    with pytest.raises(httpx.HTTPStatusError):
+        task_retry_invoker().invoke(_refused_token)
+    assert signals == [signal.SIGINT]  # no second one
 
 
 def test_a_clientapp_without_its_wake_port_polls(capsys: pytest.CaptureFixture[str]) -> None:
