@@ -336,6 +336,7 @@ class CooperativeStrategy:
                     coordinator.release(d.worker)
                     if not reply.has_error():
                         self._answered[d.worker] = d.round  # its device moved on
+                        self._to_restore.pop(d.worker, None)
                     reason = "its reply came after the round deadline and was discarded"
                     event(d.round, d.worker, "late", reason)
                     continue
@@ -343,6 +344,8 @@ class CooperativeStrategy:
                 if reply.has_error():
                     missed(e.awaited, "failed", reply.error.reason, still_running=False)
                     continue
+                # the device took the message: a checkpointed state it carried is installed
+                self._to_restore.pop(e.awaited.worker, None)
                 if e.collect is not None:
                     node = node_of[e.collect.worker]
                     self._take_report(reply, e.collect, node, coordinator, tally, event)
@@ -508,12 +511,15 @@ class CooperativeStrategy:
         for reply in replies:
             i = worker_of[reply.metadata.src_node_id]
             state = _read_state(reply.content)
-            states[i] = state if state[0] else None
+            # a device that has not yet taken the state it is to restore holds that one
+            states[i] = state if state[0] else self._to_restore.get(i)
             if state[0]:
                 self._known[i] = state
         for i in set(ask) - set(states):
             seen = self._known.get(i)
-            if i not in self._answered:
+            if i in self._to_restore:
+                states[i] = self._to_restore[i]
+            elif i not in self._answered:
                 states[i] = None  # it never completed a round: it holds nothing
             elif seen is not None and seen[0] == self._answered[i]:
                 states[i] = seen
@@ -585,8 +591,8 @@ class CooperativeStrategy:
             header["send-state"] = True
         arrays = messages.vector_record(**vectors)
         content = messages.train_content(self.config, header, arrays)
-        if worker in self._to_restore:
-            state = self._to_restore.pop(worker)
+        if worker in self._to_restore:  # kept until a reply says the device has it
+            state = self._to_restore[worker]
             round_, steps, saved = state if state is not None else (0, 0, {})
             content[messages.STATE] = messages.vector_record(**saved)
             content[messages.STATE_META] = ConfigRecord({"round": round_, "steps": steps})

@@ -31,7 +31,7 @@ from simulations.inprocess import InProcessGrid
 from simulations.vectorized import VectorizedGrid
 from strategies import server_app
 from strategies.cooperative import RunResult
-from tests.conftest import TIMINGS, least_squares_config, round_of
+from tests.conftest import TIMINGS, assert_matches_reference, least_squares_config, round_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -299,3 +299,33 @@ def test_a_crashed_run_on_the_vectorized_engine_resumes_to_the_uninterrupted_res
         crashing.replace(resume=str(directory)),
     )
     assert_same_run(whole, resumed)
+
+
+def test_a_worker_whose_first_message_after_a_resume_fails_keeps_its_checkpointed_state(
+    tmp_path: Path,
+) -> None:
+    """Worker 2's device is unreachable for the first message of the resumed run: the
+    checkpointed state (its momentum) goes with the next message that reaches it, so the
+    run equals the matrix rule over the workers that answered each round."""
+    config = least_squares_config(algorithm="local-sgd", momentum=0.9, num_rounds=6)
+    crashing = config.replace(results_dir=str(tmp_path))
+    with pytest.raises(Crash):
+        run(CrashingGrid(config.num_clients, at=5), crashing)
+    (directory,) = tmp_path.iterdir()
+    cut = checkpoint.read(directory)["round"]
+    fresh = InProcessGrid(client_app, config.num_clients, seed=9)
+    refused: list[int] = []
+
+    def unreachable_once(msg: Message, context: Context) -> Message:
+        if context.node_config["partition-id"] == 2 and round_of(msg) and not refused:
+            refused.append(round_of(msg) or 0)
+            raise ConnectionError("device unreachable")
+        return client_app(msg, context)
+
+    fresh.client_app = unreachable_once
+    resumed = run(fresh, crashing.replace(resume=str(directory)))
+    assert refused == [cut + 1]
+    assert [(e["round"], e["worker"], e["kind"]) for e in resumed.events] == [
+        (cut + 1, 2, "failed")
+    ]
+    assert_matches_reference(config, resumed)
