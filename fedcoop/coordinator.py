@@ -436,11 +436,8 @@ class Coordinator:
         )
         if not early:
             return False, None
-        m = self.spec.num_workers
-        aux = self._aux[sync - 1]
-        mix: np.ndarray | None = None
-        for j in np.flatnonzero(w[m:, worker]):
-            mix = w[m + j, worker] * aux[j] if mix is None else mix + w[m + j, worker] * aux[j]
+        weights = w[self.spec.num_workers :, worker]  # it reads only auxiliary nodes
+        mix = weights @ self._aux[sync - 1] if weights.any() else None
         payload = self._survivor_payload(worker, sync, float(w[worker, worker]), mix)
         self._early[worker, sync] = payload
         return True, payload
@@ -571,12 +568,13 @@ class Coordinator:
             self._pending.set(i, self._survivor_payload(i, round_, self_weight, mixed_in))
         for i, sync in [key for key in self._early if key[1] == round_ and key[0] not in survivors]:
             del self._early[i, sync]  # eager: its early payload assumed a report that did not come
-        self._adopt(mix, sources, models.mean(axis=0), round_)
+        mean = models.mean(axis=0)
+        self._adopt(mix, sources, mean, round_)
         if spec.client_rule is ClientRule.CORRECTION:
-            average = models.mean(axis=0)
+            average = mean
         else:
             average = block[:, :k].mean(axis=1) @ sources  # the mean of the survivors' columns
-        spread = models - models.mean(axis=0)
+        spread = models - mean
         self._summaries.append(
             RoundSummary(
                 round=round_,

@@ -43,14 +43,16 @@ class PendingPayloads:
         #: per worker: the group whose payload waits for it (-1: its own, or none)
         self._group = np.full(num_workers, -1, dtype=np.int64)
         self._shared: dict[int, Payload] = {}
+        #: per group: how many workers its payload waits for (dropped at zero)
+        self._refs: dict[int, int] = {}
         self._next_group = 0
         #: the workers whose own waiting payload resets them (a shared one never does)
         self._resetting: set[int] = set()
 
     def set(self, worker: int, payload: Payload) -> None:
         """`payload` waits for `worker` (replacing what waited)."""
+        self._leave(np.array([worker]))
         self._own[worker] = payload
-        self._group[worker] = -1
         if payload.reset:
             self._resetting.add(worker)
         else:
@@ -62,14 +64,25 @@ class PendingPayloads:
             return
         if payload.reset:
             raise ValueError("a shared payload never resets: a reset is one worker's own")
-        self._group[workers] = self._next_group
-        for i in [i for i in self._own if self._group[i] == self._next_group]:
+        self._leave(workers)
+        for i in self._own.keys() & set(workers.tolist()):
             del self._own[i]
             self._resetting.discard(i)
-        self._shared[self._next_group] = payload
+        g = self._next_group
+        self._group[workers] = g
+        self._shared[g], self._refs[g] = payload, len(workers)
         self._next_group += 1
-        for g in [g for g in self._shared if not np.any(self._group == g)]:
-            del self._shared[g]  # no worker waits for it any more
+
+    def _leave(self, workers: np.ndarray) -> None:
+        """`workers` no longer wait for their groups' payloads: a group's payload that no
+        worker waits for any more is dropped (so a sync costs its groups, not m)."""
+        groups = self._group[workers]
+        ids, counts = np.unique(groups[groups >= 0], return_counts=True)
+        for g, n in zip(ids.tolist(), counts.tolist(), strict=True):
+            self._refs[g] -= n
+            if not self._refs[g]:
+                del self._refs[g], self._shared[g]
+        self._group[workers] = -1
 
     def get(self, worker: int) -> Payload | None:
         """What waits for `worker`, left waiting."""
@@ -83,7 +96,7 @@ class PendingPayloads:
         payload = self.get(worker)
         self._own.pop(worker, None)
         self._resetting.discard(worker)
-        self._group[worker] = -1
+        self._leave(np.array([worker]))
         return payload
 
     def resetting(self) -> set[int]:

@@ -66,6 +66,16 @@ def fall(run: compare.RecordedRun) -> float:
     return float(np.mean(third) / np.mean(last) - 1)
 
 
+def _variant(config: Mapping[str, Any]) -> str:
+    """What tells a grid point of claims 1-3 apart beside algorithm and tau: D-PSGD's graph,
+    EASGD's alpha (nothing for PASGD)."""
+    if config["algorithm"] == "dpsgd":
+        return str(config["topology"])
+    if config["algorithm"] == "easgd":
+        return f"alpha {float(config['alpha']):.4g}"
+    return ""
+
+
 def settled_table(runs: list[compare.RecordedRun]) -> tuple[str, bool]:
     """Per grid point of claims 1-3 (algorithm, tau, and D-PSGD's graph or EASGD's alpha):
     the fall of the loss into the floor window (mean ± std over the seeds), and whether
@@ -73,14 +83,7 @@ def settled_table(runs: list[compare.RecordedRun]) -> tuple[str, bool]:
     points: dict[tuple[str, int, str], list[float]] = {}
     for run in runs:
         c = run.config
-        which = (
-            c["topology"]
-            if c["algorithm"] == "dpsgd"
-            else f"alpha {float(c['alpha']):.4g}"
-            if c["algorithm"] == "easgd"
-            else ""
-        )
-        points.setdefault((c["algorithm"], c["tau"], which), []).append(fall(run))
+        points.setdefault((c["algorithm"], c["tau"], _variant(c)), []).append(fall(run))
     # a run of under four rounds has no third quarter to compare with (NaN): not settled
     rows = [
         [
