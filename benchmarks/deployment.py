@@ -157,7 +157,9 @@ class Loopback:
         if helper:
             shim = commands.serverapp_shim(self.state, commands.DEFAULT_POLL)
             env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
-        command = commands.superlink_command(root / "certs", "127.0.0.1", self.port)
+        command = commands.superlink_command(
+            root / "certs", "127.0.0.1", self.port, stock=not helper
+        )
         processes.start(self.state, "superlink", command, env)
         processes.wait_for_port(self.port)
         self.helper("register", *self.link(self.port), *[str(k) for k in keys[1::2]])

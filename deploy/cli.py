@@ -29,6 +29,7 @@ from deploy.flower_patches import (
     omit_installed_app_content,
     shorten_serverapp_retries,
     shorten_supernode_waits,
+    skip_middleware_off_its_paths,
 )
 from deploy.flwr_cli import DEFAULT_CONNECTION, run_flwr, write_connection
 from deploy.processes import log_file, process_env, running, start, stop
@@ -161,12 +162,23 @@ def _cmd_supernode_process(args: argparse.Namespace) -> None:
         args.poll_interval, args.heartbeat_interval, args.idle_poll, args.wake_port
     )
     drop_messages_of_stopped_runs()
+    skip_middleware_off_its_paths("flwr.supernode.main")
     if args.wake_port is not None:  # its ClientApp is the helper's: it loads installed apps
         omit_installed_app_content()
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *args.flags]
     flower_supernode()
+
+
+def _cmd_superlink_process(args: argparse.Namespace) -> None:
+    """Flower's flower-superlink in this process, each of its middleware layers run only for
+    the API paths it acts on (flower_patches)."""
+    skip_middleware_off_its_paths("flwr.superlink.main")
+    from flwr.superlink.cli import flower_superlink
+
+    sys.argv = ["flower-superlink", *args.flags]
+    flower_superlink()
 
 
 def _cmd_serverapp_process(args: argparse.Namespace) -> None:
@@ -371,6 +383,12 @@ def add_commands(subparsers: Any) -> None:
     _heartbeat(p)
     p.add_argument("flags", nargs=argparse.REMAINDER, help="-- then flower-supernode flags")
     p.set_defaults(func=_cmd_supernode_process)
+
+    p = subparsers.add_parser(
+        "superlink-process", help="(started by superlink) Flower's SuperLink, lighter requests"
+    )
+    p.add_argument("flags", nargs=argparse.REMAINDER, help="-- then flower-superlink flags")
+    p.set_defaults(func=_cmd_superlink_process)
 
     p = subparsers.add_parser(
         "serverapp-process", help="(started by superlink) Flower's ServerApp, short retries"

@@ -36,8 +36,10 @@ def serve_clientapp(
     poll-interval (rather than 1 s, doubling): a long-lived ClientApp asks for it at once.
 
     Waiting for a task costs next to nothing: the SuperNode wakes this process with a
-    datagram on UDP 127.0.0.1:`wake_port` when it creates one, and without a wake-up it
-    asks again after a wait that backs off from poll-interval to `idle_poll`.
+    datagram on UDP 127.0.0.1:`wake_port` when it creates one, so between tasks this asks
+    once and then waits for a wake-up, asking again after `idle_poll` without one (a lost
+    datagram costs that much). Without the wake-up socket it polls, backing off from
+    poll-interval to `idle_poll`.
     """
     shorten_task_input_retries(poll_interval)
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
@@ -65,7 +67,9 @@ def serve_clientapp(
     )
     apps: dict[str, Any] = {}
     woken = _wake_socket(wake_port)
-    idle = Backoff(poll_interval, poll_interval if idle_poll is None else idle_poll)
+    idle_poll = poll_interval if idle_poll is None else idle_poll
+    # woken: every task is announced, so wait for the announcement rather than poll for it
+    idle = Backoff(idle_poll if woken is not None else poll_interval, idle_poll)
     if first_token is not None:
         _run_task(address, first_token, apps)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])

@@ -26,6 +26,11 @@ def helper_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "deploy", *args]
 
 
+def helper_superlink(*flags: str) -> list[str]:
+    """Flower's SuperLink with `flags`, run by this helper (`superlink-process`)."""
+    return helper_command("superlink-process", "--", *flags)
+
+
 #: flower-superlink's TLS flags and the file of a `certs` directory each takes
 SUPERLINK_TLS = {
     "--ssl-ca-certfile": "ca.crt",
@@ -40,11 +45,15 @@ def superlink_command(
     port: int,
     node_auth: bool = True,
     database: Path | None = None,
+    stock: bool = False,
 ) -> list[str]:
     """flower-superlink with TLS from `certs` and node authentication, or insecure (None);
     its state (registered nodes, runs, messages) in the SQLite file `database`, so that it
-    outlives a restart, or in memory (None, Flower's default)."""
-    command = ["flower-superlink", "--host", host, "--port", str(port)]
+    outlives a restart, or in memory (None, Flower's default). Run as the helper's
+    `superlink-process` (its middleware only on the paths it acts on), or as it is
+    (`stock`, the overhead benchmark's baseline)."""
+    command = ["--host", host, "--port", str(port)]
+    command = ["flower-superlink", *command] if stock else helper_superlink(*command)
     if database is not None:
         command += ["--database", str(database.resolve())]
     if certs is None:

@@ -9,8 +9,10 @@ retry waits for an object still arriving are the defaults of `pull_objects` and
 `pull_and_inflate_object_from_tree` (PULL_INITIAL_BACKOFF and friends in
 flwr.supercore.constant, read from no environment variable), the ServerApp's Grid pulls as
 often as its strategy asks, the SuperNode's Runtime API sends the whole app with every
-task, and a SuperNode that pulls a message while its run stops keeps the message's task
-pending with no content (`drop_messages_of_stopped_runs`). So each patch replaces the
+task, a SuperNode that pulls a message while its run stops keeps the message's task
+pending with no content (`drop_messages_of_stopped_runs`), and every request to the
+SuperLink passes nine middleware layers, most of which act on one API's paths only
+(`skip_middleware_off_its_paths`). So each patch replaces the
 attribute a Flower module looks these up by, in the one process that calls it, and refuses
 on a Flower other than 1.41.x, whose internals it was not written for"""
 
@@ -265,3 +267,64 @@ def shorten_task_input_retries(poll_interval: float) -> None:
     runtime.pull_and_inflate_object_from_tree = functools.partial(  # type: ignore[assignment]
         runtime.pull_and_inflate_object_from_tree, **_backoff(poll_interval)
     )
+
+
+#: Flower 1.41's HTTP middleware that acts on one API's paths only, by module and class name,
+#: with those paths' prefix: each tests the path first and otherwise only calls on
+#: (flwr.superlink.routers.control.middlewares, flwr.superlink.routers.fleet). The runtime
+#: tracing middleware acts only with FLWR_TRACING_ENABLED=1 (flwr.supercore.routers.runtime).
+_PATH_SCOPED_MIDDLEWARE = {
+    "flwr.superlink.main": {
+        "ControlSensitiveResponseMiddleware": "/v1/control/",
+        "ControlAuthenticationMiddleware": "/v1/control/",
+        "ControlLicenseMiddleware": "/v1/control/",
+        "ControlEventLogMiddleware": "/v1/control/",
+        "NodeAuthMiddleware": "/v1/fleet/",
+        "FleetEventLogMiddleware": "/v1/fleet/",
+        "RuntimeTracingMiddleware": "/v1/runtime/",
+    },
+    "flwr.supernode.main": {"RuntimeTracingMiddleware": "/v1/runtime/"},
+}
+
+
+def only_under(prefix: str | None, middleware: type) -> type:
+    """`middleware`, called only for HTTP requests whose path starts with `prefix` (never
+    for None); every other request goes straight to the app the middleware wraps.
+
+    Each layer of Starlette's BaseHTTPMiddleware costs a request a task group and a pair of
+    memory streams, even one whose dispatch only calls on: with one core per several
+    devices, that was most of the SuperLink's CPU per message."""
+    from starlette.datastructures import URL
+
+    class OnlyUnder:
+        #: the paths the middleware acts on
+        paths = prefix
+
+        def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+            self.app, self.inner = app, middleware(app, *args, **kwargs)
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            applies = scope["type"] != "http" or (
+                prefix is not None and URL(scope=scope).path.startswith(prefix)
+            )
+            await (self.inner if applies else self.app)(scope, receive, send)
+
+    OnlyUnder.__name__ = OnlyUnder.__qualname__ = f"OnlyUnder{middleware.__name__}"
+    return OnlyUnder
+
+
+def skip_middleware_off_its_paths(module_name: str) -> None:
+    """The app `module_name` builds (flwr.superlink.main: the SuperLink's; flwr.supernode.main:
+    the SuperNode's Runtime API) runs each of its path-scoped middleware only for the paths
+    it acts on, and the runtime tracing middleware only when tracing is enabled. Call it
+    before the app is built: the module looks the classes up by name when it builds it."""
+    import importlib
+    import os
+
+    check_flower_version()
+    module = importlib.import_module(module_name)
+    tracing = os.getenv("FLWR_TRACING_ENABLED") == "1"
+    for name, prefix in _PATH_SCOPED_MIDDLEWARE[module_name].items():
+        if name == "RuntimeTracingMiddleware" and not tracing:
+            prefix = None
+        setattr(module, name, only_under(prefix, getattr(module, name)))

@@ -15,7 +15,9 @@ from typing import Any
 import flwr
 import flwr.supercore.heartbeat as heartbeat
 import flwr.superlink.grid.http_grid as grid
+import flwr.superlink.main as superlink_app
 import flwr.supernode.fleet_http_connection as connection
+import flwr.supernode.main as supernode_app
 import flwr.supernode.runtime.run_clientapp as runtime
 import flwr.supernode.servicer.runtime.runtime_handlers as runtime_handlers
 import flwr.supernode.start_client_internal as loop
@@ -45,6 +47,11 @@ PATCHED = [
     (grid.HttpGrid, "pull_messages"),
     (runtime, "pull_and_inflate_object_from_tree"),
     (runtime_handlers, "pull_task_input"),
+    *(
+        (superlink_app, name)
+        for name in flower_patches._PATH_SCOPED_MIDDLEWARE[superlink_app.__name__]
+    ),
+    (supernode_app, "RuntimeTracingMiddleware"),
 ]
 
 PATCHES = [
@@ -53,6 +60,8 @@ PATCHES = [
     lambda: flower_patches.shorten_task_input_retries(0.01),
     flower_patches.omit_installed_app_content,
     flower_patches.drop_messages_of_stopped_runs,
+    lambda: flower_patches.skip_middleware_off_its_paths(superlink_app.__name__),
+    lambda: flower_patches.skip_middleware_off_its_paths(supernode_app.__name__),
 ]
 
 
@@ -65,7 +74,9 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("version", ["1.42.0", "2.0.0", "1.4.1"])
 @pytest.mark.parametrize(
-    "patch", PATCHES, ids=["supernode", "serverapp", "task-input", "fab", "stopped-run"]
+    "patch",
+    PATCHES,
+    ids=["supernode", "serverapp", "task-input", "fab", "stopped-run", "link-http", "node-http"],
 )
 def test_every_patch_refuses_another_flower_and_changes_nothing(
     version: str, patch: Callable[[], None], restored: None, monkeypatch: pytest.MonkeyPatch
@@ -273,3 +284,72 @@ def test_a_task_s_app_comes_without_content_once_installed(
     served = runtime_handlers.pull_task_input(None, None, SimpleNamespace())
     assert served.fab.hash_str == "ab" * 32
     assert served.fab.content == (b"" if installed else b"zip")
+
+
+def _recording_app(prefix: str | None) -> tuple[Any, list[str]]:
+    """A Starlette app behind one BaseHTTPMiddleware that records the paths it saw and
+    stamps its responses, scoped to `prefix` by only_under."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    seen: list[str] = []
+
+    class Recording(BaseHTTPMiddleware):
+        async def dispatch(self, request: Any, call_next: Any) -> Any:
+            seen.append(request.url.path)
+            response = await call_next(request)
+            response.headers["x-seen"] = "1"
+            return response
+
+    async def echo(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(request.url.path)
+
+    routes = [Route(f"/v1/{api}/call", echo, methods=["POST"]) for api in ("fleet", "runtime")]
+    scoped = flower_patches.only_under(prefix, Recording)
+    return Starlette(routes=routes, middleware=[Middleware(scoped)]), seen
+
+
+def test_path_scoped_middleware_runs_on_its_paths_and_no_other() -> None:
+    from starlette.testclient import TestClient
+
+    app, seen = _recording_app("/v1/fleet/")
+    with TestClient(app) as client:
+        fleet, runtime = client.post("/v1/fleet/call"), client.post("/v1/runtime/call")
+    assert (fleet.text, fleet.headers.get("x-seen")) == ("/v1/fleet/call", "1")
+    assert (runtime.text, runtime.headers.get("x-seen")) == ("/v1/runtime/call", None)
+    assert seen == ["/v1/fleet/call"]
+    app, seen = _recording_app(None)  # never: the tracing middleware with tracing off
+    with TestClient(app) as client:
+        assert client.post("/v1/fleet/call").text == "/v1/fleet/call"
+    assert seen == []
+
+
+@pytest.mark.parametrize("tracing", [False, True])
+def test_the_superlink_keeps_every_middleware_in_order_scoped_to_its_paths(
+    tracing: bool, restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The patched SuperLink app has Flower's middleware stack, layer for layer, with the
+    control, fleet and tracing layers wrapped (tracing: only while enabled) and the error
+    and protobuf translation layers, which act on every request, as they were."""
+    if tracing:
+        monkeypatch.setenv("FLWR_TRACING_ENABLED", "1")
+    else:
+        monkeypatch.delenv("FLWR_TRACING_ENABLED", raising=False)
+    before = [m.cls for m in superlink_app._get_middleware()]
+    flower_patches.skip_middleware_off_its_paths(superlink_app.__name__)
+    after = superlink_app._get_middleware()
+    scoped = flower_patches._PATH_SCOPED_MIDDLEWARE[superlink_app.__name__]
+    assert len(after) == len(before)
+    for original, layer in zip(before, after, strict=True):
+        if original.__name__ in scoped:
+            assert layer.cls.__name__ == f"OnlyUnder{original.__name__}"
+            paths = scoped[original.__name__]
+            if original.__name__ == "RuntimeTracingMiddleware" and not tracing:
+                paths = None
+            assert layer.cls.paths == paths
+        else:
+            assert layer.cls is original
+    assert len(scoped) == 7
