@@ -341,9 +341,9 @@ class LocalRule:
         A batch's losses are one vmap of the loss over the stacked parameters, and their
         gradients one backward pass of their sum: each worker's loss reads only its own
         row, so that row's gradient is the worker's own. (torch.func's grad transform
-        inside the vmap took twice as long for the CNN on this project's CPU, and its first
-        call imports torch._dynamo, 150 MB of a device's memory.) One worker (a ClientApp's
-        batch) skips the vmap, which has nothing to vectorize there."""
+        inside the vmap is about as fast on this project's CPU, but its first call imports
+        torch._dynamo, 150 MB of a device's memory.) One worker (a ClientApp's batch) skips
+        the vmap, which has nothing to vectorize there."""
         params = self.parameters_of(x)
         with self._lock:
             self._model.train()
