@@ -66,7 +66,8 @@ class RunResult:
     directory: Path | None = None
     #: every fault the run survived: {round, worker, node, kind, reason}; kind is one of
     #: failed, deadline (left out of the round), late (its discarded reply came), busy (left
-    #: out of a round while a late reply was still outstanding), rejected, split
+    #: out of a round while a late reply was still outstanding), rejected, split (those two
+    #: name no worker), resumed (the run continued from that round's checkpoint)
     events: list[dict[str, Any]] = field(default_factory=list)
     #: why the run stopped before its last round (e.g. every worker's model became NaN);
     #: `rounds` then holds the rounds settled before it
@@ -552,6 +553,15 @@ class CooperativeStrategy:
         coordinator.restore(saved["coordinator"])
         result.rounds = list(saved["rounds"])
         result.events = list(saved["events"])
+        # the interruption itself (a ServerApp or SuperLink that died leaves no word of it)
+        result.events.append(
+            {
+                "round": int(saved["round"]),
+                "kind": "resumed",
+                "reason": f"the run stopped unfinished after its round-{saved['round']} "
+                "checkpoint and was resumed from it: the rounds after it ran again",
+            }
+        )
         self._survivors = [list(s) for s in saved["survivors"]]
         for row, survivors in zip(result.rounds, self._survivors, strict=True):
             clock.round(row["round"], survivors, row["tau"])

@@ -77,10 +77,12 @@ def assert_same_run(a: RunResult, b: RunResult) -> None:
     np.testing.assert_allclose(b.workers, a.workers, rtol=0, atol=1e-6)
     np.testing.assert_allclose(b.aux, a.aux, rtol=0, atol=1e-6)
     assert_same_rows(b.rounds, a.rounds)
-    # node ids differ after a resume on fresh nodes; what happened to which worker does not
-    assert [(e["round"], e.get("worker"), e["kind"]) for e in b.events] == [
-        (e["round"], e.get("worker"), e["kind"]) for e in a.events
-    ]
+    # node ids differ after a resume on fresh nodes; what happened to which worker does not,
+    # and the resume is itself an event
+    faults = [(e["round"], e.get("worker"), e["kind"]) for e in b.events if e["kind"] != "resumed"]
+    assert faults == [(e["round"], e.get("worker"), e["kind"]) for e in a.events]
+    (resumed,) = [e for e in b.events if e["kind"] == "resumed"]
+    assert b.events.index(resumed) == sum(e["round"] <= resumed["round"] for e in a.events)
 
 
 @pytest.mark.parametrize(
@@ -126,6 +128,8 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, chang
     assert_same_run(whole, resumed)
     assert resumed.directory == directory
     assert len((directory / "metrics.jsonl").read_text().splitlines()) == 6
+    written = [json.loads(line) for line in (directory / "events.jsonl").read_text().splitlines()]
+    assert [e["round"] for e in written if e["kind"] == "resumed"] == [saved["round"]]
 
 
 def test_checkpoints_go_on_past_a_dead_worker_and_resume_exactly(tmp_path: Path) -> None:
@@ -325,7 +329,8 @@ def test_a_worker_whose_first_message_after_a_resume_fails_keeps_its_checkpointe
     fresh.client_app = unreachable_once
     resumed = run(fresh, crashing.replace(resume=str(directory)))
     assert refused == [cut + 1]
-    assert [(e["round"], e["worker"], e["kind"]) for e in resumed.events] == [
-        (cut + 1, 2, "failed")
+    assert [(e["round"], e.get("worker"), e["kind"]) for e in resumed.events] == [
+        (cut, None, "resumed"),
+        (cut + 1, 2, "failed"),
     ]
     assert_matches_reference(config, resumed)

@@ -257,6 +257,8 @@ def test_a_run_rides_out_killed_supernodes_and_resumes_after_a_killed_superlink(
         every=5,
     )
     _assert_faults_recorded(d, result, done, resumed_from)
+    # the SuperLink's death is in events.jsonl too, as the resume from its checkpoint
+    assert [e["round"] for e in result.events if e["kind"] == "resumed"] == [resumed_from]
     # the final models are the matrix rule's over the workers that answered each round
     assert np.all(np.isfinite(result.workers))
     assert_matches_reference(config_read, result)
