@@ -1,7 +1,8 @@
 """A Flower Grid that delivers messages to a ClientApp in this process, without Ray.
 
-It runs the real ClientApp on real Messages with one persistent Context per node, exactly
-the objects Flower's simulation engine hands a ClientApp, but in a seeded, shuffled order:
+It runs the real ClientApp on real Messages with one persistent Context per node (those
+beyond a memory budget wait on disk between their messages), exactly the objects Flower's
+simulation engine hands a ClientApp, but in a seeded, shuffled order:
 on each pull it delivers a random subset of the waiting messages, so replies arrive out of
 order as they do from real devices. Tests use it to check the strategy against the matrix
 rule in seconds; users can use it to step through a run in a debugger. It also records if a
@@ -23,6 +24,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from simulations.context_store import DEFAULT_BUDGET, ContextStore
+
 #: Error code of a reply whose ClientApp raised (Flower uses the same meaning).
 CLIENT_APP_RAISED = 1
 
@@ -37,14 +40,17 @@ class InProcessGrid(Grid):
         *,
         seed: int = 0,
         node_config: dict[str, bool | int | float | str] | None = None,
+        state_budget: int | None = DEFAULT_BUDGET,
     ) -> None:
         """`node_config`: more node config for every node, as a SuperNode's --node-config
-        gives it (e.g. background-steps)."""
+        gives it (e.g. background-steps); `state_budget`: bytes of the nodes' worker states
+        held in memory, the least recently used beyond it kept on disk (None: all in memory;
+        `simulations.context_store`)."""
         self.client_app = client_app
         self._rng = np.random.default_rng(seed)
         # Node ids unrelated to partition ids, so the strategy has to map them.
         ids = self._rng.choice(10**6, size=num_nodes, replace=False) + 1
-        self.contexts = {
+        contexts = {
             int(node): Context(
                 run_id=1,
                 node_id=int(node),
@@ -58,6 +64,7 @@ class InProcessGrid(Grid):
             )
             for i, node in enumerate(ids)
         }
+        self.contexts = ContextStore(contexts, state_budget)
         self._waiting: dict[str, Message] = {}
         #: how many messages wait per node (never more than one, if the strategy is right)
         self._waiting_nodes: Counter[int] = Counter()
@@ -106,6 +113,7 @@ class InProcessGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.contexts.settle()
         waiting = list(self._waiting)
         if waiting:
             count = int(self._rng.integers(1, len(waiting) + 1))

@@ -5,8 +5,9 @@ node, the real strategy and Coordinator on the server side) except for how it de
 each pull it serves every waiting message, and the train messages among them together,
 through `clients.client_app.train_many`, which reads and checks each message alone and then
 runs the cohort's syncs and local steps as batches of `fedcoop.local_rule.LocalRule` (one
-`torch.func.vmap` over the stacked parameters per local step). The models are the ones the
-Flower path computes (the same rule, the same seeded batches); only the speed differs.
+`torch.func.vmap` of the loss over the stacked parameters per local step). The models are
+the ones the Flower path computes (the same rule, the same seeded batches); only the speed
+differs.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class VectorizedGrid(InProcessGrid):
         self._train = train
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.contexts.settle()
         waiting = [self._take(msg_id) for msg_id in list(self._waiting)]
         trains = [m for m in waiting if m.metadata.message_type == MessageType.TRAIN]
         for msg in waiting:
