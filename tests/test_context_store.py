@@ -59,17 +59,27 @@ def test_without_a_budget_nothing_leaves_memory() -> None:
         dict(algorithm="overlap", momentum=0.9, nesterov=True),
         dict(algorithm="cocod", participation=0.5),
         dict(algorithm="overlap", momentum=0.9, eager_reply=True),
+        dict(algorithm="overlap", momentum=0.9, eager_reply=True, background=True),
     ],
-    ids=["overlap", "cocod-partial", "overlap-eager"],
+    ids=["overlap", "cocod-partial", "overlap-eager", "overlap-eager-background"],
 )
 def test_a_run_whose_states_all_go_through_the_disk_ends_on_the_same_models(
     grid_class: type[InProcessGrid], changes: dict
 ) -> None:
     """A budget of one byte: every state is written out at every pull and read back with
-    its node's next message (momentum, CoCoD snapshots, eager rounds in flight)."""
+    its node's next message (momentum, CoCoD snapshots, eager rounds in flight, also while
+    their steps run in the background, which write the state with the next message)."""
+    changes = dict(changes)  # (the parameter is shared by both grids' cases)
+    node_config = {"background-steps": bool(changes.pop("background", False))}
     config = least_squares_config(num_rounds=5, **changes)
-    kept = run(grid_class(client_app, config.num_clients, state_budget=None), config)
-    grid = grid_class(client_app, config.num_clients, state_budget=1)
+
+    def make(budget: int | None) -> InProcessGrid:
+        return grid_class(
+            client_app, config.num_clients, state_budget=budget, node_config=node_config
+        )
+
+    kept = run(make(None), config)
+    grid = make(1)
     spilled = run(grid, config)
     assert grid.contexts.writes >= config.num_clients * config.num_rounds // 2
     np.testing.assert_array_equal(spilled.workers, kept.workers)
