@@ -36,9 +36,9 @@ def serve_clientapp(
     poll-interval (rather than 1 s, doubling): a long-lived ClientApp asks for it at once.
 
     Waiting for a task costs next to nothing: the SuperNode wakes this process with a
-    datagram on UDP 127.0.0.1:`wake_port` when it creates one, so between tasks this asks
-    once and then waits for a wake-up, asking again after `idle_poll` without one (a lost
-    datagram costs that much). Without the wake-up socket it polls, backing off from
+    datagram on UDP 127.0.0.1:`wake_port` when it creates one, so between tasks this waits
+    for a wake-up (one that came during a task waits on the socket), asking again after
+    `idle_poll` without one (a lost datagram costs that much). Without the wake-up socket it polls, backing off from
     poll-interval to `idle_poll`.
     """
     shorten_task_input_retries(poll_interval)
@@ -84,7 +84,10 @@ def serve_clientapp(
             except Exception as ex:  # the task failed; the SuperNode expires it, this serves on
                 print(f"task failed: {ex!r}", file=sys.stderr, flush=True)
             idle.reset()
-        elif _wait(woken, idle.next()):
+            if woken is None:
+                continue  # polling: the next task may be waiting already
+            # woken: a task created meanwhile has left its datagram waiting on the socket
+        if _wait(woken, idle.next()):
             idle.reset()
 
 
