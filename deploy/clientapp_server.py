@@ -38,8 +38,8 @@ def serve_clientapp(
     Waiting for a task costs next to nothing: the SuperNode wakes this process with a
     datagram on UDP 127.0.0.1:`wake_port` when it creates one, so between tasks this waits
     for a wake-up (one that came during a task waits on the socket), asking again after
-    `idle_poll` without one (a lost datagram costs that much). Without the wake-up socket it polls, backing off from
-    poll-interval to `idle_poll`.
+    `idle_poll` without one (a lost datagram costs that much). Without the wake-up socket
+    it polls, backing off from poll-interval to `idle_poll`.
     """
     shorten_task_input_retries(poll_interval)
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
@@ -179,9 +179,17 @@ def _run_task(address: str, token: str, apps: dict[str, Any]) -> None:
         retry_invoker=task_retry_invoker(),
     )
 
+    just_claimed = [True]
+
     def heartbeat() -> bool:
-        # Flower's task heartbeat raises SIGINT when the task is gone, which would end this
-        # long-lived process; here the task just stops being served.
+        # Flower's HeartbeatSender beats at once, but the claim just made keeps the task
+        # alive for a heartbeat interval, its start for longer (flwr.supercore.corestate:
+        # active_until), and the next beat comes within the interval: one request per task
+        # saved. Flower's task heartbeat raises SIGINT when the task is gone, which would
+        # end this long-lived process; here the task just stops being served.
+        if just_claimed:
+            just_claimed.clear()
+            return True
         try:
             return bool(client.SendTaskHeartbeat(SendTaskHeartbeatRequest()).success)
         except Exception:
