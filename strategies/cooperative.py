@@ -8,7 +8,7 @@ Grid itself with push_messages/pull_messages and lets `fedcoop.coordinator.Coord
 decide what is ready. It also maps Flower node ids to worker columns by a handshake that asks
 each node its partition-id, so that column i of W is always partition i.
 
-It is one class of some 650 lines because the loop, the reply checks, the round rows and the
+It is one class of some 700 lines because the loop, the reply checks, the round rows and the
 checkpoints all read and write the same per-run tables (messages in flight, late replies,
 the states each reply carried); the math it relays lives in `fedcoop.coordinator`.
 """
