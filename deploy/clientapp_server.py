@@ -179,16 +179,17 @@ def _run_task(address: str, token: str, apps: dict[str, Any]) -> None:
         retry_invoker=task_retry_invoker(),
     )
 
-    just_claimed = [True]
+    just_claimed = True
 
     def heartbeat() -> bool:
+        nonlocal just_claimed
         # Flower's HeartbeatSender beats at once, but the claim just made keeps the task
         # alive for a heartbeat interval, its start for longer (flwr.supercore.corestate:
         # active_until), and the next beat comes within the interval: one request per task
         # saved. Flower's task heartbeat raises SIGINT when the task is gone, which would
         # end this long-lived process; here the task just stops being served.
         if just_claimed:
-            just_claimed.clear()
+            just_claimed = False
             return True
         try:
             return bool(client.SendTaskHeartbeat(SendTaskHeartbeatRequest()).success)

@@ -293,8 +293,8 @@ def only_under(prefix: str | None, middleware: type) -> type:
 
     Each layer of Starlette's BaseHTTPMiddleware costs a request a task group and a pair of
     memory streams, even one whose dispatch only calls on: with one core per several
-    devices, that was most of the SuperLink's CPU per message."""
-    from starlette.datastructures import URL
+    devices, that was most of the SuperLink's CPU per message. The path tested is the
+    scope's, the one Starlette's `request.url.path` is built from."""
 
     class OnlyUnder:
         #: the paths the middleware acts on
@@ -305,7 +305,7 @@ def only_under(prefix: str | None, middleware: type) -> type:
 
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
             applies = scope["type"] != "http" or (
-                prefix is not None and URL(scope=scope).path.startswith(prefix)
+                prefix is not None and scope["path"].startswith(prefix)
             )
             await (self.inner if applies else self.app)(scope, receive, send)
 

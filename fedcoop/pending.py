@@ -46,17 +46,11 @@ class PendingPayloads:
         #: per group: how many workers its payload waits for (dropped at zero)
         self._refs: dict[int, int] = {}
         self._next_group = 0
-        #: the workers whose own waiting payload resets them (a shared one never does)
-        self._resetting: set[int] = set()
 
     def set(self, worker: int, payload: Payload) -> None:
         """`payload` waits for `worker` (replacing what waited)."""
         self._leave(np.array([worker]))
         self._own[worker] = payload
-        if payload.reset:
-            self._resetting.add(worker)
-        else:
-            self._resetting.discard(worker)
 
     def set_group(self, workers: np.ndarray, payload: Payload) -> None:
         """The same `payload` (its `worker` field aside) waits for each of `workers`."""
@@ -67,7 +61,6 @@ class PendingPayloads:
         self._leave(workers)
         for i in self._own.keys() & set(workers.tolist()):
             del self._own[i]
-            self._resetting.discard(i)
         g = self._next_group
         self._group[workers] = g
         self._shared[g], self._refs[g] = payload, len(workers)
@@ -95,13 +88,12 @@ class PendingPayloads:
         """What waits for `worker`, now taken (its message carries it)."""
         payload = self.get(worker)
         self._own.pop(worker, None)
-        self._resetting.discard(worker)
         self._leave(np.array([worker]))
         return payload
 
     def resetting(self) -> set[int]:
         """The workers whose waiting payload resets them (shared ones never do)."""
-        return set(self._resetting)
+        return {i for i, payload in self._own.items() if payload.reset}
 
     def as_dict(self) -> dict[int, Payload]:
         """Every waiting payload by worker (a checkpoint's plain copy)."""
