@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import messages, worker_state
@@ -135,7 +135,8 @@ def query_state(msg: Message, context: Context) -> Message:
     """This worker's whole state, for the server's checkpoint."""
     _settle_background(context)
     worker_state.recover(context)
-    return Message(RecordDict(worker_state.state_content(context)), reply_to=msg)
+    records, entries = worker_state.state_content(context)
+    return Message(RecordDict({**records, messages.METRICS: MetricRecord(entries)}), reply_to=msg)
 
 
 @dataclass
@@ -164,8 +165,8 @@ def _prepare(msg: Message, context: Context) -> Message | _Train:
     """Read a train message against the worker's state: the reply at once (an eager
     message that only collects), or the work to do; raises on a message it must refuse."""
     config = messages.read_config(msg)
-    header = msg.content.config_records[messages.HEADER]
-    if messages.STATE_META in msg.content.config_records:
+    header = messages.header(msg)
+    if messages.STATE_ROUND in header:
         worker_state.restore_state(msg, context)
     collected = _collected(context, header) if config.eager_reply else None
     if "round" not in header:  # eager: the message only collects the final round
@@ -364,17 +365,21 @@ def _report(context: Context, send_state: bool) -> RecordDict:
     """The reply content for the round context.state holds: its model, training loss and
     compute seconds, and with `send_state` the whole state, for a checkpoint."""
     meta = context.state.config_records[STATE_META]
-    x = context.state.array_records[STATE_ARRAYS][messages.MODEL].numpy()
     nan = float("nan")  # a state restored from elsewhere does not know them
     metrics = {
         "train-loss": float(meta.get("loss", nan)),
         "compute-time": float(meta.get("seconds", nan)),
         "round": int(meta["round"]),
     }
-    content = messages.reply_content(messages.vector_record(**{messages.MODEL: x}), metrics)
+    records: dict[str, ArrayRecord] = {}
     if send_state:
-        for key, record in worker_state.state_content(context, with_model=False).items():
-            content[key] = record
+        records, entries = worker_state.state_content(context, with_model=False)
+        metrics.update(entries)
+    # the model's Array as context.state holds it: serialized once, when the round ended
+    model = context.state.array_records[STATE_ARRAYS][messages.MODEL]
+    content = messages.reply_content(ArrayRecord({messages.MODEL: model}), metrics)
+    for key, record in records.items():
+        content[key] = record
     return content
 
 

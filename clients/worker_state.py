@@ -219,29 +219,32 @@ def forget(context: Context) -> None:
 
 def state_content(
     context: Context, *, with_model: bool = True
-) -> dict[str, ArrayRecord | ConfigRecord]:
-    """This worker's saved state as message records (an untrained worker: round 0);
+) -> tuple[dict[str, ArrayRecord], dict[str, int]]:
+    """This worker's saved state as message parts: the records of its arrays (none when it
+    holds none) and the entries of its round and step count (an untrained worker: round 0);
     without the model when the message carries it anyway."""
     meta = context.state.config_records.get(STATE_META)
     if meta is None:
-        return {messages.STATE_META: ConfigRecord({"round": 0, "steps": 0})}
+        return {}, messages.state_entries(0, 0)
     arrays = context.state.array_records[STATE_ARRAYS]
     if not with_model:
         arrays = ArrayRecord({k: a for k, a in arrays.items() if k != messages.MODEL})
-    return {
-        messages.STATE: arrays,
-        messages.STATE_META: ConfigRecord({"round": meta["round"], "steps": meta["steps"]}),
-    }
+    records = {messages.STATE: arrays} if len(arrays) else {}
+    return records, messages.state_entries(int(meta["round"]), int(meta["steps"]))
 
 
 def restore_state(msg: Message, context: Context) -> None:
     """Replace this node's state with the one a resumed run sends (round 0: no state)."""
+    header = messages.header(msg)
+    round_, steps = int(header[messages.STATE_ROUND]), int(header[messages.STATE_STEPS])
+    arrays = msg.content.array_records.get(messages.STATE)
+    if round_ and (arrays is None or messages.MODEL not in arrays):
+        raise ValueError(f"the worker state of round {round_} it sends carries no model")
     forget(context)
-    meta = msg.content.config_records[messages.STATE_META]
     for records, key in (
         (context.state.array_records, STATE_ARRAYS),
         (context.state.config_records, STATE_META),
     ):
         records.pop(key, None)
-    if int(meta["round"]):
-        install(context, msg.content.array_records[messages.STATE], meta["round"], meta["steps"])
+    if round_:
+        install(context, arrays, round_, steps)  # type: ignore[arg-type]

@@ -173,8 +173,11 @@ def _cmd_supernode_process(args: argparse.Namespace) -> None:
 
 def _cmd_superlink_process(args: argparse.Namespace) -> None:
     """Flower's flower-superlink in this process, each of its middleware layers run only for
-    the API paths it acts on (flower_patches)."""
-    skip_middleware_off_its_paths("flwr.superlink.main")
+    the API paths it acts on, and its event log layers only with --enable-event-log
+    (flower_patches)."""
+    skip_middleware_off_its_paths(
+        "flwr.superlink.main", event_log="--enable-event-log" in args.flags
+    )
     from flwr.superlink.cli import flower_superlink
 
     sys.argv = ["flower-superlink", *args.flags]

@@ -272,7 +272,10 @@ def shorten_task_input_retries(poll_interval: float) -> None:
 #: Flower 1.41's HTTP middleware that acts on one API's paths only, by module and class name,
 #: with those paths' prefix: each tests the path first and otherwise only calls on
 #: (flwr.superlink.routers.control.middlewares, flwr.superlink.routers.fleet). The runtime
-#: tracing middleware acts only with FLWR_TRACING_ENABLED=1 (flwr.supercore.routers.runtime).
+#: tracing middleware acts only with FLWR_TRACING_ENABLED=1 (flwr.supercore.routers.runtime),
+#: the event log middleware only with an event log plugin, which only the SuperLink's
+#: `--enable-event-log` loads (flwr.superlink.cli.flower_superlink; a flag of Flower's
+#: enterprise extensions, not of the open-source SuperLink).
 _PATH_SCOPED_MIDDLEWARE = {
     "flwr.superlink.main": {
         "ControlSensitiveResponseMiddleware": "/v1/control/",
@@ -313,11 +316,15 @@ def only_under(prefix: str | None, middleware: type) -> type:
     return OnlyUnder
 
 
-def skip_middleware_off_its_paths(module_name: str) -> None:
+_EVENT_LOG_MIDDLEWARE = ("ControlEventLogMiddleware", "FleetEventLogMiddleware")
+
+
+def skip_middleware_off_its_paths(module_name: str, *, event_log: bool = False) -> None:
     """The app `module_name` builds (flwr.superlink.main: the SuperLink's; flwr.supernode.main:
     the SuperNode's Runtime API) runs each of its path-scoped middleware only for the paths
-    it acts on, and the runtime tracing middleware only when tracing is enabled. Call it
-    before the app is built: the module looks the classes up by name when it builds it."""
+    it acts on, the runtime tracing middleware only when tracing is enabled, and the event
+    log middleware only with `event_log` (the SuperLink was given --enable-event-log). Call
+    it before the app is built: the module looks the classes up by name when it builds it."""
     import importlib
     import os
 
@@ -325,6 +332,8 @@ def skip_middleware_off_its_paths(module_name: str) -> None:
     module = importlib.import_module(module_name)
     tracing = os.getenv("FLWR_TRACING_ENABLED") == "1"
     for name, prefix in _PATH_SCOPED_MIDDLEWARE[module_name].items():
-        if name == "RuntimeTracingMiddleware" and not tracing:
+        if (name == "RuntimeTracingMiddleware" and not tracing) or (
+            name in _EVENT_LOG_MIDDLEWARE and not event_log
+        ):
             prefix = None
         setattr(module, name, only_under(prefix, getattr(module, name)))

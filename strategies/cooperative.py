@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid
 
@@ -420,9 +420,10 @@ class CooperativeStrategy:
         tally.traffic.setdefault(d.round, [0, 0])[0] += _nbytes(reply)
         x, problem = _read_reply(reply, d, node, self.x0.nbytes + NPY_HEADER_BYTES)
         self._answered[d.worker] = d.round
-        if problem is None and messages.STATE_META in reply.content.config_records:
-            # (a rejected reply's state is asked for afresh at the checkpoint)
-            state = _read_state(reply.content)
+        metrics = reply.content.metric_records.get(messages.METRICS, {})
+        # (a rejected reply's state is asked for afresh at the checkpoint)
+        state = None if problem is not None else messages.read_state(metrics, reply.content)
+        if state is not None:
             state[2][messages.MODEL] = x  # the reply's model is the state's
             self._states.setdefault(d.worker, {})[d.round] = state
             self._known[d.worker] = state
@@ -435,7 +436,6 @@ class CooperativeStrategy:
         elif d.final:
             tally.final[d.worker] = x.reshape(-1)
         else:
-            metrics = reply.content.metric_records[messages.METRICS]
             tally.losses.setdefault(d.round, []).append(float(metrics["train-loss"]))
             tally.compute.setdefault(d.round, []).append(float(metrics["compute-time"]))
 
@@ -511,7 +511,11 @@ class CooperativeStrategy:
         worker_of = {node: i for i, node in enumerate(node_of)}
         for reply in replies:
             i = worker_of[reply.metadata.src_node_id]
-            state = _read_state(reply.content)
+            metrics = reply.content.metric_records.get(messages.METRICS, {})
+            state = messages.read_state(metrics, reply.content)
+            if state is None:  # taken as missing below
+                LOG.warning("fedcoop: worker %d's reply to the state query has no state", i)
+                continue
             # a device that has not yet taken the state it is to restore holds that one
             states[i] = state if state[0] else self._to_restore.get(i)
             if state[0]:
@@ -599,13 +603,14 @@ class CooperativeStrategy:
             and not reported.final
         ):
             header["send-state"] = True
-        arrays = messages.vector_record(**vectors)
-        content = messages.train_content(self.config, header, arrays)
+        saved: dict[str, np.ndarray] = {}
         if worker in self._to_restore:  # kept until a reply says the device has it
             state = self._to_restore[worker]
             round_, steps, saved = state if state is not None else (0, 0, {})
+            header.update(messages.state_entries(round_, steps))
+        content = messages.train_content(self.config, header, messages.vector_record(**vectors))
+        if saved:
             content[messages.STATE] = messages.vector_record(**saved)
-            content[messages.STATE_META] = ConfigRecord({"round": round_, "steps": steps})
         group = (d or e.awaited).round
         return Message(content, node_of[worker], MessageType.TRAIN, group_id=str(group))
 
@@ -675,14 +680,6 @@ def _read_reply(
     if said != d.round:
         return np.empty(0), f"reply says round {said}, the message was round {d.round}"
     return arrays[messages.MODEL].numpy(), None
-
-
-def _read_state(content: RecordDict) -> tuple[int, int, dict[str, np.ndarray]]:
-    """(round, steps, arrays) of a worker state a message carries (round 0: none)."""
-    meta = content.config_records[messages.STATE_META]
-    arrays = content.array_records.get(messages.STATE)
-    saved = {} if arrays is None else {k: a.numpy().copy() for k, a in arrays.items()}
-    return int(meta["round"]), int(meta["steps"]), saved
 
 
 def _nbytes(msg: Message) -> int:

@@ -186,7 +186,7 @@ def round_of(msg: Message) -> int | None:
     message that only collects)."""
     if msg.metadata.message_type != MessageType.TRAIN:
         return None
-    header = msg.content.config_records[messages.HEADER]
+    header = messages.header(msg)
     return int(header["round"]) if "round" in header else None
 
 

@@ -79,7 +79,7 @@ def test_eager_replies_end_with_the_plain_schedules_models(case: str, background
 def eager_message(node: int, round_: int, collect: int, x0: np.ndarray) -> Message:
     config = least_squares_config(eager_reply=True)
     msg = train_message(config, node, round_, x0)
-    msg.content.config_records[messages.HEADER]["collect"] = collect
+    messages.header(msg)["collect"] = collect
     return msg
 
 
@@ -134,7 +134,7 @@ def test_the_reply_leaves_before_the_steps_and_the_next_one_carries_them(
     np.testing.assert_array_equal(got[1], want[1])
     # the final message only collects round 2
     only = eager_message(node, 2, 2, x0)
-    header = only.content.config_records[messages.HEADER]
+    header = messages.header(only)
     for key in ("round", "local-steps", "sync", "self-weight"):
         del header[key]
     assert reported(client_app(only, context))[0] == 2

@@ -328,18 +328,20 @@ def test_path_scoped_middleware_runs_on_its_paths_and_no_other() -> None:
 
 
 @pytest.mark.parametrize("tracing", [False, True])
+@pytest.mark.parametrize("event_log", [False, True])
 def test_the_superlink_keeps_every_middleware_in_order_scoped_to_its_paths(
-    tracing: bool, restored: None, monkeypatch: pytest.MonkeyPatch
+    tracing: bool, event_log: bool, restored: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The patched SuperLink app has Flower's middleware stack, layer for layer, with the
-    control, fleet and tracing layers wrapped (tracing: only while enabled) and the error
-    and protobuf translation layers, which act on every request, as they were."""
+    control, fleet and tracing layers wrapped (tracing: only while enabled; event log: only
+    with --enable-event-log) and the error and protobuf translation layers, which act on
+    every request, as they were."""
     if tracing:
         monkeypatch.setenv("FLWR_TRACING_ENABLED", "1")
     else:
         monkeypatch.delenv("FLWR_TRACING_ENABLED", raising=False)
     before = [m.cls for m in superlink_app._get_middleware()]
-    flower_patches.skip_middleware_off_its_paths(superlink_app.__name__)
+    flower_patches.skip_middleware_off_its_paths(superlink_app.__name__, event_log=event_log)
     after = superlink_app._get_middleware()
     scoped = flower_patches._PATH_SCOPED_MIDDLEWARE[superlink_app.__name__]
     assert len(after) == len(before)
@@ -348,6 +350,8 @@ def test_the_superlink_keeps_every_middleware_in_order_scoped_to_its_paths(
             assert layer.cls.__name__ == f"OnlyUnder{original.__name__}"
             paths = scoped[original.__name__]
             if original.__name__ == "RuntimeTracingMiddleware" and not tracing:
+                paths = None
+            if original.__name__.endswith("EventLogMiddleware") and not event_log:
                 paths = None
             assert layer.cls.paths == paths
         else:
