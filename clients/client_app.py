@@ -27,10 +27,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import messages, worker_state
@@ -135,8 +136,7 @@ def query_state(msg: Message, context: Context) -> Message:
     """This worker's whole state, for the server's checkpoint."""
     _settle_background(context)
     worker_state.recover(context)
-    records, entries = worker_state.state_content(context)
-    return Message(RecordDict({**records, messages.METRICS: MetricRecord(entries)}), reply_to=msg)
+    return Message(messages.reply_content(worker_state.state_entries(context)), reply_to=msg)
 
 
 @dataclass
@@ -185,8 +185,8 @@ def _prepare(msg: Message, context: Context) -> Message | _Train:
     client_rule = ClientRule(str(header["client-rule"]))
     rule = worker_state.rule_for(config)
     worker = worker_state.current_worker(config, context)
-    init = messages.read_vector(msg, messages.INIT)
-    mix = messages.read_vector(msg, messages.MIX)
+    init = messages.read_vector(header, messages.INIT)
+    mix = messages.read_vector(header, messages.MIX)
     sync = None
     if init is not None:
         worker.x = rule.vector(torch.from_numpy(init))
@@ -366,21 +366,16 @@ def _report(context: Context, send_state: bool) -> RecordDict:
     compute seconds, and with `send_state` the whole state, for a checkpoint."""
     meta = context.state.config_records[STATE_META]
     nan = float("nan")  # a state restored from elsewhere does not know them
-    metrics = {
+    entries: dict[str, Any] = {
+        # the model as context.state holds it: serialized once, when the round ended
+        messages.MODEL: context.state.array_records[STATE_ARRAYS][messages.MODEL].data,
         "train-loss": float(meta.get("loss", nan)),
         "compute-time": float(meta.get("seconds", nan)),
         "round": int(meta["round"]),
     }
-    records: dict[str, ArrayRecord] = {}
     if send_state:
-        records, entries = worker_state.state_content(context, with_model=False)
-        metrics.update(entries)
-    # the model's Array as context.state holds it: serialized once, when the round ended
-    model = context.state.array_records[STATE_ARRAYS][messages.MODEL]
-    content = messages.reply_content(ArrayRecord({messages.MODEL: model}), metrics)
-    for key, record in records.items():
-        content[key] = record
-    return content
+        entries.update(worker_state.state_entries(context, with_model=False))
+    return messages.reply_content(entries)
 
 
 @app.evaluate()

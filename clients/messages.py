@@ -1,41 +1,48 @@
 """What the server and the workers put in Flower messages, named once for both sides.
 
-Every message and reply is as few Flower objects as it can be: a deployed device pulls and
-pushes each object of a message with its own HTTPS request (Flower 1.41 has no batch call),
-so each record costs every message a round trip on the SuperLink and one on the device.
+Each message is as few Flower objects as it can be. Flower moves a message as a tree of
+objects (the message, its RecordDict, each record, each Array and each Array's chunks), and
+a deployed device pulls and pushes each object with its own HTTPS request, both between the
+SuperLink and its SuperNode and between the SuperNode and its ClientApp (Flower 1.41 has no
+batch call): a record of arrays holding one vector is three objects, three requests on each
+hop. So a train message and its reply each hold one ConfigRecord, and their vectors are
+entries of it: .npy bytes, as a Flower Array holds them, with their dtype and shape, read
+without pickle. A message is then three objects, not six to eight.
 
-A train message holds one config record, the run config with the round header (round, sync
-index, local steps, self weight; `HEADER_KEYS`) among its entries, and the arrays: where the
-worker's column of W reads other nodes, the mix vector; round 1 carries the initial model
-instead. The reply holds the worker's model after its local steps and its metrics. Models
-travel as one flat Array because the rules act on the flat vector.
+- A train message's record (CONFIG) holds the run config, the round header (`HEADER_KEYS`:
+  round, sync index, local steps, self weight, ...) and its vectors: where the worker's
+  column of W reads other nodes, the mix vector; round 1 carries the initial model instead.
+- A worker's reply to it (REPLY) holds its model after the round's local steps, its
+  training loss, compute seconds and round.
+- A worker's whole state (in a reply, for a checkpoint, and in the first message after a
+  resume) is its round and step count (`STATE_ROUND`, `STATE_STEPS`) and its arrays, each an
+  entry named with `STATE_PREFIX`: model, momentum, snapshot and pending gradient, less the
+  model where the reply carries it anyway.
 
-A worker's whole state (for a checkpoint, and in the first message after a resume) travels
-as its round and step count (`STATE_ROUND`, `STATE_STEPS`: entries of the header, or of the
-reply's metrics) and, when it holds any, its arrays in the `STATE` record: model, momentum,
-snapshot and pending gradient, less the model where the reply carries it anyway.
+The handshake and evaluation replies carry only numbers, in a MetricRecord (METRICS).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedcoop.config import RunConfig
 
 CONFIG = "run-config"
-ARRAYS = "arrays"
+REPLY = "reply"
 METRICS = "metrics"
-STATE = "state"
-#: ArrayRecord keys
+#: vector entries: the initial model, the mix payload, a worker's model
 INIT, MIX, MODEL = "init", "mix", "x"
-#: the round and step count of the worker state a message carries
-STATE_ROUND, STATE_STEPS = "state-round", "state-steps"
-#: the entries of a train message's config record that are its round header
+#: the entries of a worker state: its round and step count, and each array as STATE_PREFIX
+#: + its name
+STATE_ROUND, STATE_STEPS, STATE_PREFIX = "state-round", "state-steps", "state:"
+#: the entries of a train message's record that are its round header
 HEADER_KEYS = frozenset(
     {
         "update-rule",
@@ -52,8 +59,40 @@ HEADER_KEYS = frozenset(
         STATE_STEPS,
     }
 )
+#: the entries a reply to a train message has, and those it may have besides a state's arrays
+REPLY_KEYS = frozenset({MODEL, "train-loss", "compute-time", "round"})
+REPLY_OPTIONAL_KEYS = frozenset({STATE_ROUND, STATE_STEPS})
 #: message type of the query for a worker's state (Flower routes "query.state")
 QUERY_STATE = "query.state"
+
+#: a vector entry's value: an array, its .npy bytes, or None (left out)
+Vector = np.ndarray | bytes | None
+
+
+def encode(vector: np.ndarray) -> bytes:
+    """A vector as .npy bytes, as a Flower Array holds it."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(vector), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode(data: Any) -> np.ndarray:
+    """The array of .npy bytes; ValueError if they are not an array's."""
+    if not isinstance(data, bytes):
+        raise ValueError(f"a vector entry holds {type(data).__name__}, not .npy bytes")
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def is_vector(key: str) -> bool:
+    """Whether a record's entry `key` is a vector (and so no run config or metric)."""
+    return key in (INIT, MIX, MODEL) or key.startswith(STATE_PREFIX)
+
+
+def _entries(named: Mapping[str, Any]) -> dict[str, Any]:
+    """Record entries: vectors as .npy bytes, None values left out."""
+    return {
+        k: encode(v) if isinstance(v, np.ndarray) else v for k, v in named.items() if v is not None
+    }
 
 
 @lru_cache(maxsize=8)
@@ -67,7 +106,8 @@ def config_record(config: RunConfig) -> ConfigRecord:
 def read_config(message: Message) -> RunConfig:
     """The run config a message carries."""
     record = message.content.config_records[CONFIG]
-    return _parsed(tuple(sorted((k, v) for k, v in record.items() if k not in HEADER_KEYS)))
+    items = ((k, v) for k, v in record.items() if k not in HEADER_KEYS and not is_vector(k))
+    return _parsed(tuple(sorted(items)))
 
 
 @lru_cache(maxsize=8)
@@ -76,52 +116,87 @@ def _parsed(items: tuple[tuple[str, Any], ...]) -> RunConfig:
     return RunConfig.from_mapping(dict(items))
 
 
+def train_content(config: RunConfig, entries: Mapping[str, Any]) -> RecordDict:
+    """The content of a train message: the run config and `entries` (the round header and
+    the vectors, as arrays or .npy bytes; None values left out) in one record."""
+    unknown = [k for k in entries if k not in HEADER_KEYS and not is_vector(k)]
+    if unknown:
+        raise ValueError(f"neither round header nor vector entries: {sorted(unknown)}")
+    return RecordDict({CONFIG: ConfigRecord({**config_record(config), **_entries(entries)})})
+
+
 def header(message: Message) -> ConfigRecord:
-    """The record whose HEADER_KEYS entries are a train message's round header."""
+    """A train message's record: its round header, vectors and the run config."""
     return message.content.config_records[CONFIG]
 
 
-def vector_record(**vectors: np.ndarray | None) -> ArrayRecord:
-    """An ArrayRecord of flat vectors, leaving out the None ones."""
-    return ArrayRecord(
-        {k: Array(np.ascontiguousarray(v)) for k, v in vectors.items() if v is not None}
+def reply_content(entries: Mapping[str, Any]) -> RecordDict:
+    """The content of a worker's reply to a train message or a state query."""
+    return RecordDict({REPLY: ConfigRecord(_entries(entries))})
+
+
+def reply_record(message: Message) -> ConfigRecord | None:
+    """A reply's record (None: it has none)."""
+    return message.content.config_records.get(REPLY)
+
+
+def reply_entries_problem(record: Mapping[str, Any]) -> str | None:
+    """Why `record` does not have a train reply's entries, or None if it has them."""
+    missing = sorted(REPLY_KEYS - set(record))
+    if missing:
+        return f"no {missing} entries in the reply"
+    known = REPLY_KEYS | REPLY_OPTIONAL_KEYS
+    unknown = sorted(k for k in record if k not in known and not k.startswith(STATE_PREFIX))
+    if unknown:
+        return f"entries {unknown}, which a reply does not have"
+    numbers = [k for k in ("train-loss", "compute-time", "round") if not _is_number(record[k])]
+    if numbers:
+        return f"entries {numbers} are not numbers"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def read_vector(record: Mapping[str, Any], key: str) -> np.ndarray | None:
+    """The vector entry `key` of a record, or None if absent."""
+    return None if key not in record else decode(record[key])
+
+
+def state_entries(
+    round_: int, steps: int, arrays: Mapping[str, Vector] | None = None
+) -> dict[str, Any]:
+    """The entries of a worker state after `round_` (0: none) with `arrays`."""
+    named = {STATE_PREFIX + k: v for k, v in (arrays or {}).items()}
+    return {STATE_ROUND: round_, STATE_STEPS: steps, **_entries(named)}
+
+
+def read_state(record: Mapping[str, Any]) -> tuple[int, int, dict[str, np.ndarray]] | None:
+    """(round, steps, arrays) of the worker state a record holds, or None if it holds none;
+    ValueError if an array entry is not an array's .npy bytes."""
+    if STATE_ROUND not in record:
+        return None
+    arrays = {
+        k[len(STATE_PREFIX) :]: decode(v) for k, v in record.items() if k.startswith(STATE_PREFIX)
+    }
+    return int(record[STATE_ROUND]), int(record[STATE_STEPS]), arrays
+
+
+def vector_bytes(message: Message) -> int:
+    """Bytes of the vectors a message carries other than a state's (what dominates the
+    algorithm's traffic; checkpoint state is not the algorithm's)."""
+    return sum(
+        len(v)
+        for record in message.content.config_records.values()
+        for k, v in record.items()
+        if k in (INIT, MIX, MODEL)
     )
 
 
-def read_vector(message: Message, key: str) -> np.ndarray | None:
-    """A flat vector from a message's arrays, or None if absent."""
-    arrays = message.content.array_records.get(ARRAYS)
-    if arrays is None or key not in arrays:
-        return None
-    return arrays[key].numpy()
-
-
-def train_content(config: RunConfig, header: dict[str, Any], arrays: ArrayRecord) -> RecordDict:
-    """The content of a train message: the run config and `header` in one record."""
-    unknown = set(header) - HEADER_KEYS
-    if unknown:
-        raise ValueError(f"not round header entries: {sorted(unknown)}")
-    record = ConfigRecord({**config_record(config), **header})
-    return RecordDict({CONFIG: record, ARRAYS: arrays})
-
-
-def reply_content(arrays: ArrayRecord, metrics: dict[str, float | int]) -> RecordDict:
-    """The content of a worker's reply."""
-    return RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)})
-
-
-def state_entries(round_: int, steps: int) -> dict[str, int]:
-    """The entries that say a message carries a worker's state after `round_` (0: none)."""
-    return {STATE_ROUND: round_, STATE_STEPS: steps}
-
-
-def read_state(
-    entries: Mapping[str, Any], content: RecordDict
-) -> tuple[int, int, dict[str, np.ndarray]] | None:
-    """(round, steps, arrays) of the worker state a message carries, its round and steps
-    among `entries` (its header or metrics), or None when it carries none."""
-    if STATE_ROUND not in entries:
-        return None
-    arrays = content.array_records.get(STATE)
-    saved = {} if arrays is None else {k: a.numpy().copy() for k, a in arrays.items()}
-    return int(entries[STATE_ROUND]), int(entries[STATE_STEPS]), saved
+def vector_record(**vectors: np.ndarray | None) -> ArrayRecord:
+    """An ArrayRecord of flat vectors, leaving out the None ones: a worker's state in its
+    node's context.state."""
+    return ArrayRecord(
+        {k: Array(np.ascontiguousarray(v)) for k, v in vectors.items() if v is not None}
+    )

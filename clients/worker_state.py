@@ -14,7 +14,7 @@ import uuid
 from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -217,28 +217,25 @@ def forget(context: Context) -> None:
     LIVE.pop((context.run_id, context.node_id), None)
 
 
-def state_content(
-    context: Context, *, with_model: bool = True
-) -> tuple[dict[str, ArrayRecord], dict[str, int]]:
-    """This worker's saved state as message parts: the records of its arrays (none when it
-    holds none) and the entries of its round and step count (an untrained worker: round 0);
-    without the model when the message carries it anyway."""
+def state_entries(context: Context, *, with_model: bool = True) -> dict[str, Any]:
+    """This worker's saved state as message entries (an untrained worker: round 0), its
+    arrays as context.state holds them serialized; without the model when the message
+    carries it anyway."""
     meta = context.state.config_records.get(STATE_META)
     if meta is None:
-        return {}, messages.state_entries(0, 0)
+        return messages.state_entries(0, 0)
     arrays = context.state.array_records[STATE_ARRAYS]
-    if not with_model:
-        arrays = ArrayRecord({k: a for k, a in arrays.items() if k != messages.MODEL})
-    records = {messages.STATE: arrays} if len(arrays) else {}
-    return records, messages.state_entries(int(meta["round"]), int(meta["steps"]))
+    kept = {k: a.data for k, a in arrays.items() if with_model or k != messages.MODEL}
+    return messages.state_entries(int(meta["round"]), int(meta["steps"]), kept)
 
 
 def restore_state(msg: Message, context: Context) -> None:
     """Replace this node's state with the one a resumed run sends (round 0: no state)."""
-    header = messages.header(msg)
-    round_, steps = int(header[messages.STATE_ROUND]), int(header[messages.STATE_STEPS])
-    arrays = msg.content.array_records.get(messages.STATE)
-    if round_ and (arrays is None or messages.MODEL not in arrays):
+    state = messages.read_state(messages.header(msg))
+    if state is None:
+        raise ValueError("the message carries no worker state to restore")
+    round_, steps, arrays = state
+    if round_ and messages.MODEL not in arrays:
         raise ValueError(f"the worker state of round {round_} it sends carries no model")
     forget(context)
     for records, key in (
@@ -247,4 +244,4 @@ def restore_state(msg: Message, context: Context) -> None:
     ):
         records.pop(key, None)
     if round_:
-        install(context, arrays, round_, steps)  # type: ignore[arg-type]
+        install(context, messages.vector_record(**arrays), round_, steps)

@@ -322,7 +322,7 @@ class CooperativeStrategy:
                 for e, msg in zip(exchanges, out, strict=True):
                     queued.pop(e.awaited.worker, None)
                     down = tally.traffic.setdefault((e.start or e.awaited).round, [0, 0])
-                    down[1] += _nbytes(msg)
+                    down[1] += messages.vector_bytes(msg)
                 now = time.monotonic()
                 for msg_id, e in zip(grid.push_messages(out), exchanges, strict=True):
                     in_flight[msg_id] = (e, now)
@@ -417,12 +417,10 @@ class CooperativeStrategy:
     ) -> None:
         """Give the coordinator the model a reply from `node` (the message's destination)
         reports for dispatch `d` (or reject it)."""
-        tally.traffic.setdefault(d.round, [0, 0])[0] += _nbytes(reply)
-        x, problem = _read_reply(reply, d, node, self.x0.nbytes + NPY_HEADER_BYTES)
+        tally.traffic.setdefault(d.round, [0, 0])[0] += messages.vector_bytes(reply)
+        x, state, problem = _read_reply(reply, d, node, self.x0.nbytes + NPY_HEADER_BYTES)
         self._answered[d.worker] = d.round
-        metrics = reply.content.metric_records.get(messages.METRICS, {})
         # (a rejected reply's state is asked for afresh at the checkpoint)
-        state = None if problem is not None else messages.read_state(metrics, reply.content)
         if state is not None:
             state[2][messages.MODEL] = x  # the reply's model is the state's
             self._states.setdefault(d.worker, {})[d.round] = state
@@ -436,8 +434,9 @@ class CooperativeStrategy:
         elif d.final:
             tally.final[d.worker] = x.reshape(-1)
         else:
-            tally.losses.setdefault(d.round, []).append(float(metrics["train-loss"]))
-            tally.compute.setdefault(d.round, []).append(float(metrics["compute-time"]))
+            record = messages.reply_record(reply) or {}  # (read by _read_reply)
+            tally.losses.setdefault(d.round, []).append(float(record["train-loss"]))
+            tally.compute.setdefault(d.round, []).append(float(record["compute-time"]))
 
     def _settled(
         self,
@@ -511,10 +510,14 @@ class CooperativeStrategy:
         worker_of = {node: i for i, node in enumerate(node_of)}
         for reply in replies:
             i = worker_of[reply.metadata.src_node_id]
-            metrics = reply.content.metric_records.get(messages.METRICS, {})
-            state = messages.read_state(metrics, reply.content)
+            try:
+                state = messages.read_state(messages.reply_record(reply) or {})
+            except ValueError as exc:
+                state, problem = None, str(exc)
+            else:
+                problem = "no state"
             if state is None:  # taken as missing below
-                LOG.warning("fedcoop: worker %d's reply to the state query has no state", i)
+                LOG.warning("fedcoop: worker %d's reply to the state query: %s", i, problem)
                 continue
             # a device that has not yet taken the state it is to restore holds that one
             states[i] = state if state[0] else self._to_restore.get(i)
@@ -581,7 +584,7 @@ class CooperativeStrategy:
             "update-rule": spec.rule.value,
             "client-rule": spec.client_rule.value,
         }
-        vectors: dict[str, np.ndarray | None] = {}
+        vectors: dict[str, messages.Vector] = {}
         d = e.start
         if d is not None:
             header["round"], header["local-steps"] = d.round, d.local_steps
@@ -603,14 +606,10 @@ class CooperativeStrategy:
             and not reported.final
         ):
             header["send-state"] = True
-        saved: dict[str, np.ndarray] = {}
         if worker in self._to_restore:  # kept until a reply says the device has it
             state = self._to_restore[worker]
-            round_, steps, saved = state if state is not None else (0, 0, {})
-            header.update(messages.state_entries(round_, steps))
-        content = messages.train_content(self.config, header, messages.vector_record(**vectors))
-        if saved:
-            content[messages.STATE] = messages.vector_record(**saved)
+            header.update(messages.state_entries(*(state if state is not None else (0, 0))))
+        content = messages.train_content(self.config, {**header, **vectors})
         group = (d or e.awaited).round
         return Message(content, node_of[worker], MessageType.TRAIN, group_id=str(group))
 
@@ -660,33 +659,31 @@ class CooperativeStrategy:
 
 def _read_reply(
     reply: Message, d: Dispatch, node: int, max_bytes: int
-) -> tuple[np.ndarray, str | None]:
-    """The model a reply carries, or why the reply is unusable (checked before the
-    coordinator sees the model: who sent it, its arrays and their size, before any is
-    decoded, and the round the worker says it ran). `node`: the message's destination;
-    `max_bytes`: the most a serialized model array may take."""
+) -> tuple[np.ndarray, tuple[int, int, dict[str, np.ndarray]] | None, str | None]:
+    """The model a reply carries and the worker state, if it carries one, or why the reply
+    is unusable (checked before the coordinator sees the model: who sent it, its entries and
+    the size of each vector, before any is decoded, and the round the worker says it ran).
+    `node`: the message's destination; `max_bytes`: the most a serialized vector may take."""
+    unusable = np.empty(0), None
     src = reply.metadata.src_node_id
     if src != node:
-        return np.empty(0), f"reply from node {src}, the message was for node {node}"
-    arrays = reply.content.array_records.get(messages.ARRAYS)
-    keys = sorted(arrays) if arrays is not None else []
-    if keys != [messages.MODEL]:
-        return np.empty(0), f"arrays {keys}, expected exactly ['{messages.MODEL}']"
-    size = len(arrays[messages.MODEL].data)
-    if size > max_bytes:
-        return np.empty(0), f"model array of {size} bytes, expected at most {max_bytes}"
-    metrics = reply.content.metric_records.get(messages.METRICS)
-    said = None if metrics is None else metrics.get("round")
+        return *unusable, f"reply from node {src}, the message was for node {node}"
+    record = messages.reply_record(reply)
+    if record is None:
+        return *unusable, "no reply record"
+    problem = messages.reply_entries_problem(record)
+    if problem is not None:
+        return *unusable, problem
+    for key, value in record.items():
+        if messages.is_vector(key) and isinstance(value, bytes) and len(value) > max_bytes:
+            return *unusable, f"vector {key} of {len(value)} bytes, expected at most {max_bytes}"
+    said = record.get("round")
     if said != d.round:
-        return np.empty(0), f"reply says round {said}, the message was round {d.round}"
-    return arrays[messages.MODEL].numpy(), None
-
-
-def _nbytes(msg: Message) -> int:
-    """Bytes of the model arrays a message carries (what dominates the algorithm's
-    traffic; checkpoint state is not the algorithm's)."""
-    arrays = msg.content.array_records.get(messages.ARRAYS)
-    return 0 if arrays is None else arrays.count_bytes()
+        return *unusable, f"reply says round {said}, the message was round {d.round}"
+    try:
+        return messages.decode(record[messages.MODEL]), messages.read_state(record), None
+    except (ValueError, TypeError) as exc:
+        return *unusable, f"unreadable vector or state: {exc}"
 
 
 def _format_row(row: dict[str, Any]) -> str:

@@ -199,11 +199,10 @@ def train_message(config: RunConfig, node: int, round_: int, x0: np.ndarray) -> 
         "client-rule": "mix",
     }
     if round_ == 1:
-        arrays = messages.vector_record(**{messages.INIT: x0})
+        header[messages.INIT] = x0
     else:
         header |= {"sync": round_ - 1, "self-weight": 1.0}
-        arrays = messages.vector_record()
-    content = messages.train_content(config, header, arrays)
+    content = messages.train_content(config, header)
     return Message(content, node, MessageType.TRAIN, group_id=str(round_))
 
 
@@ -240,10 +239,8 @@ def set_model(x_of: Callable[[np.ndarray], np.ndarray]) -> Callable[[Message], N
     """A change to a reply that replaces its model x by `x_of(x)`."""
 
     def change(reply: Message) -> None:
-        x = messages.read_vector(reply, messages.MODEL)
-        reply.content.array_records[messages.ARRAYS] = messages.vector_record(
-            **{messages.MODEL: x_of(x)}
-        )
+        record = messages.reply_record(reply)
+        record[messages.MODEL] = messages.encode(x_of(messages.read_vector(record, messages.MODEL)))
 
     return change
 

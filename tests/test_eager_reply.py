@@ -85,11 +85,10 @@ def eager_message(node: int, round_: int, collect: int, x0: np.ndarray) -> Messa
 
 def reported(reply: Message) -> tuple[int, np.ndarray] | None:
     """(round, model) a reply reports, or None."""
-    if messages.ARRAYS not in reply.content.array_records:
+    record = messages.reply_record(reply)
+    if record is None:
         return None
-    return int(reply.content.metric_records[messages.METRICS]["round"]), messages.read_vector(
-        reply, messages.MODEL
-    )
+    return int(record["round"]), messages.read_vector(record, messages.MODEL)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, Context, Message, MessageType
+from flwr.app import Context, Message, MessageType
 
 from clients import messages
 from clients.client_app import app as client_app
@@ -62,36 +62,53 @@ def test_a_client_that_raises_is_left_out_of_its_round(algorithm: str) -> None:
         (set_model(lambda x: x.astype(np.float32)), "dtype float32"),
         (set_model(lambda x: np.empty(0)), "shape"),
         (
-            lambda reply: reply.content.array_records.__setitem__(
-                messages.ARRAYS, messages.vector_record()
-            ),
-            "arrays [], expected exactly ['x']",
+            lambda reply: messages.reply_record(reply).pop(messages.MODEL),
+            "no ['x'] entries in the reply",
         ),
         (
-            lambda reply: reply.content.array_records[messages.ARRAYS].__setitem__(
-                "extra", reply.content.array_records[messages.ARRAYS][messages.MODEL]
+            lambda reply: messages.reply_record(reply).__setitem__(
+                "extra", messages.reply_record(reply)[messages.MODEL]
             ),
-            "arrays ['extra', 'x']",
+            "entries ['extra'], which a reply does not have",
         ),
         (
-            lambda reply: reply.content.metric_records[messages.METRICS].__setitem__("round", 3),
+            lambda reply: messages.reply_record(reply).__setitem__("round", 3),
             "reply says round 3, the message was round 2",
         ),
         # a round that is never sent
         (
-            lambda reply: reply.content.metric_records[messages.METRICS].__setitem__(
-                "round", 10**6
-            ),
+            lambda reply: messages.reply_record(reply).__setitem__("round", 10**6),
             "reply says round 1000000, the message was round 2",
         ),
-        # far larger than the model: an extra array of 100 models (refused by its name,
-        # not decoded), or a model of 100x the entries (refused by its size before it is
-        # decoded; the coordinator's shape check would refuse it only once decoded)
         (
-            lambda reply: reply.content.array_records[messages.ARRAYS].__setitem__(
-                "extra", Array(np.zeros(100 * messages.read_vector(reply, messages.MODEL).size))
+            lambda reply: messages.reply_record(reply).__setitem__("train-loss", "low"),
+            "entries ['train-loss'] are not numbers",
+        ),
+        (
+            lambda reply: messages.reply_record(reply).__setitem__(messages.MODEL, b"not npy"),
+            "unreadable vector",
+        ),
+        # far larger than the model: an extra vector of 100 models (refused by its name,
+        # not decoded), a state array or a model of 100x the entries (refused by its size
+        # before it is decoded; the coordinator's shape check would refuse the model only
+        # once decoded)
+        (
+            lambda reply: messages.reply_record(reply).__setitem__(
+                "extra",
+                messages.encode(
+                    np.zeros(
+                        100
+                        * messages.read_vector(messages.reply_record(reply), messages.MODEL).size
+                    )
+                ),
             ),
-            "arrays ['extra', 'x'], expected exactly ['x']",
+            "entries ['extra'], which a reply does not have",
+        ),
+        (
+            lambda reply: messages.reply_record(reply).update(
+                messages.state_entries(2, 4, {"momentum": np.zeros(10**5)})
+            ),
+            "bytes, expected at most",
         ),
         (set_model(lambda x: np.tile(x, 100)), "bytes, expected at most"),
     ],
