@@ -32,7 +32,7 @@ from typing import Any
 
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError, RunFailed
-from simulations.engines import ENGINES
+from simulations.engines import ENGINE_CHOICES
 
 # Each command imports what it needs when it runs (torch, Flower, the data and plotting
 # libraries take seconds to import), so that `fedcoop --help` and `fedcoop analyze` start at
@@ -43,8 +43,9 @@ COMPARE_OPTIONS: dict[str, Any] = {
     "target": None,
     "out": None,
     "seeds": 1,
-    # the fastest engine that gives the Flower path's models (tests/test_equivalence.py)
-    "engine": "vectorized",
+    # the faster in-process engine for the config: the Flower path's models
+    # (tests/test_equivalence.py), without Ray
+    "engine": "auto",
     "quiet": False,
     "cpus-per-client": 1.0,
     "gpus-per-client": None,
@@ -177,7 +178,7 @@ def _analyze(args: argparse.Namespace) -> None:
 def _engine_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     """The engine options of run and compare; compare's default to None so that its
     [compare] table can set them."""
-    parser.add_argument("--engine", choices=ENGINES, default=defaults["engine"])
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default=defaults["engine"])
     parser.add_argument(
         "--quiet", action="store_true", default=defaults["quiet"], help="no per-round log"
     )

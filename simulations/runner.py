@@ -4,7 +4,8 @@
 deployment path. "inprocess" runs the same ClientApp through `InProcessGrid` in this process:
 no Ray start-up, so small sweeps and tests take seconds. "vectorized" is the in-process grid
 that runs each pull's train messages as one batch of the local rule (`VectorizedGrid`): the
-same models, the cohort's steps in one vmap. With `ray_address`, the simulation engine runs
+same models, the cohort's steps in one vmap; "auto" is the faster of the two in-process
+engines for the config (`fastest_engine`). With `ray_address`, the simulation engine runs
 on an existing Ray cluster (docs/clusters.md) instead of starting Ray in this process.
 """
 
@@ -17,8 +18,9 @@ import torch
 from clients.client_app import app as client_app
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError, RunFailed
+from fedcoop.training import default_device
 from simulations import results
-from simulations.engines import ENGINES
+from simulations.engines import AUTO, ENGINE_CHOICES
 from simulations.inprocess import InProcessGrid
 from simulations.vectorized import VectorizedGrid
 from strategies import server_app
@@ -26,6 +28,21 @@ from strategies.cooperative import RunResult
 
 #: the in-process engines, by name
 GRIDS = {"inprocess": InProcessGrid, "vectorized": VectorizedGrid}
+#: the models whose cohorts the vectorized engine runs faster than the in-process one on a
+#: CPU: small ones, whose steps are dominated by per-call overhead that one vmap over the
+#: cohort shares. For larger models a loop of per-worker calls is as fast or faster on a CPU
+#: (docs/engines-and-performance.md: the MLP about even, the CNN 1.3x against 0.95x the bare
+#: loop, benchmarks/gradient_floor.py); on a GPU the batch is where the gain is.
+VECTORIZED_ON_CPU = frozenset({"logreg", "linear"})
+LOG = logging.getLogger("flwr.fedcoop")
+
+
+def fastest_engine(config: RunConfig) -> str:
+    """The faster in-process engine for `config` here: vectorized on a GPU and for the
+    small models on a CPU, in-process otherwise (both give the Flower path's models)."""
+    if default_device().type == "cuda" or config.model in VECTORIZED_ON_CPU:
+        return "vectorized"
+    return "inprocess"
 
 
 def default_gpus_per_client() -> float:
@@ -35,8 +52,8 @@ def default_gpus_per_client() -> float:
 
 def check_engine(engine: str, ray_address: str | None = None) -> None:
     """Refuse an unknown engine, and a Ray address for an engine that does not use Ray."""
-    if engine not in ENGINES:
-        raise ConfigError("engine", engine, f"one of {', '.join(ENGINES)}")
+    if engine not in ENGINE_CHOICES:
+        raise ConfigError("engine", engine, f"one of {', '.join(ENGINE_CHOICES)}")
     if ray_address is None:
         return
     if engine != "simulation":
@@ -66,6 +83,9 @@ def run_config(
     if quiet:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     config, resumed = server_app.with_checkpoint(config)  # a resumed run keeps its node count
+    if engine == AUTO:
+        engine = fastest_engine(config)
+        LOG.info("fedcoop: engine %s (auto)", engine)
     if engine in GRIDS:
         grid = GRIDS[engine](client_app, config.num_clients, seed=config.seed)
         return server_app.run(grid, config, resumed, results)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedcoop.errors import RunFailed
 from simulations import cli
@@ -206,3 +207,46 @@ def test_compare_reads_seeds_from_its_toml_table(tmp_path: Path) -> None:
     (point,) = summary["grid-points"]
     assert point["n"] == 2 and sorted(point["seeds"]) == [3, 4]
     assert point["final-test-loss-std"] is not None
+
+
+@pytest.mark.parametrize(
+    ("model", "cuda", "engine"),
+    [
+        ("linear", False, "vectorized"),
+        ("logreg", False, "vectorized"),
+        ("cnn", False, "inprocess"),
+        ("mlp", False, "inprocess"),
+        ("cnn", True, "vectorized"),
+    ],
+)
+def test_auto_takes_the_faster_in_process_engine_for_the_model_and_device(
+    model: str, cuda: bool, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedcoop.config import RunConfig
+    from simulations import runner
+
+    device = torch.device("cuda" if cuda else "cpu")
+    monkeypatch.setattr(runner, "default_device", lambda: device)
+    assert runner.fastest_engine(RunConfig.from_mapping({"model": model})) == engine
+
+
+def test_compare_runs_on_auto_and_auto_runs_the_chosen_grid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`auto` is compare's default, and run_config builds the grid fastest_engine names."""
+    from simulations import runner
+
+    assert cli.COMPARE_OPTIONS["engine"] == "auto"
+    built: list[str] = []
+    for name, grid in runner.GRIDS.items():
+        monkeypatch.setitem(
+            runner.GRIDS,
+            name,
+            lambda *a, _name=name, _grid=grid, **k: built.append(_name) or _grid(*a, **k),
+        )
+    config = least_squares_config(num_clients=2, num_rounds=1)
+    monkeypatch.setattr(runner, "fastest_engine", lambda _: "inprocess")
+    auto = run_config(config, engine="auto", quiet=True)
+    assert built == ["inprocess"]
+    vectorized = run_config(config, engine="vectorized", quiet=True)
+    assert auto.rounds[-1]["test-loss"] == pytest.approx(vectorized.rounds[-1]["test-loss"])

@@ -30,6 +30,7 @@ from typing import Any
 from fedcoop.config import RunConfig
 from fedcoop.errors import RunFailed
 from simulations import compare
+from simulations.engines import AUTO
 from simulations.runner import run_config
 
 
@@ -124,7 +125,7 @@ def run_in_process(config: RunConfig) -> compare.RecordedRun:
     """Run one config (results-dir set) in this process; its run as read back from disk,
     a run that stopped early (every model NaN: it diverged) included, with its `failed`."""
     try:
-        result = run_config(config, engine="vectorized", quiet=True)
+        result = run_config(config, engine=AUTO, quiet=True)
     except RunFailed as failed:
         if failed.partial is None or failed.partial.directory is None:
             raise
