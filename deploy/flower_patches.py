@@ -59,20 +59,35 @@ class Backoff:
     submitted) thus polls about log(wait / fast) / log(factor) times rather than wait / fast
     times, and a message is picked up at most (factor - 1) x the time already waited (at
     most `cap`) after it arrived.
+
+    With `start_share`, the waits after a reset start at that share of the time the last
+    message took to come (between `fast` and `cap`): a device whose messages come a round
+    apart skips the fast polls early in each wait, and a message that comes sooner than
+    that share of the last wait is picked up at most that much later.
     """
 
-    def __init__(self, fast: float, cap: float, factor: float = 1.5) -> None:
+    def __init__(
+        self, fast: float, cap: float, factor: float = 1.5, start_share: float = 0.0
+    ) -> None:
         self.fast, self.cap, self.factor = fast, max(cap, fast), factor
-        self._wait = fast
+        self.start_share = start_share
+        self._wait, self._waited = fast, 0.0
 
     def next(self) -> float:
         """The wait before the next poll (this one came back empty)."""
         wait, self._wait = self._wait, min(self.cap, self._wait * self.factor)
+        self._waited += wait
         return wait
 
     def reset(self) -> None:
-        self._wait = self.fast
+        start = self.start_share * self._waited
+        self._wait, self._waited = min(self.cap, max(self.fast, start)), 0.0
 
+
+#: the share of its last wait for a message at which a SuperNode's polls start after a
+#: message: a quarter spares it about four of the seven polls a 1.3 s wait took from 0.05 s
+#: (1.5x each), and delays a message that comes sooner by at most a quarter of that wait
+IDLE_START_SHARE = 0.25
 
 #: the SuperNode loop's literal wait after an empty pull (flwr.supernode.start_client_internal)
 _SUPERNODE_IDLE_WAIT = 3
@@ -128,7 +143,11 @@ def shorten_supernode_waits(
     import flwr.supernode.fleet_http_connection as connection
     import flwr.supernode.start_client_internal as loop
 
-    idle = Backoff(poll_interval, poll_interval if idle_poll is None else idle_poll)
+    idle = Backoff(
+        poll_interval,
+        poll_interval if idle_poll is None else idle_poll,
+        start_share=IDLE_START_SHARE,
+    )
     notify = None if wake_port is None else wake(wake_port)
     pull = loop._pull_and_store_message
 

@@ -127,6 +127,24 @@ def test_backoff_grows_to_its_cap_and_resets() -> None:
     assert pace.next() == pytest.approx(0.1)
 
 
+def test_backoff_starts_at_its_share_of_the_last_wait() -> None:
+    """After a message that took 1.5 s to come, the polls start at a quarter of that; a
+    message that comes at once (the next reset) brings the start back to `fast`, and the
+    start never passes the cap."""
+    pace = flower_patches.Backoff(0.1, 1.0, factor=2.0, start_share=0.25)
+    assert [pace.next() for _ in range(4)] == pytest.approx([0.1, 0.2, 0.4, 0.8])
+    pace.reset()  # the message came after 1.5 s of waits
+    assert [pace.next() for _ in range(2)] == pytest.approx([0.375, 0.75])
+    pace.reset()  # after 1.125 s
+    assert pace.next() == pytest.approx(0.28125)
+    pace.reset()  # at the first poll: 0.28 s
+    assert pace.next() == pytest.approx(0.1)  # a quarter of 0.28 s is under `fast`
+    for _ in range(20):
+        pace.next()
+    pace.reset()  # after a long idle wait
+    assert pace.next() == pytest.approx(1.0)
+
+
 def test_supernode_backs_off_while_idle_and_wakes_its_clientapp_on_a_task(
     restored: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -142,8 +160,9 @@ def test_supernode_backs_off_while_idle_and_wakes_its_clientapp_on_a_task(
         if loop._pull_and_store_message() is None:
             loop.time.sleep(3)  # Flower's wait after an empty pull
     loop.time.sleep(0.5)  # Flower's wait for the ClientApp's reply: capped at poll-interval
-    # 1.5x per empty pull up to idle-poll; fast again after the message (run 7)
-    assert waits == pytest.approx([0.01, 0.015, 0.02, 0.01, 0.01])
+    # 1.5x per empty pull up to idle-poll; after the message (run 7), which took 0.045 s
+    # of waits to come, from a quarter of that
+    assert waits == pytest.approx([0.01, 0.015, 0.02, 0.01125, 0.01])
     monkeypatch.undo()  # the real time.sleep for select
     assert _wait(woken, 5.0) is True  # the wake-up of run 7's task had come
     assert _wait(woken, 0.01) is False  # drained: one wake-up per task
