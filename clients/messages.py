@@ -177,10 +177,14 @@ def read_state(record: Mapping[str, Any]) -> tuple[int, int, dict[str, np.ndarra
     ValueError if an array entry is not an array's .npy bytes."""
     if STATE_ROUND not in record:
         return None
+    try:
+        round_, steps = int(record[STATE_ROUND]), int(record[STATE_STEPS])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"a worker state without a whole round and step count: {exc!r}") from None
     arrays = {
         k[len(STATE_PREFIX) :]: decode(v) for k, v in record.items() if k.startswith(STATE_PREFIX)
     }
-    return int(record[STATE_ROUND]), int(record[STATE_STEPS]), arrays
+    return round_, steps, arrays
 
 
 def vector_bytes(message: Message) -> int:

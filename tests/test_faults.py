@@ -88,6 +88,10 @@ def test_a_client_that_raises_is_left_out_of_its_round(algorithm: str) -> None:
             lambda reply: messages.reply_record(reply).__setitem__(messages.MODEL, b"not npy"),
             "unreadable vector",
         ),
+        (
+            lambda reply: messages.reply_record(reply).__setitem__(messages.STATE_ROUND, 2),
+            "a worker state without a whole round and step count",
+        ),
         # far larger than the model: an extra vector of 100 models (refused by its name,
         # not decoded), a state array or a model of 100x the entries (refused by its size
         # before it is decoded; the coordinator's shape check would refuse the model only
