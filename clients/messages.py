@@ -39,6 +39,8 @@ REPLY = "reply"
 METRICS = "metrics"
 #: vector entries: the initial model, the mix payload, a worker's model
 INIT, MIX, MODEL = "init", "mix", "x"
+#: the vectors that are the algorithm's traffic (a worker state's are a checkpoint's)
+TRAFFIC_VECTORS = frozenset({INIT, MIX, MODEL})
 #: the entries of a worker state: its round and step count, and each array as STATE_PREFIX
 #: + its name
 STATE_ROUND, STATE_STEPS, STATE_PREFIX = "state-round", "state-steps", "state:"
@@ -85,7 +87,7 @@ def decode(data: Any) -> np.ndarray:
 
 def is_vector(key: str) -> bool:
     """Whether a record's entry `key` is a vector (and so no run config or metric)."""
-    return key in (INIT, MIX, MODEL) or key.startswith(STATE_PREFIX)
+    return key in TRAFFIC_VECTORS or key.startswith(STATE_PREFIX)
 
 
 def _entries(named: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,7 +196,7 @@ def vector_bytes(message: Message) -> int:
         len(v)
         for record in message.content.config_records.values()
         for k, v in record.items()
-        if k in (INIT, MIX, MODEL)
+        if k in TRAFFIC_VECTORS
     )
 
 

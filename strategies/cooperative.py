@@ -510,12 +510,11 @@ class CooperativeStrategy:
         worker_of = {node: i for i, node in enumerate(node_of)}
         for reply in replies:
             i = worker_of[reply.metadata.src_node_id]
+            problem = "no state"
             try:
                 state = messages.read_state(messages.reply_record(reply) or {})
             except ValueError as exc:
                 state, problem = None, str(exc)
-            else:
-                problem = "no state"
             if state is None:  # taken as missing below
                 LOG.warning("fedcoop: worker %d's reply to the state query: %s", i, problem)
                 continue
