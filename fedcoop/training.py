@@ -7,12 +7,14 @@ The local rule over such vectors is `fedcoop.local_rule`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fedcoop.data import ArrayDataset
+from fedcoop.errors import ConfigError
 
 
 def _entries(model: nn.Module) -> list[torch.Tensor]:
@@ -38,9 +40,30 @@ def load_model_vector(model: nn.Module, vec: torch.Tensor) -> None:
         offset += t.numel()
 
 
+#: The environment variable that picks the device workers and the server's evaluation run on
+#: (a torch device string: "cpu", "cuda", "cuda:1"), e.g. the CPU on a machine with a GPU.
+DEVICE_VARIABLE = "FEDCOOP_DEVICE"
+
+
 def default_device() -> torch.device:
-    """CUDA when there is a GPU, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`FEDCOOP_DEVICE` when it is set, else CUDA when there is a GPU, else the CPU."""
+    name = os.environ.get(DEVICE_VARIABLE, "").strip()
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(
+            DEVICE_VARIABLE, name, "a torch device: cpu, cuda or cuda:<index>"
+        ) from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(DEVICE_VARIABLE, name, "cpu: this machine has no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(DEVICE_VARIABLE, name, "cpu, cuda or cuda:<index>")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(DEVICE_VARIABLE, name, f"cuda:0 to cuda:{count - 1} on this machine")
+    return device
 
 
 def loss_function(dataset: ArrayDataset) -> nn.Module:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fedcoop.config import RunConfig
+from fedcoop.training import default_device
 from strategies.cooperative import RunResult
 
 
@@ -62,7 +63,7 @@ def write_results(result: RunResult, path: Path) -> Path:
             "flwr": flwr.__version__,
             "torch": torch.__version__,
             "numpy": np.__version__,
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "device": str(default_device()),
         },
     }
     (path / "config.json").write_text(json.dumps(config, indent=2))

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from clients.client_app import app as client_app
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError, RunFailed
@@ -47,7 +45,7 @@ def fastest_engine(config: RunConfig) -> str:
 
 def default_gpus_per_client() -> float:
     """A quarter GPU per simulated client when there is a GPU, so four clients share one."""
-    return 0.25 if torch.cuda.is_available() else 0.0
+    return 0.25 if default_device().type == "cuda" else 0.0
 
 
 def check_engine(engine: str, ray_address: str | None = None) -> None:

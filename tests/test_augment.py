@@ -90,6 +90,7 @@ def test_batch_of_one() -> None:
     assert len(match(out[0], image[0], padding=4)) == 1
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_same_result_on_the_gpu() -> None:
     x = torch.randn(64, 3, 32, 32)

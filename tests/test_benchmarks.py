@@ -4,6 +4,7 @@ subprocess (the way they are run); their figures are never asserted, only parsed
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,31 @@ def test_the_deployment_sweep_reports_overhead_idle_cpu_and_rss_and_stops_its_pr
         assert figures["idle-cpu"]["clientapp"][1] < 10
     assert "| 3 |" in done.stdout  # the table's row
     assert _bench_processes() == []  # every process it started is stopped
+
+
+def _gpu_check(*args: str, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+
+
+def test_the_gpu_check_refuses_an_unknown_option(tmp_path: Path) -> None:
+    done = _gpu_check("--fast", out=tmp_path)
+    assert done.returncode == 2 and "usage:" in done.stderr
+
+
+@pytest.mark.slow  # every stage at smoke size: about a minute
+def test_the_gpu_checks_dry_run_passes_every_stage_and_writes_one_report(tmp_path: Path) -> None:
+    done = _gpu_check("--dry-run", out=tmp_path)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    report = (tmp_path / "gpu-check.txt").read_text()
+    stages = ["install", "environment", "gpu-tests", "overhead", "scale-50", "scale-1000"]
+    assert [s for s in stages if f"## {s}: rc 0 in" in report] == stages
+    assert "overhead-ratio vectorized" in report and "peak-rss-mib inprocess" in report
+    assert report.rstrip().splitlines()[-1].startswith("## failed stages: 0")

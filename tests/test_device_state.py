@@ -21,7 +21,7 @@ from fedcoop.config import RunConfig
 from simulations.inprocess import InProcessGrid
 from strategies.cooperative import RunResult
 from strategies.server_app import run
-from tests.conftest import least_squares_config, round_of
+from tests.conftest import assert_replayed, least_squares_config, round_of
 
 RESTARTED = 1
 AT_ROUND = 3
@@ -73,7 +73,7 @@ def test_a_restarted_node_resumes_from_its_state_file(tmp_path: Path) -> None:
     restarted = run_on(InProcessGrid(restarting(RESTARTED, AT_ROUND), 3), tmp_path / "b")
     assert restarted.events == []
     assert restarted.workers is not None and uninterrupted.workers is not None
-    np.testing.assert_array_equal(restarted.workers, uninterrupted.workers)
+    assert_replayed(restarted.workers, uninterrupted.workers)
 
 
 def test_without_a_state_dir_a_restarted_node_fails_its_round_and_rejoins(

@@ -38,6 +38,8 @@ from tests.conftest import (
     tamper,
 )
 
+pytestmark = pytest.mark.cross_path
+
 
 @pytest.mark.parametrize("algorithm", ["local-sgd", "overlap", "dpsgd"])
 def test_a_client_that_raises_is_left_out_of_its_round(algorithm: str) -> None:

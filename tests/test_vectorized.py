@@ -1,10 +1,12 @@
 """The vectorized engine: the Flower path's models, the cohort's local steps as one batch.
 
 tests/test_equivalence.py runs every algorithm on it against the matrix rule (least squares,
-float64, 1e-6). Here: the train messages of a round really arrive as one batch; the image
-models give the in-process Flower path's per-round losses in float32 (relative 1e-5: the
-batched kernels round differently in the last bits, nothing else differs); and a NaN worker
-is rejected as on the Flower path (tests/test_checkpoint.py crashes and resumes a run on it).
+float64). Here: the train messages of a round really arrive as one batch; the image models
+give the in-process Flower path's per-round losses and models in float32, and a batch of
+workers ends where each worker alone ends, to the float rule of two code paths
+(docs/testing.md#comparing-floats: the batched kernels may sum in another order, nothing
+else differs); and a NaN worker is rejected as on the Flower path (tests/test_checkpoint.py
+crashes and resumes a run on it).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from simulations.inprocess import InProcessGrid
 from simulations.vectorized import VectorizedGrid
 from strategies.server_app import run
 from tests.conftest import (
+    PATH_RTOL,
     TIMINGS,
     assert_matches_reference,
+    assert_paths_agree,
     least_squares_config,
     misbehaving,
     round_of,
@@ -36,7 +40,8 @@ from tests.conftest import (
     tamper,
 )
 
-FLOAT32_RTOL = 1e-5
+pytestmark = pytest.mark.cross_path
+FLOAT32_RTOL = PATH_RTOL[np.dtype(np.float32)]
 
 
 def recording(sizes: list[int]) -> client_module.TrainMany:
@@ -83,7 +88,7 @@ def test_image_models_give_the_flower_paths_losses(model: str) -> None:
         assert a.keys() == b.keys()
         for key in a.keys() - TIMINGS:
             assert b[key] == pytest.approx(a[key], rel=FLOAT32_RTOL, abs=1e-7), key
-    np.testing.assert_allclose(vectorized.workers, flower.workers, rtol=0, atol=1e-5)
+    assert_paths_agree(vectorized.workers, flower.workers)
     assert flower.rounds[-1]["train-loss"] < flower.rounds[0]["train-loss"]
 
 
@@ -115,7 +120,7 @@ def test_a_nan_worker_is_rejected_and_the_rest_follow_the_matrix_rule(algorithm:
     assert [row["rejected"] for row in result.rounds] == [0, 1, 0, 0]
     assert_matches_reference(config, result)
     flower = InProcessGrid(misbehaving(1, [2], tamper(NAN)), config.num_clients)
-    np.testing.assert_allclose(result.workers, run(flower, config).workers, rtol=0, atol=1e-12)
+    assert_paths_agree(result.workers, run(flower, config).workers)
 
 
 def test_a_model_with_batchnorm_trains_each_worker_on_its_own_statistics() -> None:
@@ -147,7 +152,7 @@ def test_a_model_with_batchnorm_trains_each_worker_on_its_own_statistics() -> No
     for i, shard in enumerate(shards):
         alone = rule.worker(shard, x0)
         rule.run([alone], 3, UpdateRule.MIX_AFTER_STEP, [generators()[i]])
-        np.testing.assert_allclose(together[i].x, alone.x, rtol=0, atol=1e-12)
+        assert_paths_agree(together[i].x, alone.x)
     # the running means (after the first layer's 15 entries and BatchNorm's weight and
     # bias) moved from their initial zeros, differently per worker
     names = [k for k, t in model.state_dict().items() if t.is_floating_point()]
@@ -181,4 +186,4 @@ def test_workers_whose_shards_differ_in_size_train_in_one_batch_as_alone() -> No
     for i, shard in enumerate(shards):
         alone = rule.worker(shard, x0)
         rule.run([alone], 5, UpdateRule.MIX_AFTER_STEP, [torch.Generator().manual_seed(i)])
-        np.testing.assert_array_equal(together[i].x, alone.x)
+        assert_paths_agree(together[i].x, alone.x)
