@@ -1,7 +1,7 @@
 """Deploy fedcoop on real devices: one SuperLink, one SuperNode per worker, TLS and node auth.
 
-``python -m deploy <command>`` (``fedcoop deploy <command>``) scripts the steps of Flower
-1.41's deployment runtime so that a run moves from ``flwr run .`` in simulation to devices
+``python -m deploy <command>`` (``fedcoop deploy <command>``) scripts the steps of Flower's
+deployment runtime (1.41 and 1.42) so that a run moves from ``flwr run .`` in simulation to devices
 with the same app and run config: ``certs`` (a CA and a SuperLink certificate), ``keys``
 (SuperNode auth key pairs), ``superlink``, ``register`` (node public keys), ``supernode``,
 ``submit`` (``flwr run`` against the SuperLink), ``logs`` and ``stop``.
@@ -11,7 +11,7 @@ in the state directory, so ``stop`` can end exactly them and their children.
 
 Why a SuperNode here is two processes: with Flower's default ``--isolation subprocess`` each
 message starts a fresh ``flwr-clientapp`` that imports torch and rebuilds the worker (seconds
-per message), and Flower 1.41's ``flwr-clientapp`` serves one task and exits, so it cannot be
+per message), and Flower's ``flwr-clientapp`` serves one task and exits, so it cannot be
 kept alive. ``supernode`` therefore starts the SuperNode with ``--isolation process`` plus
 ``clientapp``, a long-lived process that takes the SuperNode's tasks off its Runtime API and
 runs the ClientApp in-process, as ``flwr-clientapp`` does, but for every message. The
@@ -29,7 +29,7 @@ or ``strategies`` imports it.
 Modules: ``credentials`` (CA, SuperLink certificate, node keys, SuperExec secrets),
 ``processes`` (start, find and stop background processes), ``commands`` (the command lines
 of the SuperLink, SuperNodes and ServerApp), ``flower_patches`` (the Flower waits and app
-hand-over changed at run time, for Flower 1.41 only), ``clientapp_server`` (the long-lived
+hand-over changed at run time, for Flower 1.41 and 1.42 only), ``clientapp_server`` (the long-lived
 ClientApp), ``flwr_cli`` (the flwr CLI's connection to the SuperLink) and ``cli`` (the
 commands).
 """

@@ -1,7 +1,7 @@
-"""Flower 1.41 waits, app hand-over and one message leak changed at run time, for Flower 1.41
-only.
+"""Flower 1.41 and 1.42 waits, app hand-over and one message leak changed at run time, for
+those releases only.
 
-Flower 1.41 has no option for any of them: `flower-supernode` has flags for its connection
+Flower 1.41 and 1.42 have no option for any of them: `flower-supernode` has flags for its connection
 retries but none for its idle waits or heartbeat, `flwr-serverapp` only takes addresses,
 the SuperNode loop (flwr.supernode.start_client_internal) sleeps a literal 3 s and 0.5 s,
 the heartbeat interval is the constant flwr.common.constant.HEARTBEAT_DEFAULT_INTERVAL, the
@@ -14,7 +14,11 @@ pending with no content (`drop_messages_of_stopped_runs`), and every request to 
 SuperLink passes nine middleware layers, most of which act on one API's paths only
 (`skip_middleware_off_its_paths`). So each patch replaces the
 attribute a Flower module looks these up by, in the one process that calls it, and refuses
-on a Flower other than 1.41.x, whose internals it was not written for"""
+on a Flower other than 1.41.x or 1.42.x, whose internals it was not written for. The two
+releases differ here only in their middleware (1.42 dropped the runtime tracing layer:
+`path_scoped_middleware`); tests/test_flower_patches.py holds a digest of each patched Flower
+module per release and fails when the installed one differs, so a new release is read before
+it is added to `SUPPORTED_FLOWER`."""
 
 from __future__ import annotations
 
@@ -25,25 +29,41 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-#: the Flower release (major.minor) whose internals these patches were written against
-SUPPORTED_FLOWER = "1.41"
+#: the Flower releases (major.minor) whose internals these patches were written against
+SUPPORTED_FLOWER = ("1.41", "1.42")
 
 
 class UnsupportedFlowerError(RuntimeError):
     """The installed Flower is not the one the patches were written for."""
 
 
-def check_flower_version() -> None:
-    """Raise UnsupportedFlowerError unless the installed Flower is 1.41.x."""
+def flower_release() -> str:
+    """The installed Flower's major.minor ("1.42")."""
     import flwr
 
-    installed = flwr.__version__
-    if installed.split(".")[:2] != SUPPORTED_FLOWER.split("."):
+    return ".".join(flwr.__version__.split(".")[:2])
+
+
+def check_flower_version() -> str:
+    """The installed Flower's release; UnsupportedFlowerError unless it is one of
+    `SUPPORTED_FLOWER`."""
+    import flwr
+
+    release = flower_release()
+    if release not in SUPPORTED_FLOWER:
+        supported = " or ".join(f"{r}.x" for r in SUPPORTED_FLOWER)
         raise UnsupportedFlowerError(
-            f"deploy.flower_patches shortens Flower internals as Flower {SUPPORTED_FLOWER}.x "
-            f"has them, but flwr {installed} is installed: install flwr=={SUPPORTED_FLOWER}.*, "
+            f"deploy.flower_patches shortens Flower internals as Flower {supported} has them, "
+            f"but flwr {flwr.__version__} is installed: install "
+            f"'flwr>={SUPPORTED_FLOWER[0]},<{_next_minor(SUPPORTED_FLOWER[-1])}', "
             "or check each patch against the installed Flower's source first"
         )
+    return release
+
+
+def _next_minor(release: str) -> str:
+    major, minor = release.split(".")
+    return f"{major}.{int(minor) + 1}"
 
 
 def _backoff(poll_interval: float) -> dict[str, float]:
@@ -129,7 +149,7 @@ def shorten_supernode_waits(
     to `idle_poll` while none comes, its other waits are capped at `poll_interval`, its
     heartbeat interval is set, and each task it creates wakes the ClientApp on `wake_port`.
 
-    Flower 1.41's SuperNode loop sleeps a literal 3 s after every empty pull, 0.5 s between
+    Flower's SuperNode loop sleeps a literal 3 s after every empty pull, 0.5 s between
     checks for the ClientApp's reply, and backs off 1 s when it asks for a message's content
     before the server has finished pushing it (flwr.supernode.start_client_internal); each
     adds seconds to a round, while fixed fast polling by every SuperNode loads the SuperLink
@@ -176,7 +196,7 @@ def drop_messages_of_stopped_runs() -> None:
     """The SuperNode drops a message whose run stops while it pulls the message's content,
     and fails the task it created for it, as it does when such a pull fails otherwise.
 
-    Flower 1.41's SuperNode loop (flwr.supernode.start_client_internal
+    Flower's SuperNode loop (flwr.supernode.start_client_internal
     `_pull_and_store_message`) creates the message's task and stores the message before it
     pulls the content. A pull that fails (`except Exception`) deletes the message and fails
     the task, but one refused because the run is no longer running raises
@@ -208,7 +228,7 @@ def omit_installed_app_content() -> None:
     in this FLWR_HOME, which its long-lived ClientApp (deploy.clientapp_server, started with
     the same FLWR_HOME) then loads from there.
 
-    Flower 1.41's Runtime API sends the whole FAB with every task
+    Flower's Runtime API sends the whole FAB with every task
     (flwr.supernode.servicer.runtime.runtime_handlers.pull_task_input): 2.6 MB here, with
     the embedded MNIST, serialised, sent and parsed for every message although the ClientApp
     installs it once. Flower's own install (flwr.cli.install.install_from_fab) also takes an
@@ -288,11 +308,10 @@ def shorten_task_input_retries(poll_interval: float) -> None:
     )
 
 
-#: Flower 1.41's HTTP middleware that acts on one API's paths only, by module and class name,
-#: with those paths' prefix: each tests the path first and otherwise only calls on
-#: (flwr.superlink.routers.control.middlewares, flwr.superlink.routers.fleet). The runtime
-#: tracing middleware acts only with FLWR_TRACING_ENABLED=1 (flwr.supercore.routers.runtime),
-#: the event log middleware only with an event log plugin, which only the SuperLink's
+#: Flower's HTTP middleware that acts on one API's paths only, by module and class name, with
+#: those paths' prefix: each tests the path first and otherwise only calls on
+#: (flwr.superlink.routers.control.middlewares, flwr.superlink.routers.fleet). The event log
+#: middleware acts only with an event log plugin, which only the SuperLink's
 #: `--enable-event-log` loads (flwr.superlink.cli.flower_superlink; a flag of Flower's
 #: enterprise extensions, not of the open-source SuperLink).
 _PATH_SCOPED_MIDDLEWARE = {
@@ -303,10 +322,24 @@ _PATH_SCOPED_MIDDLEWARE = {
         "ControlEventLogMiddleware": "/v1/control/",
         "NodeAuthMiddleware": "/v1/fleet/",
         "FleetEventLogMiddleware": "/v1/fleet/",
-        "RuntimeTracingMiddleware": "/v1/runtime/",
     },
-    "flwr.supernode.main": {"RuntimeTracingMiddleware": "/v1/runtime/"},
+    "flwr.supernode.main": {},
 }
+#: Flower 1.41 also has the runtime tracing middleware on both apps, which acts only with
+#: FLWR_TRACING_ENABLED=1 (flwr.supercore.routers.runtime); 1.42 dropped it
+_TRACING_MIDDLEWARE = {"RuntimeTracingMiddleware": "/v1/runtime/"}
+_MIDDLEWARE_BY_RELEASE = {
+    "1.41": {
+        name: {**table, **_TRACING_MIDDLEWARE} for name, table in _PATH_SCOPED_MIDDLEWARE.items()
+    },
+    "1.42": _PATH_SCOPED_MIDDLEWARE,
+}
+
+
+def path_scoped_middleware(module_name: str, release: str | None = None) -> dict[str, str]:
+    """The path-scoped middleware classes of `module_name`'s app in Flower `release` (the
+    installed one by default), by class name, with the path prefix each acts on."""
+    return _MIDDLEWARE_BY_RELEASE[release or check_flower_version()][module_name]
 
 
 def only_under(prefix: str | None, middleware: type) -> type:
@@ -347,10 +380,10 @@ def skip_middleware_off_its_paths(module_name: str, *, event_log: bool = False) 
     import importlib
     import os
 
-    check_flower_version()
+    release = check_flower_version()
     module = importlib.import_module(module_name)
     tracing = os.getenv("FLWR_TRACING_ENABLED") == "1"
-    for name, prefix in _PATH_SCOPED_MIDDLEWARE[module_name].items():
+    for name, prefix in path_scoped_middleware(module_name, release).items():
         if (name == "RuntimeTracingMiddleware" and not tracing) or (
             name in _EVENT_LOG_MIDDLEWARE and not event_log
         ):

@@ -37,6 +37,8 @@ from tests.conftest import (
     x0_of,
 )
 
+pytestmark = pytest.mark.flower
+
 # --- too few nodes -----------------------------------------------------------------------
 
 

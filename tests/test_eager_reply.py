@@ -38,6 +38,8 @@ from tests.conftest import (
     x0_of,
 )
 
+pytestmark = pytest.mark.flower
+
 CASES = {
     "overlap": dict(algorithm="overlap", tau=2),
     "overlap-momentum": dict(algorithm="overlap", tau=1, momentum=0.9, nesterov=True),

@@ -26,7 +26,7 @@ from tests.conftest import (
     run_in_process,
 )
 
-pytestmark = pytest.mark.cross_path
+pytestmark = [pytest.mark.cross_path, pytest.mark.flower]
 
 CASES = {
     "sync": dict(algorithm="sync"),

@@ -38,7 +38,7 @@ from tests.conftest import (
     tamper,
 )
 
-pytestmark = pytest.mark.cross_path
+pytestmark = [pytest.mark.cross_path, pytest.mark.flower]
 
 
 @pytest.mark.parametrize("algorithm", ["local-sgd", "overlap", "dpsgd"])

@@ -35,6 +35,8 @@ from deploy import flower_patches
 from deploy.clientapp_server import _wait, _wake_socket, task_retry_invoker
 from deploy.flower_patches import UnsupportedFlowerError
 
+pytestmark = pytest.mark.flower
+
 #: every Flower attribute a patch replaces, as (module, name)
 PATCHED = [
     (connection, "HEARTBEAT_DEFAULT_INTERVAL"),
@@ -48,10 +50,10 @@ PATCHED = [
     (runtime, "pull_and_inflate_object_from_tree"),
     (runtime_handlers, "pull_task_input"),
     *(
-        (superlink_app, name)
-        for name in flower_patches._PATH_SCOPED_MIDDLEWARE[superlink_app.__name__]
+        (app, name)
+        for app in (superlink_app, supernode_app)
+        for name in flower_patches.path_scoped_middleware(app.__name__)
     ),
-    (supernode_app, "RuntimeTracingMiddleware"),
 ]
 
 PATCHES = [
@@ -72,7 +74,7 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(module, name, getattr(module, name))
 
 
-@pytest.mark.parametrize("version", ["1.42.0", "2.0.0", "1.4.1"])
+@pytest.mark.parametrize("version", ["1.43.0", "1.40.2", "2.0.0", "1.4.1"])
 @pytest.mark.parametrize(
     "patch",
     PATCHES,
@@ -86,14 +88,18 @@ def test_every_patch_refuses_another_flower_and_changes_nothing(
     with pytest.raises(UnsupportedFlowerError) as refused:
         patch()
     assert f"flwr {version} is installed" in str(refused.value)
-    assert "Flower 1.41.x" in str(refused.value)
+    assert "Flower 1.41.x or 1.42.x" in str(refused.value)
+    assert "'flwr>=1.41,<1.43'" in str(refused.value)
     after = {(module, name): getattr(module, name) for module, name in PATCHED}
     assert after == before
 
 
-def test_a_patch_release_of_1_41_is_supported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(flwr, "__version__", "1.41.3")
-    flower_patches.check_flower_version()
+@pytest.mark.parametrize(("version", "release"), [("1.41.3", "1.41"), ("1.42.1", "1.42")])
+def test_a_patch_release_of_a_supported_flower_is_supported(
+    monkeypatch: pytest.MonkeyPatch, version: str, release: str
+) -> None:
+    monkeypatch.setattr(flwr, "__version__", version)
+    assert flower_patches.check_flower_version() == release
 
 
 def test_supernode_waits_are_capped_and_its_heartbeat_set(restored: None) -> None:
@@ -362,7 +368,7 @@ def test_the_superlink_keeps_every_middleware_in_order_scoped_to_its_paths(
     before = [m.cls for m in superlink_app._get_middleware()]
     flower_patches.skip_middleware_off_its_paths(superlink_app.__name__, event_log=event_log)
     after = superlink_app._get_middleware()
-    scoped = flower_patches._PATH_SCOPED_MIDDLEWARE[superlink_app.__name__]
+    scoped = flower_patches.path_scoped_middleware(superlink_app.__name__)
     assert len(after) == len(before)
     for original, layer in zip(before, after, strict=True):
         if original.__name__ in scoped:
@@ -377,3 +383,62 @@ def test_the_superlink_keeps_every_middleware_in_order_scoped_to_its_paths(
             assert layer.cls is original
     # every scoped name is a layer of Flower's stack (none is a stale name)
     assert sum(layer.cls.__name__.startswith("OnlyUnder") for layer in after) == len(scoped)
+
+
+# --- canaries: the Flower source each patch was written against ---------------------------
+
+#: sha256 (first 16 hex digits) of every Flower module a patch replaces an attribute of or
+#: reads, per supported release: a patch release that changes one fails here, so that the
+#: patch is read against the new source before the digest is updated
+_SAME_IN_BOTH = {
+    "flwr.supernode.start_client_internal": "d6342f743fdf768f",
+    "flwr.supercore.heartbeat": "5eee250956e13a9b",
+    "flwr.supernode.fleet_http_connection": "8b90826f407ab5d3",
+    "flwr.supernode.servicer.runtime.runtime_handlers": "841b531c097871ea",
+    "flwr.superlink.grid.http_grid": "0c33918af5016310",
+    "flwr.supernode.runtime.run_clientapp": "fa6612aaeda9cd39",
+    "flwr.supercore.run": "9d03b51229f1f386",
+}
+PATCHED_SOURCES = {
+    "1.41": {
+        **_SAME_IN_BOTH,
+        "flwr.superlink.main": "3e94714b6f1433fd",
+        "flwr.supernode.main": "cad7e371678f766c",
+    },
+    "1.42": {  # the runtime tracing middleware dropped from both apps
+        **_SAME_IN_BOTH,
+        "flwr.superlink.main": "500f01979e167243",
+        "flwr.supernode.main": "cc2513314fc8a300",
+    },
+}
+
+
+def test_every_supported_release_has_its_digests() -> None:
+    assert set(PATCHED_SOURCES) == set(flower_patches.SUPPORTED_FLOWER)
+
+
+@pytest.mark.parametrize("module_name", list(PATCHED_SOURCES["1.41"]))
+def test_the_patched_flower_source_is_the_one_the_patches_were_written_against(
+    module_name: str,
+) -> None:
+    import hashlib
+    import importlib
+
+    release = flower_patches.check_flower_version()
+    path = importlib.import_module(module_name).__file__
+    with open(path, "rb") as source:
+        digest = hashlib.sha256(source.read()).hexdigest()[:16]
+    assert digest == PATCHED_SOURCES[release][module_name], (
+        f"{path} of flwr {flwr.__version__} differs from the {release} source that "
+        "deploy.flower_patches was written against: read the patches against it"
+    )
+
+
+def test_the_supernode_loop_still_waits_the_literal_the_patch_recognises() -> None:
+    """_SuperNodeClock tells the idle wait from the others by its literal 3 s."""
+    import inspect
+
+    source = inspect.getsource(loop)
+    wait = flower_patches._SUPERNODE_IDLE_WAIT
+    assert source.count(f"time.sleep({wait})") == 1
+    assert all(f"time.sleep({s})" not in source for s in range(1, 10) if s != wait)

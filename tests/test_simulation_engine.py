@@ -16,6 +16,8 @@ from strategies.cooperative import RunResult
 from strategies.server_app import make_server_app
 from tests.conftest import assert_follows_rule, least_squares_config, reference_final
 
+pytestmark = pytest.mark.flower
+
 
 @pytest.mark.parametrize(
     "changes",
