@@ -67,6 +67,22 @@ def least_squares_config(**changes: object) -> RunConfig:
     return RunConfig.from_mapping({**LEAST_SQUARES, **changes})
 
 
+def image_overlap_config(model: str) -> RunConfig:
+    """A short overlap run of an image model on the embedded MNIST (4 clients, 2 rounds of
+    tau 2, momentum): the engines' and devices' float32 comparison."""
+    return RunConfig.from_mapping(
+        {
+            "model": model,
+            "algorithm": "overlap",
+            "num-clients": 4,
+            "num-rounds": 2,
+            "tau": 2,
+            "momentum": 0.9,
+            "results-dir": "",
+        }
+    )
+
+
 #: The tiny least-squares run, in config keys, that property tests run accepted configs with.
 TINY = {"dataset": "least-squares", "model": "linear", "batch-size": 0, "results-dir": ""}
 #: Parameter names by which a user matrix (matrix-file) is refused: W, W[i, j], zeta(W), ...

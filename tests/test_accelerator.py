@@ -38,6 +38,7 @@ from tests.conftest import (
     TIMINGS,
     assert_follows_rule,
     assert_paths_agree,
+    image_overlap_config,
     least_squares_config,
     reference_final,
 )
@@ -172,17 +173,7 @@ def test_float32_runs_on_the_accelerator_equal_the_cpus(
 def test_the_vectorized_engine_on_the_accelerator_gives_the_flower_paths_models(
     accelerator: torch.device, on_device: object, model: str
 ) -> None:
-    config = RunConfig.from_mapping(
-        {
-            "model": model,
-            "algorithm": "overlap",
-            "num-clients": 4,
-            "num-rounds": 2,
-            "tau": 2,
-            "momentum": 0.9,
-            "results-dir": "",
-        }
-    )
+    config = image_overlap_config(model)
     on_device(accelerator)
     flower = run(InProcessGrid(client_app, 4), config)
     vectorized = run(VectorizedGrid(client_app, 4), config)

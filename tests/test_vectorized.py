@@ -20,7 +20,6 @@ from flwr.app import Context, Message
 
 from clients import client_app as client_module
 from clients.client_app import app as client_app
-from fedcoop.config import RunConfig
 from fedcoop.cooperative import UpdateRule
 from fedcoop.data import ArrayDataset
 from fedcoop.local_rule import LocalRule
@@ -33,6 +32,7 @@ from tests.conftest import (
     TIMINGS,
     assert_matches_reference,
     assert_paths_agree,
+    image_overlap_config,
     least_squares_config,
     misbehaving,
     round_of,
@@ -70,17 +70,7 @@ def test_a_rounds_train_messages_run_as_one_batch(
 
 @pytest.mark.parametrize("model", ["cnn", "mlp"])
 def test_image_models_give_the_flower_paths_losses(model: str) -> None:
-    config = RunConfig.from_mapping(
-        {
-            "model": model,
-            "algorithm": "overlap",
-            "num-clients": 4,
-            "num-rounds": 2,
-            "tau": 2,
-            "momentum": 0.9,
-            "results-dir": "",
-        }
-    )
+    config = image_overlap_config(model)
     flower = run(InProcessGrid(client_app, 4), config)
     vectorized = run(VectorizedGrid(client_app, 4), config)
     assert len(flower.rounds) == len(vectorized.rounds) == 2
