@@ -11,11 +11,8 @@ to the device after every round, so that a SuperNode that dies and restarts mid-
 empty context.state) resumes from its own last round.
 
 With `eager-reply`, a message's reply carries the model of the round the worker ran since
-the previous message, and the new round's local steps run after the reply: in a background
-thread where the process outlives messages (node config ``background-steps=true``, which
-the deploy helper sets), so that the link carries the reply and the next message while the
-worker computes; elsewhere (Flower's simulation engine, where the next message may reach
-another process) before the reply, with the same result.
+the previous message, and the new round's local steps run after it (`clients.eager`, whose
+`BackgroundSteps` this module's `BACKGROUND` owns).
 """
 
 from __future__ import annotations
@@ -23,19 +20,18 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import messages, worker_state
-from clients.worker_state import FAILURE, STATE_ARRAYS, STATE_META
+from clients import eager, messages, worker_state
+from clients.worker_state import FAILURE
 from fedcoop import workload
 from fedcoop.config import RunConfig
 from fedcoop.cooperative import ClientRule, UpdateRule
@@ -44,23 +40,9 @@ from fedcoop.local_rule import LocalRule, WorkerState
 LOG = logging.getLogger("flwr.fedcoop")
 
 
-@dataclass
-class _Steps:
-    """A round's local steps running in the background (eager replies)."""
-
-    round: int
-    worker: WorkerState
-    config: RunConfig
-    keep_snapshot: bool
-    #: (mean training loss, seconds) of the steps
-    outcome: Future[tuple[float, float]]
-
-
-#: the background steps of each node (run id, node id) of this process, until collected
-_BACKGROUND: OrderedDict[tuple[int, int], _Steps] = OrderedDict()
-_EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fedcoop-steps")
-
 app = ClientApp()
+#: the local steps that run after their reply (eager replies, node config background-steps)
+BACKGROUND = eager.BackgroundSteps()
 
 
 @app.query()
@@ -136,7 +118,7 @@ def query_state(msg: Message, context: Context) -> Message:
     """This worker's whole state, for the server's checkpoint."""
     _settle_background(context)
     worker_state.recover(context)
-    return Message(messages.reply_content(worker_state.state_entries(context)), reply_to=msg)
+    return Message(messages.reply_content(worker_state.snapshot(context).entries()), reply_to=msg)
 
 
 @dataclass
@@ -145,7 +127,7 @@ class _Train:
 
     msg: Message
     context: Context
-    job: _Steps
+    job: eager.Steps
     steps: int
     update_rule: UpdateRule
     client_rule: ClientRule
@@ -165,40 +147,39 @@ def _prepare(msg: Message, context: Context) -> Message | _Train:
     """Read a train message against the worker's state: the reply at once (an eager
     message that only collects), or the work to do; raises on a message it must refuse."""
     config = messages.read_config(msg)
-    header = messages.header(msg)
-    if messages.STATE_ROUND in header:
-        worker_state.restore_state(msg, context)
-    collected = _collected(context, header) if config.eager_reply else None
-    if "round" not in header:  # eager: the message only collects the final round
+    header, init, mix = messages.read_train(msg)
+    if header.restore is not None:
+        worker_state.restore(header.restore, context)
+    collected = None
+    if config.eager_reply:
+        collected = eager.collected(context, header.collect or 0, header.send_state)
+    if header.round is None:  # eager: the message only collects the final round
         return Message(collected or RecordDict(), reply_to=msg)
-    round_, steps = int(header["round"]), int(header["local-steps"])
+    round_ = header.round
     last = worker_state.last_round(context.state)
-    adopt = bool(header.get("adopt", False))
     # eager: the server may take back a round it started before the sync it missed, and
     # send it again, adopting
-    if round_ < last or (round_ == last and not (config.eager_reply and adopt)):
+    if round_ < last or (round_ == last and not (config.eager_reply and header.adopt)):
         raise ValueError(
             f"round {round_} sent to a worker whose last round was {last}: a stale, "
             "duplicate or out-of-order message"
         )
-    update_rule = UpdateRule(str(header["update-rule"]))
-    client_rule = ClientRule(str(header["client-rule"]))
+    update_rule = UpdateRule(header.update_rule)
+    client_rule = ClientRule(header.client_rule)
     rule = worker_state.rule_for(config)
     worker = worker_state.current_worker(config, context)
-    init = messages.read_vector(header, messages.INIT)
-    mix = messages.read_vector(header, messages.MIX)
     sync = None
     if init is not None:
         worker.x = rule.vector(torch.from_numpy(init))
         worker.snapshot = worker.x.clone()
-    elif adopt:
+    elif header.adopt:
         if mix is None:
             raise ValueError(f"round {round_} asks to adopt a model it does not carry")
-        rule.adopt(worker, torch.from_numpy(mix), reset=bool(header.get("reset", False)))
+        rule.adopt(worker, torch.from_numpy(mix), reset=header.reset)
     elif last == 0:
         raise ValueError(f"round {round_} is this worker's first and carries no model")
-    elif "sync" in header:
-        sync = (float(header["self-weight"]), None if mix is None else torch.from_numpy(mix))
+    elif header.sync is not None:
+        sync = (header.self_weight, None if mix is None else torch.from_numpy(mix))
         rule.check_sync(worker, sync[1], client_rule, update_rule)
     generator = workload.seeded_generator(
         config.seed, worker_state.node_partition(context)[0], round_
@@ -207,14 +188,14 @@ def _prepare(msg: Message, context: Context) -> Message | _Train:
     return _Train(
         msg,
         context,
-        _Steps(round_, worker, config, correction, Future()),
-        steps,
+        eager.Steps(round_, worker, config, correction, Future()),
+        header.local_steps,
         update_rule,
         client_rule,
         generator,
         sync,
         collected,
-        bool(header.get("send-state", False)),
+        header.send_state,
         background=collected is not None
         and bool(context.node_config.get("background-steps", False)),
     )
@@ -273,10 +254,8 @@ def _complete(t: _Train) -> Message:
         raise t.failure
     context, job = t.context, t.job
     if t.background:
-        job.outcome = _EXECUTOR.submit(
-            _single, job.config, job.worker, t.steps, t.update_rule, t.generator
-        )
-        worker_state.remember(_BACKGROUND, (context.run_id, context.node_id), job)
+        run = partial(_single, job.config, job.worker, t.steps, t.update_rule, t.generator)
+        BACKGROUND.submit(context, job, run)
         return Message(t.collected, reply_to=t.msg)  # type: ignore[arg-type]
     if t.collected is None:
         job.outcome.result()  # raises why the steps failed
@@ -284,7 +263,7 @@ def _complete(t: _Train) -> Message:
     _finish(context, job)
     if t.collected is not None:
         return Message(t.collected, reply_to=t.msg)
-    return Message(_report(context, t.send_state), reply_to=t.msg)
+    return Message(worker_state.report(context, t.send_state), reply_to=t.msg)
 
 
 def _timed(
@@ -315,7 +294,7 @@ def _single(
     return loss, seconds
 
 
-def _finish(context: Context, job: _Steps) -> None:
+def _finish(context: Context, job: eager.Steps) -> None:
     """Keep the outcome of a round's local steps in context.state: the worker after them,
     or (eager replies) why they failed, for the message that collects the round."""
     try:
@@ -338,44 +317,9 @@ def _finish(context: Context, job: _Steps) -> None:
 
 def _settle_background(context: Context) -> None:
     """Wait for this node's background steps, if any, and keep their outcome."""
-    job = _BACKGROUND.pop((context.run_id, context.node_id), None)
+    job = BACKGROUND.take(context)
     if job is not None:
-        job.outcome.exception()  # waits
         _finish(context, job)
-
-
-def _collected(context: Context, header: ConfigRecord) -> RecordDict:
-    """Eager replies: the reply that reports round `collect` of the header (0: none)."""
-    want = int(header["collect"])
-    if not want:
-        return RecordDict()
-    held = worker_state.last_round(context.state)
-    failure = context.state.config_records.get(FAILURE)
-    if failure is not None and int(failure["round"]) == want:
-        raise RuntimeError(f"the local steps of round {want} failed:\n{failure['reason']}")
-    if held != want:
-        raise ValueError(
-            f"asked for the model of round {want}, but this worker holds round {held}: its "
-            "local steps of that round were lost (did the ClientApp process restart?)"
-        )
-    return _report(context, bool(header.get("send-state", False)))
-
-
-def _report(context: Context, send_state: bool) -> RecordDict:
-    """The reply content for the round context.state holds: its model, training loss and
-    compute seconds, and with `send_state` the whole state, for a checkpoint."""
-    meta = context.state.config_records[STATE_META]
-    nan = float("nan")  # a state restored from elsewhere does not know them
-    entries: dict[str, Any] = {
-        # the model as context.state holds it: serialized once, when the round ended
-        messages.MODEL: context.state.array_records[STATE_ARRAYS][messages.MODEL].data,
-        "train-loss": float(meta.get("loss", nan)),
-        "compute-time": float(meta.get("seconds", nan)),
-        "round": int(meta["round"]),
-    }
-    if send_state:
-        entries.update(worker_state.state_entries(context, with_model=False))
-    return messages.reply_content(entries)
 
 
 @app.evaluate()

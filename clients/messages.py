@@ -9,15 +9,17 @@ hop. So a train message and its reply each hold one ConfigRecord, and their vect
 entries of it: .npy bytes, as a Flower Array holds them, with their dtype and shape, read
 without pickle. A message is then three objects, not six to eight.
 
-- A train message's record (CONFIG) holds the run config, the round header (`HEADER_KEYS`:
+- A train message's record (CONFIG) holds the run config, the round header (`RoundHeader`:
   round, sync index, local steps, self weight, ...) and its vectors: where the worker's
   column of W reads other nodes, the mix vector; round 1 carries the initial model instead.
+  Header, vector and state entries each have a namespace ("header:", "vector:", "state:"),
+  which no config key can enter.
 - A worker's reply to it (REPLY) holds its model after the round's local steps, its
   training loss, compute seconds and round.
-- A worker's whole state (in a reply, for a checkpoint, and in the first message after a
-  resume) is its round and step count (`STATE_ROUND`, `STATE_STEPS`) and its arrays, each an
-  entry named with `STATE_PREFIX`: model, momentum, snapshot and pending gradient, less the
-  model where the reply carries it anyway.
+- A worker's whole state (`WorkerSnapshot`: in a reply, for a checkpoint, and in the first
+  message after a resume) is its round and step count (`STATE_ROUND`, `STATE_STEPS`) and
+  its arrays, each an entry named with `STATE_PREFIX`: model, momentum, snapshot and pending
+  gradient, less the model where the reply carries it anyway.
 
 The handshake and evaluation replies carry only numbers, in a MetricRecord (METRICS).
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
@@ -37,30 +40,18 @@ from fedcoop.config import RunConfig
 CONFIG = "run-config"
 REPLY = "reply"
 METRICS = "metrics"
-#: vector entries: the initial model, the mix payload, a worker's model
-INIT, MIX, MODEL = "init", "mix", "x"
+#: A train record holds the run config (kebab-case keys, never a ":") beside the entries
+#: that are not the config's, each in a namespace of its own, so that no config key can
+#: collide with one (an "update-rule" config key beside the header's rule was one).
+HEADER_NS, VECTOR_NS, STATE_NS = "header:", "vector:", "state:"
+#: vector entries: the initial model and the mix payload (train message), a worker's model
+#: (its reply, and the name of the model among a worker state's arrays)
+INIT, MIX, MODEL = VECTOR_NS + "init", VECTOR_NS + "mix", "x"
 #: the vectors that are the algorithm's traffic (a worker state's are a checkpoint's)
 TRAFFIC_VECTORS = frozenset({INIT, MIX, MODEL})
 #: the entries of a worker state: its round and step count, and each array as STATE_PREFIX
 #: + its name
-STATE_ROUND, STATE_STEPS, STATE_PREFIX = "state-round", "state-steps", "state:"
-#: the entries of a train message's record that are its round header
-HEADER_KEYS = frozenset(
-    {
-        "update-rule",
-        "client-rule",
-        "round",
-        "local-steps",
-        "sync",
-        "self-weight",
-        "adopt",
-        "reset",
-        "collect",
-        "send-state",
-        STATE_ROUND,
-        STATE_STEPS,
-    }
-)
+STATE_ROUND, STATE_STEPS, STATE_PREFIX = STATE_NS + "round", STATE_NS + "steps", STATE_NS + "array:"
 #: the entries a reply to a train message has, and those it may have besides a state's arrays
 REPLY_KEYS = frozenset({MODEL, "train-loss", "compute-time", "round"})
 REPLY_OPTIONAL_KEYS = frozenset({STATE_ROUND, STATE_STEPS})
@@ -105,10 +96,15 @@ def config_record(config: RunConfig) -> ConfigRecord:
     return ConfigRecord(config.to_mapping())
 
 
+def is_config_key(key: str) -> bool:
+    """Whether a train record's entry `key` is the run config's (in no wire namespace)."""
+    return ":" not in key
+
+
 def read_config(message: Message) -> RunConfig:
     """The run config a message carries."""
     record = message.content.config_records[CONFIG]
-    items = ((k, v) for k, v in record.items() if k not in HEADER_KEYS and not is_vector(k))
+    items = ((k, v) for k, v in record.items() if is_config_key(k))
     return _parsed(tuple(sorted(items)))
 
 
@@ -118,18 +114,140 @@ def _parsed(items: tuple[tuple[str, Any], ...]) -> RunConfig:
     return RunConfig.from_mapping(dict(items))
 
 
-def train_content(config: RunConfig, entries: Mapping[str, Any]) -> RecordDict:
-    """The content of a train message: the run config and `entries` (the round header and
-    the vectors, as arrays or .npy bytes; None values left out) in one record."""
-    unknown = [k for k in entries if k not in HEADER_KEYS and not is_vector(k)]
-    if unknown:
-        raise ValueError(f"neither round header nor vector entries: {sorted(unknown)}")
-    return RecordDict({CONFIG: ConfigRecord({**config_record(config), **_entries(entries)})})
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """A worker's whole state after `round` (0: it never trained, and holds nothing): its
+    step count and arrays (model `MODEL`, momentum, snapshot, pending gradient), as arrays
+    or their .npy bytes. A reply carries one for a checkpoint; a resumed run's first message
+    carries one to restore."""
+
+    round: int
+    steps: int
+    arrays: Mapping[str, Vector] = field(default_factory=dict)
+
+    def entries(self) -> dict[str, Any]:
+        """The snapshot as record entries."""
+        named = {STATE_PREFIX + k: v for k, v in self.arrays.items()}
+        return {STATE_ROUND: self.round, STATE_STEPS: self.steps, **_entries(named)}
+
+    @classmethod
+    def read(cls, record: Mapping[str, Any]) -> WorkerSnapshot | None:
+        """The snapshot a record holds, or None if it holds none; ValueError if its round
+        and step count are not whole numbers or an array entry is not .npy bytes."""
+        if STATE_ROUND not in record:
+            return None
+        try:
+            round_, steps = _whole(record[STATE_ROUND]), _whole(record[STATE_STEPS])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"a worker state without a whole round and step count: {exc!r}"
+            ) from None
+        n = len(STATE_PREFIX)
+        arrays = {k[n:]: decode(v) for k, v in record.items() if k.startswith(STATE_PREFIX)}
+        return cls(round_, steps, arrays)
 
 
-def header(message: Message) -> ConfigRecord:
+#: the state a worker that never trained holds
+NO_STATE = WorkerSnapshot(0, 0)
+
+
+@dataclass(frozen=True)
+class RoundHeader:
+    """What a train message asks of its worker, besides the vectors it carries.
+
+    update_rule, client_rule: the rules the round runs (`fedcoop` UpdateRule and ClientRule
+    values); round: the round whose local_steps the worker runs (None: an eager message that only
+    collects); sync, self_weight: the sync to apply first (the mix vector, if any, is the
+    message's MIX entry); adopt: replace the model by MIX (a worker that missed a sync),
+    reset: also drop its momentum; collect (eager replies only): the round whose model the
+    reply carries (0: none yet); send_state: the reply also carries the worker's snapshot;
+    restore: the snapshot to install first (a resumed run).
+    """
+
+    update_rule: str = ""
+    client_rule: str = ""
+    round: int | None = None
+    local_steps: int = 0
+    sync: int | None = None
+    self_weight: float = 1.0
+    adopt: bool = False
+    reset: bool = False
+    collect: int | None = None
+    send_state: bool = False
+    restore: WorkerSnapshot | None = None
+
+    def entries(self) -> dict[str, Any]:
+        """The header as record entries (None fields left out)."""
+        out = {
+            HEADER_NS + f.name.replace("_", "-"): getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "restore" and getattr(self, f.name) is not None
+        }
+        return out | (self.restore.entries() if self.restore is not None else {})
+
+    @classmethod
+    def read(cls, record: Mapping[str, Any]) -> RoundHeader:
+        """The header of a train record; ValueError if an entry has the wrong type."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = HEADER_NS + f.name.replace("_", "-")
+            if f.name == "restore" or key not in record:
+                continue
+            value = record[key]
+            kind = _HEADER_TYPES[f.name]
+            accepted = (int, float) if kind is float else (kind,)
+            if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
+                raise ValueError(f"header entry {key} = {value!r} is not a {kind.__name__}")
+            values[f.name] = kind(value)
+        missing = [k for k in ("update_rule", "client_rule") if not values.get(k)]
+        if missing and "round" in values:
+            raise ValueError(f"a train message without {missing}")
+        return cls(**values, restore=WorkerSnapshot.read(record))
+
+
+#: the type each header field's entry must have (ConfigRecord keeps bools, ints, floats, str)
+_HEADER_TYPES: dict[str, type] = {
+    "update_rule": str,
+    "client_rule": str,
+    "round": int,
+    "local_steps": int,
+    "sync": int,
+    "self_weight": float,
+    "adopt": bool,
+    "reset": bool,
+    "collect": int,
+    "send_state": bool,
+}
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{value!r} is not a whole number")
+    return int(value)
+
+
+def train_content(
+    config: RunConfig,
+    header: RoundHeader,
+    *,
+    init: Vector = None,
+    mix: Vector = None,
+) -> RecordDict:
+    """The content of a train message: the run config, the header and the vectors (arrays
+    or .npy bytes; None: left out) in one record."""
+    entries = {**header.entries(), **_entries({INIT: init, MIX: mix})}
+    return RecordDict({CONFIG: ConfigRecord({**config_record(config), **entries})})
+
+
+def train_record(message: Message) -> ConfigRecord:
     """A train message's record: its round header, vectors and the run config."""
     return message.content.config_records[CONFIG]
+
+
+def read_train(message: Message) -> tuple[RoundHeader, np.ndarray | None, np.ndarray | None]:
+    """(header, initial model, mix vector) of a train message; ValueError if malformed."""
+    record = train_record(message)
+    return RoundHeader.read(record), read_vector(record, INIT), read_vector(record, MIX)
 
 
 def reply_content(entries: Mapping[str, Any]) -> RecordDict:
@@ -164,29 +282,6 @@ def _is_number(value: Any) -> bool:
 def read_vector(record: Mapping[str, Any], key: str) -> np.ndarray | None:
     """The vector entry `key` of a record, or None if absent."""
     return None if key not in record else decode(record[key])
-
-
-def state_entries(
-    round_: int, steps: int, arrays: Mapping[str, Vector] | None = None
-) -> dict[str, Any]:
-    """The entries of a worker state after `round_` (0: none) with `arrays`."""
-    named = {STATE_PREFIX + k: v for k, v in (arrays or {}).items()}
-    return {STATE_ROUND: round_, STATE_STEPS: steps, **_entries(named)}
-
-
-def read_state(record: Mapping[str, Any]) -> tuple[int, int, dict[str, np.ndarray]] | None:
-    """(round, steps, arrays) of the worker state a record holds, or None if it holds none;
-    ValueError if an array entry is not an array's .npy bytes."""
-    if STATE_ROUND not in record:
-        return None
-    try:
-        round_, steps = int(record[STATE_ROUND]), int(record[STATE_STEPS])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"a worker state without a whole round and step count: {exc!r}") from None
-    arrays = {
-        k[len(STATE_PREFIX) :]: decode(v) for k, v in record.items() if k.startswith(STATE_PREFIX)
-    }
-    return round_, steps, arrays
 
 
 def vector_bytes(message: Message) -> int:

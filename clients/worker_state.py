@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from clients import messages
 from fedcoop import algorithms, checkpoint, workload
@@ -217,31 +217,44 @@ def forget(context: Context) -> None:
     LIVE.pop((context.run_id, context.node_id), None)
 
 
-def state_entries(context: Context, *, with_model: bool = True) -> dict[str, Any]:
-    """This worker's saved state as message entries (an untrained worker: round 0), its
-    arrays as context.state holds them serialized; without the model when the message
-    carries it anyway."""
+def snapshot(context: Context, *, with_model: bool = True) -> messages.WorkerSnapshot:
+    """This worker's saved state (an untrained worker: round 0), its arrays as
+    context.state holds them serialized; without the model when the message carries it
+    anyway."""
     meta = context.state.config_records.get(STATE_META)
     if meta is None:
-        return messages.state_entries(0, 0)
+        return messages.NO_STATE
     arrays = context.state.array_records[STATE_ARRAYS]
     kept = {k: a.data for k, a in arrays.items() if with_model or k != messages.MODEL}
-    return messages.state_entries(int(meta["round"]), int(meta["steps"]), kept)
+    return messages.WorkerSnapshot(int(meta["round"]), int(meta["steps"]), kept)
 
 
-def restore_state(msg: Message, context: Context) -> None:
+def restore(state: messages.WorkerSnapshot, context: Context) -> None:
     """Replace this node's state with the one a resumed run sends (round 0: no state)."""
-    state = messages.read_state(messages.header(msg))
-    if state is None:
-        raise ValueError("the message carries no worker state to restore")
-    round_, steps, arrays = state
-    if round_ and messages.MODEL not in arrays:
-        raise ValueError(f"the worker state of round {round_} it sends carries no model")
+    if state.round and messages.MODEL not in state.arrays:
+        raise ValueError(f"the worker state of round {state.round} it sends carries no model")
     forget(context)
     for records, key in (
         (context.state.array_records, STATE_ARRAYS),
         (context.state.config_records, STATE_META),
     ):
         records.pop(key, None)
-    if round_:
-        install(context, messages.vector_record(**arrays), round_, steps)
+    if state.round:
+        install(context, messages.vector_record(**state.arrays), state.round, state.steps)
+
+
+def report(context: Context, send_state: bool) -> RecordDict:
+    """The reply content for the round context.state holds: its model, training loss and
+    compute seconds, and with `send_state` the whole state, for a checkpoint."""
+    meta = context.state.config_records[STATE_META]
+    nan = float("nan")  # a state restored from elsewhere does not know them
+    entries: dict[str, Any] = {
+        # the model as context.state holds it: serialized once, when the round ended
+        messages.MODEL: context.state.array_records[STATE_ARRAYS][messages.MODEL].data,
+        "train-loss": float(meta.get("loss", nan)),
+        "compute-time": float(meta.get("seconds", nan)),
+        "round": int(meta["round"]),
+    }
+    if send_state:
+        entries.update(snapshot(context, with_model=False).entries())
+    return messages.reply_content(entries)

@@ -260,7 +260,7 @@ def shorten_serverapp_retries(
 
     With `idle_poll`, a pull that brings no reply makes the next one wait, from
     `poll_interval` backing off to `idle_poll`, until a pull brings one or messages are
-    pushed: a strategy that pulls every few milliseconds (strategies.cooperative) would
+    pushed: a strategy that pulls every few milliseconds (strategies.loop) would
     otherwise send the SuperLink a hundred requests a second while the devices compute.
     """
     check_flower_version()

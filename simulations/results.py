@@ -25,7 +25,7 @@ import torch
 
 from fedcoop.config import RunConfig
 from fedcoop.training import default_device
-from strategies.cooperative import RunResult
+from strategies.result import RunResult
 
 
 def run_directory(root: str | Path, config: RunConfig) -> Path:

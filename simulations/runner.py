@@ -22,7 +22,7 @@ from simulations.engines import AUTO, ENGINE_CHOICES
 from simulations.inprocess import InProcessGrid
 from simulations.vectorized import VectorizedGrid
 from strategies import server_app
-from strategies.cooperative import RunResult
+from strategies.result import RunResult
 
 #: the in-process engines, by name
 GRIDS = {"inprocess": InProcessGrid, "vectorized": VectorizedGrid}

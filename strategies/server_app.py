@@ -24,7 +24,8 @@ from fedcoop import algorithms, checkpoint, data, workload
 from fedcoop.config import RunConfig
 from fedcoop.errors import RunFailed
 from fedcoop.training import default_device, evaluate, load_model_vector, model_vector
-from strategies.cooperative import CooperativeStrategy, EvaluateFn, RunResult
+from strategies.loop import CooperativeStrategy
+from strategies.result import EvaluateFn, RunResult
 
 LOG = logging.getLogger("flwr.fedcoop")
 

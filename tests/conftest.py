@@ -37,7 +37,7 @@ from fedcoop.training import model_vector
 from simulations import compare
 from simulations.inprocess import InProcessGrid
 from simulations.runner import GRIDS
-from strategies.cooperative import RunResult
+from strategies.result import RunResult
 from strategies.server_app import initial_model, run
 
 LEAST_SQUARES = dict(
@@ -249,23 +249,23 @@ def round_of(msg: Message) -> int | None:
     message that only collects)."""
     if msg.metadata.message_type != MessageType.TRAIN:
         return None
-    header = messages.header(msg)
-    return int(header["round"]) if "round" in header else None
+    return messages.read_train(msg)[0].round
 
 
-def train_message(config: RunConfig, node: int, round_: int, x0: np.ndarray) -> Message:
-    """The server's train message that starts `round_` on `node` (round 1 carries `x0`)."""
-    header = {
-        "round": round_,
-        "local-steps": config.tau,
-        "update-rule": "mix-after-step",
-        "client-rule": "mix",
-    }
-    if round_ == 1:
-        header[messages.INIT] = x0
-    else:
-        header |= {"sync": round_ - 1, "self-weight": 1.0}
-    content = messages.train_content(config, header)
+def train_message(
+    config: RunConfig, node: int, round_: int, x0: np.ndarray, **changes: Any
+) -> Message:
+    """The server's train message that starts `round_` on `node` (round 1 carries `x0`);
+    `changes`: header fields set otherwise (`messages.RoundHeader`)."""
+    header = messages.RoundHeader(
+        update_rule="mix-after-step",
+        client_rule="mix",
+        round=round_,
+        local_steps=config.tau,
+        sync=None if round_ == 1 else round_ - 1,
+    )
+    init = x0 if round_ == 1 else None
+    content = messages.train_content(config, dataclasses.replace(header, **changes), init=init)
     return Message(content, node, MessageType.TRAIN, group_id=str(round_))
 
 

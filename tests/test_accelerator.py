@@ -31,7 +31,7 @@ from fedcoop.training import DEVICE_VARIABLE, default_device
 from simulations.inprocess import InProcessGrid
 from simulations.runner import GRIDS
 from simulations.vectorized import VectorizedGrid
-from strategies.cooperative import RunResult
+from strategies.result import RunResult
 from strategies.server_app import run
 from tests.conftest import (
     PATH_RTOL,

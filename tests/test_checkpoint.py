@@ -30,7 +30,7 @@ from simulations import results
 from simulations.inprocess import InProcessGrid
 from simulations.vectorized import VectorizedGrid
 from strategies import server_app
-from strategies.cooperative import RunResult
+from strategies.result import RunResult
 from tests.conftest import (
     TIMINGS,
     assert_matches_reference,

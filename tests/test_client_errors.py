@@ -24,9 +24,9 @@ from clients import messages
 from clients.client_app import app as client_app
 from clients.worker_state import STATE_ARRAYS, STATE_META
 from fedcoop.cooperative import reference_trajectory
+from fedcoop.errors import RunFailed
 from simulations.inprocess import InProcessGrid
-from strategies import cooperative
-from strategies.cooperative import CooperativeStrategy, RunFailed
+from strategies import loop, rounds, transport
 from strategies.server_app import run
 from tests.conftest import (
     gradient_oracle,
@@ -72,7 +72,8 @@ class SkippedWaits:
 @pytest.fixture
 def skipped_waits(monkeypatch: pytest.MonkeyPatch) -> SkippedWaits:
     waits = SkippedWaits()
-    monkeypatch.setattr(cooperative, "time", waits)
+    for module in (transport, loop, rounds):  # the strategy's parts that wait or time
+        monkeypatch.setattr(module, "time", waits)
     return waits
 
 
@@ -112,8 +113,8 @@ def test_a_simulation_with_all_its_nodes_starts_without_waiting(
 ) -> None:
     config = least_squares_config(num_clients=5)
     grid = simulated_grid(5)
-    strategy = CooperativeStrategy(config, x0_of(config))
-    assert strategy._await_nodes(grid) == sorted(grid.get_node_ids())
+    waiting = transport.GridTransport(grid, config, pull_interval=0.01)
+    assert waiting.await_nodes() == sorted(grid.get_node_ids())
     assert skipped_waits.skipped == 0
 
 

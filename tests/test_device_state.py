@@ -19,7 +19,7 @@ from clients.client_app import app as client_app
 from clients.worker_state import STATE_ARRAYS, STATE_META
 from fedcoop.config import RunConfig
 from simulations.inprocess import InProcessGrid
-from strategies.cooperative import RunResult
+from strategies.result import RunResult
 from strategies.server_app import run
 from tests.conftest import assert_replayed, least_squares_config, round_of
 

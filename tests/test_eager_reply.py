@@ -57,7 +57,7 @@ def background_grid(app: object, num_nodes: int, background: bool = True) -> InP
 @pytest.fixture(autouse=True)
 def _no_background_left() -> Iterator[None]:
     yield
-    assert not client_module._BACKGROUND, "background steps nobody collected"
+    assert not client_module.BACKGROUND.jobs, "background steps nobody collected"
 
 
 @pytest.mark.cross_path
@@ -82,9 +82,7 @@ def test_eager_replies_end_with_the_plain_schedules_models(case: str, background
 # -- the ClientApp's side of the protocol -----------------------------------------------------
 def eager_message(node: int, round_: int, collect: int, x0: np.ndarray) -> Message:
     config = least_squares_config(eager_reply=True)
-    msg = train_message(config, node, round_, x0)
-    messages.header(msg)["collect"] = collect
-    return msg
+    return train_message(config, node, round_, x0, collect=collect)
 
 
 def reported(reply: Message) -> tuple[int, np.ndarray] | None:
@@ -136,10 +134,8 @@ def test_the_reply_leaves_before_the_steps_and_the_next_one_carries_them(
     assert got is not None and got[0] == 1
     assert_replayed(got[1], want[1])
     # the final message only collects round 2
-    only = eager_message(node, 2, 2, x0)
-    header = messages.header(only)
-    for key in ("round", "local-steps", "sync", "self-weight"):
-        del header[key]
+    config = least_squares_config(eager_reply=True)
+    only = train_message(config, node, 2, x0, collect=2, round=None, local_steps=0, sync=None)
     assert reported(client_app(only, context))[0] == 2
 
 
@@ -151,7 +147,7 @@ def test_steps_that_fail_in_the_background_fail_the_message_that_collects_them(
     node, context = next(iter(grid.contexts.items()))
     x0 = x0_of(config)
     client_app(eager_message(node, 1, 0, x0), context)
-    client_module._BACKGROUND[context.run_id, context.node_id].outcome.result()  # round 1 ran
+    client_module.BACKGROUND.jobs[context.run_id, context.node_id].outcome.result()  # round 1 ran
 
     def broken(self: LocalRule, *args: object) -> list[float]:
         raise RuntimeError("out of memory on the device")
@@ -168,7 +164,7 @@ def test_steps_lost_with_the_process_are_a_clear_error() -> None:
     node, context = next(iter(grid.contexts.items()))
     x0 = x0_of(config)
     client_app(eager_message(node, 1, 0, x0), context)
-    client_module._BACKGROUND.pop((context.run_id, context.node_id)).outcome.result()
+    client_module.BACKGROUND.jobs.pop((context.run_id, context.node_id)).outcome.result()
     with pytest.raises(ValueError, match="holds round 0: its local steps of that round were lost"):
         client_app(eager_message(node, 2, 1, x0), context)
 
@@ -276,7 +272,7 @@ def test_background_steps_nobody_collects_are_forgotten_beyond_a_bound() -> None
             run_config={},
         )
         client_app(eager_message(7, 1, 0, x0), context)
-    left = client_module._BACKGROUND
+    left = client_module.BACKGROUND.jobs
     try:
         assert [run_id for run_id, _ in left] == list(range(3, runs + 1))
     finally:

@@ -22,9 +22,10 @@ from clients import messages
 from clients.client_app import app as client_app
 from fedcoop import participation
 from fedcoop.config import RunConfig
+from fedcoop.errors import RunFailed
 from simulations import compare, results
 from simulations.inprocess import InProcessGrid
-from strategies.cooperative import RunFailed, RunResult
+from strategies.result import RunResult
 from strategies.server_app import run
 from tests.conftest import (
     SlowNodeGrid,
@@ -112,7 +113,7 @@ def test_a_client_that_raises_is_left_out_of_its_round(algorithm: str) -> None:
         ),
         (
             lambda reply: messages.reply_record(reply).update(
-                messages.state_entries(2, 4, {"momentum": np.zeros(10**5)})
+                messages.WorkerSnapshot(2, 4, {"momentum": np.zeros(10**5)}).entries()
             ),
             "bytes, expected at most",
         ),

@@ -12,7 +12,7 @@ import pytest
 from flwr.simulation import run_simulation
 
 from clients.client_app import app as client_app
-from strategies.cooperative import RunResult
+from strategies.result import RunResult
 from strategies.server_app import make_server_app
 from tests.conftest import assert_follows_rule, least_squares_config, reference_final
 

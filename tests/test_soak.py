@@ -27,7 +27,7 @@ import pytest
 from deploy import processes
 from fedcoop import checkpoint
 from fedcoop.errors import ConfigError
-from strategies.cooperative import RunResult
+from strategies.result import RunResult
 from tests.conftest import assert_matches_reference, recorded_result
 from tests.loopback import HEARTBEAT, Deployment, loopback, saved_round, wait_for
 
