@@ -9,13 +9,15 @@ and every per-round metric but wall time equal those of an uninterrupted run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
+import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -190,37 +192,258 @@ def test_the_checkpoint_is_replaced_atomically(tmp_path: Path) -> None:
     np.testing.assert_array_equal(saved["x"], np.arange(4.0))
 
 
-class Unpicklable:
-    def __reduce__(self) -> tuple:
-        raise pickle.PicklingError("cannot be written")
+# --- the format: npz + JSON, no pickle --------------------------------------------------------
+
+#: a float64 NaN with a payload, which an array keeps bit for bit
+ODD_NAN = np.array([0x7FF8_0000_DEAD_BEEF], dtype=np.uint64).view(np.float64)
 
 
-def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+def every_kind() -> dict:
+    """A tree with every kind of value a checkpoint holds, nested."""
+    return {
+        "round": 3,
+        "big": 2**70,
+        "flags": [True, False, None],
+        "floats": [0.1, -0.0, 1e-310, math.nan, math.inf, -math.inf],
+        "text": 'ü "quoted"\n',
+        "workers": {0: (4, 8, {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}), 1: None},
+        -1: ((), [], {}, ("nested", (1, [2.5, {"k": (None,)}]))),
+        "scalars": (
+            np.float16(0.1),
+            np.float32(-2.5),
+            np.float64(math.nan),
+            np.int8(-128),
+            np.uint64(2**64 - 1),
+            np.bool_(True),
+            np.complex64(1 - 2j),
+        ),
+        "arrays": [
+            ODD_NAN,
+            np.array([np.nan, np.inf, -0.0]),
+            np.array(7.25),  # 0-d
+            np.zeros(0, dtype=np.int8),
+            np.zeros((2, 0, 3), dtype=np.uint16),
+            np.array([[True, False]]),
+            np.array([1 + 1j, -1j], dtype=np.complex128),
+            np.arange(4, dtype=">f8"),  # big-endian stays big-endian
+            np.arange(12, dtype=np.int32).reshape(3, 4).T,  # not C-contiguous
+            np.arange(3, dtype=np.float16),
+        ],
+    }
+
+
+def assert_identical(got: object, want: object, where: str = "state") -> None:
+    """Equal with the same types all the way down: keys, tuples, dtypes, bits."""
+    assert type(got) is type(want), where
+    if isinstance(want, np.ndarray | np.generic):
+        assert (got.dtype, got.shape) == (want.dtype, want.shape), where
+        assert got.tobytes() == want.tobytes(), where
+    elif isinstance(want, dict):
+        assert [(type(k), k) for k in got] == [(type(k), k) for k in want], where
+        for k, v in want.items():
+            assert_identical(got[k], v, f"{where}[{k!r}]")
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert_identical(a, b, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert struct.pack("<d", got) == struct.pack("<d", want), where  # NaN, -0.0 too
+    else:
+        assert got == want, where
+
+
+def test_every_kind_of_value_comes_back_exactly(tmp_path: Path) -> None:
+    checkpoint.write(tmp_path, every_kind())
+    assert_identical(checkpoint.read(tmp_path), every_kind())
+
+
+def test_a_numpy_integer_key_comes_back_as_the_equal_int(tmp_path: Path) -> None:
+    checkpoint.write(tmp_path, {"late": {np.int64(2): 5}})
+    (key,) = checkpoint.read(tmp_path)["late"]
+    assert type(key) is int and key == 2
+
+
+class Opaque:
+    """An object of the caller's: a checkpoint holds plain data only."""
+
+
+def recursive() -> list:
+    loop: list = [1]
+    loop.append(loop)
+    return loop
+
+
+@pytest.mark.parametrize(
+    ("bad", "where"),
+    [
+        ({"bad": Opaque()}, r"state\['bad'\] is a Opaque"),
+        ({"workers": {1: (2, 3, {"f": print})}}, r"state\['workers'\]\[1\]\[2\]\['f'\]"),
+        ({"s": {1, 2}}, r"state\['s'\] is a set"),
+        ({"b": b"bytes"}, r"state\['b'\] is a bytes"),
+        ({"o": np.array([None], dtype=object)}, r"state\['o'\] has dtype object"),
+        ({"u": [np.array(["text"])]}, r"state\['u'\]\[0\] has dtype <U4"),
+        ({"d": {(1, 2): 0}}, r"state\['d'\] has the key \(1, 2\)"),
+        ({"d": {True: 0}}, r"state\['d'\] has the key True"),
+        ({"loop": recursive()}, r"state\['loop'\]\[1\] contains itself"),
+    ],
+    ids=[
+        "object",
+        "function",
+        "set",
+        "bytes",
+        "object-array",
+        "str-array",
+        "tuple-key",
+        "bool-key",
+        "cycle",
+    ],
+)
+def test_a_value_a_checkpoint_cannot_hold_keeps_the_last_good_checkpoint(
+    tmp_path: Path, bad: dict, where: str
+) -> None:
     checkpoint.write(tmp_path, {"round": 1})
-    with pytest.raises(pickle.PicklingError):
-        checkpoint.write(tmp_path, {"round": 2, "bad": Unpicklable()})
+    with pytest.raises(TypeError, match=where):
+        checkpoint.write(tmp_path, {"round": 2, **bad})
     assert checkpoint.read(tmp_path)["round"] == 1
     assert [p.name for p in tmp_path.iterdir()] == [checkpoint.FILENAME]
 
 
+#: what a Tripwire did when it was unpickled (it never should be)
+TRIPPED: list[str] = []
+
+
+def trip(what: str) -> None:
+    TRIPPED.append(what)
+
+
+class Tripwire:
+    """Unpickling one calls trip(): the code a pickle runs on load."""
+
+    def __reduce__(self) -> tuple:
+        return trip, ("unpickled",)
+
+
+@pytest.fixture
+def tripwire() -> Iterator[None]:
+    TRIPPED.clear()
+    yield
+    assert TRIPPED == [], "a checkpoint file was unpickled"
+
+
+def test_an_old_pickle_checkpoint_is_refused_with_how_to_resume_it(
+    tmp_path: Path, tripwire: None
+) -> None:
+    old = {"version": 1, "round": 3, "x": np.arange(3.0), "hook": Tripwire()}
+    (tmp_path / "checkpoint.pkl").write_bytes(pickle.dumps(old))
+    with pytest.raises(ConfigError) as err:
+        checkpoint.read(tmp_path)
+    message = str(err.value)
+    assert "pickle checkpoint" in message and "earlier fedcoop version" in message
+    assert "does not load pickles" in message
+    assert "with the fedcoop that wrote it" in message and "resume=DIR" in message
+    # the way a run meets it: `fedcoop run resume=DIR`
+    with pytest.raises(ConfigError, match="does not load pickles"):
+        server_app.with_checkpoint(least_squares_config(resume=str(tmp_path)))
+
+
+def npz_with(directory: Path, document: object, **arrays: np.ndarray) -> None:
+    """A checkpoint file made by hand: `document` (JSON-encoded unless bytes) and arrays."""
+    raw = document if isinstance(document, bytes) else json.dumps(document).encode()
+    tree = np.frombuffer(raw, dtype=np.uint8)
+    with (directory / checkpoint.FILENAME).open("wb") as f:
+        np.savez(f, tree=tree, **arrays)
+
+
+def header(tree: object) -> dict:
+    """The JSON document of this version's checkpoint with `tree`."""
+    return {"format": "fedcoop-checkpoint", "version": checkpoint.VERSION, "tree": tree}
+
+
+def object_npy(directory: Path) -> None:
+    """An .npy of pickled objects (no zip) named as the checkpoint."""
+    with (directory / checkpoint.FILENAME).open("wb") as f:
+        np.save(f, np.array([Tripwire()], dtype=object))
+
+
 @pytest.mark.parametrize(
-    ("content", "why"),
-    [(None, "no checkpoint.pkl"), (b"garbage", "unreadable"), (b"", "unreadable")],
+    "make",
+    [
+        lambda d: (d / checkpoint.FILENAME).write_bytes(pickle.dumps({"x": Tripwire()})),
+        lambda d: npz_with(
+            d, header({"dict": [["x", {"array": "a0"}]]}), a0=np.array([Tripwire()], dtype=object)
+        ),
+        object_npy,
+    ],
+    ids=["a-pickle-named-npz", "an-object-array-in-the-npz", "an-object-npy"],
+)
+def test_loading_never_unpickles(tmp_path: Path, tripwire: None, make: Callable) -> None:
+    make(tmp_path)
+    with pytest.raises(ConfigError, match="unreadable"):
+        checkpoint.read(tmp_path)
+
+
+def truncated(directory: Path) -> None:
+    checkpoint.write(directory, every_kind())
+    path = directory / checkpoint.FILENAME
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (None, "no checkpoint.npz"),
+        (b"garbage", "unreadable"),
+        (b"", "unreadable"),
+        (truncated, "unreadable"),
+        (lambda d: npz_with(d, b"{not json"), "unreadable"),
+        (lambda d: npz_with(d, b'{"version": NaN}'), "non-standard JSON token NaN"),
+        (lambda d: npz_with(d, header({"array": "a7"})), "unreadable"),
+        (lambda d: npz_with(d, header({"dict": [["x", {"pickle": "os.system"}]]})), "malformed"),
+        (lambda d: npz_with(d, header({"dict": [[1.5, 0]]})), "malformed dict entry"),
+        (lambda d: npz_with(d, header([1, 2])), "tree is not a dict"),
+        (lambda d: npz_with(d, header({"scalar": "<f8", "bytes": "00"})), "unreadable"),
+        (lambda d: np.savez(d / checkpoint.FILENAME, a0=np.arange(3)), "no 'tree' member"),
+    ],
+    ids=[
+        "missing",
+        "garbage",
+        "empty",
+        "truncated",
+        "not-json",
+        "nan-token",
+        "missing-array",
+        "unknown-node",
+        "float-key",
+        "not-a-dict",
+        "short-scalar",
+        "no-tree",
+    ],
 )
 def test_resuming_without_a_good_checkpoint_is_a_config_error(
-    tmp_path: Path, content: bytes | None, why: str
+    tmp_path: Path, make: bytes | Callable | None, why: str
 ) -> None:
-    if content is not None:
-        (tmp_path / checkpoint.FILENAME).write_bytes(content)
+    if isinstance(make, bytes):
+        (tmp_path / checkpoint.FILENAME).write_bytes(make)
+    elif make is not None:
+        make(tmp_path)
     with pytest.raises(ConfigError, match=why) as err:
         checkpoint.read(tmp_path)
     assert "resume" in str(err.value)
 
 
-def test_an_old_checkpoint_layout_is_refused(tmp_path: Path) -> None:
-    with (tmp_path / checkpoint.FILENAME).open("wb") as f:
-        pickle.dump({"version": 0}, f)
-    with pytest.raises(ConfigError, match="version-1"):
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"format": "fedcoop-checkpoint", "version": 1, "tree": {"dict": []}},
+        {"format": "fedcoop-checkpoint", "version": 3, "tree": {"dict": []}},
+        {"format": "something-else", "version": 2, "tree": {"dict": []}},
+        {"tree": {"dict": []}},
+    ],
+    ids=["older", "newer", "another-format", "unversioned"],
+)
+def test_another_checkpoint_layout_is_refused(tmp_path: Path, document: dict) -> None:
+    npz_with(tmp_path, document)
+    with pytest.raises(ConfigError, match=f"not a version-{checkpoint.VERSION} fedcoop"):
         checkpoint.read(tmp_path)
 
 
