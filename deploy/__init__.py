@@ -19,7 +19,7 @@ SuperNode itself runs with its hard-coded idle waits (3 s between empty pulls, 0
 waiting for a reply) replaced: it polls every ``--poll-interval`` while a message is due and
 backs off to ``--idle-poll`` while none comes, wakes its ClientApp with a local datagram when
 a task waits (an idle ClientApp does not poll), and hands it installed apps without their
-content. docs/deployment.md has the measurements.
+content. docs/deployment-performance.md has the measurements.
 
 Why a top-level package: this is tooling above the strategies layer, not part of the
 framework. It starts the Flower processes that load ``clients`` and ``strategies`` from the

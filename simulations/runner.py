@@ -29,7 +29,7 @@ GRIDS = {"inprocess": InProcessGrid, "vectorized": VectorizedGrid}
 #: the models whose cohorts the vectorized engine runs faster than the in-process one on a
 #: CPU: small ones, whose steps are dominated by per-call overhead that one vmap over the
 #: cohort shares. For larger models a loop of per-worker calls is as fast or faster on a CPU
-#: (docs/engines-and-performance.md: the MLP about even, the CNN 1.3x against 0.95x the bare
+#: (docs/engines-measured.md: the MLP about even, the CNN 1.3x against 0.95x the bare
 #: loop, benchmarks/gradient_floor.py); on a GPU the batch is where the gain is.
 VECTORIZED_ON_CPU = frozenset({"logreg", "linear"})
 LOG = logging.getLogger("flwr.fedcoop")

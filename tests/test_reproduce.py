@@ -16,7 +16,7 @@ import pytest
 
 from fedcoop.config import RunConfig
 from simulations import compare
-from simulations.reproduce import follow_ups, front, overlap_sgd, runner
+from simulations.reproduce import follow_ups, front, overlap_sgd, report, runner
 from simulations.reproduce.__main__ import main
 from simulations.reproduce.runner import find
 from simulations.reproduce.scale import FOLLOW_UPS_SMOKE, SMOKE
@@ -55,7 +55,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
     root = tmp_path_factory.mktemp("reproduce")
     out, runs = root / "out", root / "runs"
     path = main(["--smoke", "--out", str(out), "--runs", str(runs)])
-    return path.read_text(), out, runs
+    return report.read(path), out, runs
 
 
 def check_report(markdown: str, out: Path) -> None:
@@ -232,8 +232,9 @@ def test_verdict_rule_uses_the_noise() -> None:
 
 
 def test_committed_report_is_complete() -> None:
-    """docs/reproductions.md from the full run: every claim judged, every figure committed."""
-    check_report((ROOT / "docs" / "reproductions.md").read_text(), ROOT / "docs")
+    """docs/reproductions.md and its pages from the full run: every claim judged, every figure
+    committed."""
+    check_report(report.read(ROOT / "docs" / "reproductions.md"), ROOT / "docs")
 
 
 def copy_runs(runs: Path, tmp_path: Path) -> Path:
@@ -256,7 +257,7 @@ def rerun(
 
     monkeypatch.setattr(runner, "run_config", counting)
     path = main(["--smoke", "--out", str(tmp_path / "out"), "--runs", str(runs)])
-    return path.read_text(), ran
+    return report.read(path), ran
 
 
 def body(markdown: str, runs: Path) -> str:

@@ -1,4 +1,4 @@
-"""Reproduce the two papers' claims at small scale and write docs/reproductions.md.
+"""Reproduce the papers' claims at small scale; write docs/reproductions.md and its pages.
 
     python -m simulations.reproduce [--out docs] [--runs DIR] [--smoke]
 

@@ -1,4 +1,4 @@
-"""Reproduce the two papers' claims at small scale and write docs/reproductions.md.
+"""Reproduce the papers' claims at small scale; write docs/reproductions.md and its pages.
 
     python -m simulations.reproduce [--out docs] [--runs DIR] [--smoke]
 
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
         prog="python -m simulations.reproduce", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--out", help="folder of reproductions.md and figures/ (default: docs)")
+    parser.add_argument("--out", help="folder of reproductions*.md and figures/ (default: docs)")
     parser.add_argument(
         "--runs",
         help="folder for the runs (default: a new one per invocation); its finished runs of "
