@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedcoop.config import STEP_TIME_DISTRIBUTIONS, RunConfig
+from fedcoop.config import RunConfig, check_value
 from fedcoop.cooperative import CooperativeSpec
 from fedcoop.errors import ConfigError
 from fedcoop.links import Link, parse_link
@@ -66,13 +66,11 @@ class StepTime:
     sigma: float = 0.5
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.mean) and self.mean >= 0):
-            raise ConfigError("step-time", self.mean, "seconds >= 0")
-        if self.distribution not in STEP_TIME_DISTRIBUTIONS:
-            valid = f"one of {', '.join(STEP_TIME_DISTRIBUTIONS)}"
-            raise ConfigError("step-time-distribution", self.distribution, valid)
-        if not (math.isfinite(self.sigma) and self.sigma >= 0):
-            raise ConfigError("step-time-sigma", self.sigma, "must be >= 0")
+        """The step-time keys' own constraints (RunConfig's table), for a StepTime built
+        without a RunConfig."""
+        check_value("step-time", self.mean)
+        check_value("step-time-distribution", self.distribution)
+        check_value("step-time-sigma", self.sigma)
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """n step durations with mean `mean` (constant ones draw nothing from rng)."""

@@ -6,6 +6,12 @@ ConfigError whose parameter is one of the config's keys, never a traceback from 
 numpy, networkx, flwr-datasets or torch. A sample of the accepted ones really runs. The
 tables below are also run one bad value at a time, each on its own, so that every value
 listed as invalid is known to be refused by the key it belongs to.
+
+The values RunConfig itself checks come from its table (`fedcoop.config.SETTINGS`): each
+key's constraint gives its edge values and the strategies that draw valid and invalid ones,
+so these tests follow the table as it changes. Only what the table cannot say is listed by
+hand: values small enough to run, and values that the run refuses later (an algorithm's
+alpha range, a registry's names, a parser's syntax, a key that clashes with another).
 """
 
 from __future__ import annotations
@@ -20,13 +26,105 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fedcoop import algorithms, mixing, partitions, topology, workload
-from fedcoop.config import LR_SCHEDULES, STEP_TIME_DISTRIBUTIONS, RunConfig
+from fedcoop import algorithms, mixing, topology, workload
+from fedcoop.config import SETTINGS, TYPES, RunConfig
+from fedcoop.constraints import Constraint, Interval, IntRange, Names, NumberOr, Registry
 from fedcoop.cooperative import CooperativeSpec
 from fedcoop.errors import ConfigError
 from tests.conftest import MATRIX_KEYS, TINY, named_key, run_tiny
 
 NAN, INF = math.nan, math.inf
+
+
+def names(key: str) -> list[str]:
+    """The names the table lists for `key` (its OneOf or its registry)."""
+    constraint = SETTINGS[key].constraint
+    assert isinstance(constraint, Names), f"{key} has no list of names"
+    return list(constraint.names())
+
+
+def valid_values(constraint: Constraint | None) -> st.SearchStrategy[Any] | None:
+    """Values `constraint` accepts, drawn over its whole range (None: the table cannot say
+    which, e.g. what a parser accepts)."""
+    match constraint:
+        case IntRange(low=low, high=high):
+            return st.integers(low, high)
+        case Interval():
+            return st.floats(
+                constraint.low,
+                constraint.high,
+                exclude_min=not constraint.closed_low,
+                exclude_max=not constraint.closed_high,
+            )
+        case Names():
+            return st.sampled_from(constraint.names())
+        case NumberOr(words=words):
+            return st.sampled_from(words) | st.floats() | st.integers()
+    return None
+
+
+def invalid_values(constraint: Constraint | None) -> st.SearchStrategy[Any] | None:
+    """Values of the key's type that `constraint` refuses: beyond either bound, NaN, or a
+    name it does not list (None: nothing RunConfig itself refuses, or no way to draw it)."""
+    match constraint:
+        case Registry():
+            return None  # checked when the run resolves the name, not by RunConfig
+        case IntRange(low=low, high=high):
+            above = st.nothing() if high is None else st.integers(min_value=high + 1)
+            return st.integers(max_value=low - 1) | above
+        case Interval(low=low, high=high):
+            below = st.floats(max_value=low if not constraint.closed_low else _down(low))
+            if math.isinf(high):
+                above = st.nothing() if constraint.closed_high else st.just(INF)
+            else:
+                above = st.floats(min_value=high if not constraint.closed_high else _up(high))
+            return below | above | st.just(NAN)
+        case Names():
+            return st.text().filter(lambda text: text not in constraint.names())
+        case NumberOr(words=words):
+            return st.text().filter(lambda text: text not in words)
+    return None
+
+
+def _down(x: float) -> float:
+    return math.nextafter(x, -INF)
+
+
+def _up(x: float) -> float:
+    return math.nextafter(x, INF)
+
+
+#: Values of the wrong type for each field type, which from_mapping refuses.
+WRONG_TYPE: dict[Any, list[Any]] = {
+    bool: ["yes", 1, None],
+    int: [2.5, "1", True, None],
+    float: ["0.1", False, None],
+    str: [3, None],
+    float | str: [True, None],
+}
+
+
+def edge_values(key: str) -> list[Any]:
+    """The values just outside `key`'s declared range, and of the wrong type."""
+    constraint = SETTINGS[key].constraint
+    match constraint:
+        case Registry():
+            edges: list[Any] = []
+        case IntRange(low=low, high=high):
+            edges = [low - 1] + ([] if high is None else [high + 1])
+        case Interval(low=low, high=high):
+            edges = [low if not constraint.closed_low else _down(low), NAN]
+            if not constraint.closed_high:
+                edges.append(high)
+            elif not math.isinf(high):
+                edges.append(_up(high))
+        case Names() | NumberOr():
+            edges = ["nope"]
+        case _:
+            edges = []
+    return edges + WRONG_TYPE[TYPES[key.replace("-", "_")]]
+
+
 #: Matrix files that the "matrix-file" values below name, created once per module.
 MATRIX_FILES = {
     "ring4.npy": topology.weigh("metropolis-hastings", topology.ring(4)),
@@ -35,7 +133,7 @@ MATRIX_FILES = {
 
 #: Values each key accepts on its own (some only with the right other keys).
 VALID: dict[str, list[Any]] = {
-    "algorithm": list(algorithms.ALGORITHMS),
+    "algorithm": names("algorithm"),
     "num-clients": [1, 2, 3, 4, 8],
     "num-rounds": [1, 2],
     "tau": [1, 2, 3.0],
@@ -46,21 +144,21 @@ VALID: dict[str, list[Any]] = {
     "batch-size": [0, 4, 32],
     "alpha": ["auto", 0.1, 0.3, 0.6],
     "anchor-momentum": ["auto", 0, 0.5],
-    "topology": list(topology.TOPOLOGIES),
-    "weighting": list(topology.WEIGHTINGS),
+    "topology": names("topology"),
+    "weighting": names("weighting"),
     "groups": [1, 2, 3],
-    "update-rule": ["auto", "mix-after-step", "mix-before-step"],
+    "update-rule": names("update-rule"),
     "matrix-file": ["", *MATRIX_FILES],
     "num-aux": [0, 1],
     "test-fraction": [0.2, 0.5],
     "synthetic-alpha": [0, 1.0],
     "synthetic-beta": [0.5],
-    "partition": list(partitions.SCHEMES),
+    "partition": names("partition"),
     "dirichlet-alpha": [0.5, 10],
     "classes-per-partition": [1, 2],
     "major-fraction": [0.64, 1],
     "shards-per-partition": [1, 2],
-    "lr-schedule": list(LR_SCHEDULES),
+    "lr-schedule": names("lr-schedule"),
     "warmup-epochs": [0, 5],
     "decay-epochs": ["150,250", "1", ""],
     "decay-factor": [0.1, 1],
@@ -69,7 +167,7 @@ VALID: dict[str, list[Any]] = {
     "results-dir": [""],
     "round-timeout": [600, 5],
     "step-time": [0, 0.05],
-    "step-time-distribution": list(STEP_TIME_DISTRIBUTIONS),
+    "step-time-distribution": names("step-time-distribution"),
     "step-time-sigma": [0, 0.5],
     "participation": [0.5, 1],
     "round-deadline": [0, 30],
@@ -92,61 +190,33 @@ DATA: list[dict[str, Any]] = [
     {"dataset": "synthetic-iid", "model": "mlp"},
 ]
 #: Values each key refuses whatever the other keys say (in the CONTEXT of keys that are read
-#: by some algorithms only).
-INVALID: dict[str, list[Any]] = {
-    "algorithm": ["nope", "EASGD", "", 3],
-    "num-clients": [0, -1, 2.5, "4", True, 10**9],
-    "num-rounds": [0, -3, 1.5, "2"],
-    "tau": [0, -1, 2.5, None],
-    "lr": [0, -0.1, NAN, INF, "0.1", False],
-    "momentum": [1, -0.1, 1.5, NAN],
-    "nesterov": ["yes", 1],
-    "weight-decay": [-1e-4, NAN, INF],
-    "batch-size": [-1, 3.5, "32"],
-    "alpha": ["half", -0.1, 0, NAN, INF, 1],
-    "anchor-momentum": [1, -0.5, "x", NAN],
-    "topology": ["mesh", 4],
-    "weighting": ["uniform", None],
-    "groups": [0, -1, 1.5, 9],
-    "update-rule": ["late", 0],
-    "matrix-file": ["", "missing.npy", "words.csv", 1],
-    "num-aux": [-1, 1.5],
+#: by some algorithms only) that the table cannot give: what a registry, an algorithm, a
+#: parser or another key refuses, and unknown keys.
+REFUSED_LATER: dict[str, list[Any]] = {
+    "algorithm": ["nope", "EASGD", ""],
+    "alpha": [-0.1, 0, NAN, INF, 1],
+    "anchor-momentum": [1, -0.5, NAN],
+    "groups": [9],
+    "update-rule": ["late"],
+    "matrix-file": ["", "missing.npy", "words.csv"],
     "dataset": ["imagenet", ""],
-    "test-fraction": [0, 1, -0.1, NAN],
-    "synthetic-alpha": [-1, NAN],
     "model": ["transformer", "linear"],
     "partition": ["random", "pathological"],
-    "dirichlet-alpha": [0, -1, NAN],
-    "classes-per-partition": [0, -1, 11],
-    "major-fraction": [0, 1.5, NAN],
-    "shards-per-partition": [0, 10**6],
-    "lr-schedule": ["cosine"],
-    "warmup-epochs": [-1, NAN, INF],
-    "decay-epochs": ["250,150", "5,5", "x", "0,5", "nan", "inf", "1", 150],
-    "decay-factor": [0, 1.5, NAN],
-    "scale-lr-by-workers": ["no"],
-    "seed": [-1, 1.5, 2**70],
-    "results-dir": [0],
-    "round-timeout": [0, -1, NAN],
-    "step-time": [-1, NAN, INF],
-    "step-time-distribution": ["normal", 1],
-    "step-time-sigma": [-0.5, NAN, INF],
-    "link": [5, "fast", "10ms/0mbit", "50ms"],
-    "participation": [0, 1.5, -0.1, NAN],
-    "round-deadline": [-1, NAN],
-    "quorum": [0, 1.5, NAN],
-    "update-norm-bound": [-1, NAN],
-    "checkpoint-every": [-1, 1.5],
-    "eager-reply": ["yes", 1, True],
-    "tau-schedule": ["0,2", "often", "", "2,-1", 3],
-    "adacomm-interval": [0, -1, NAN, INF],
-    "topology-schedule": ["missing.npz", "ring", 2],
-    "comm-budget": [0, 1.5, -0.1, NAN],
-    "resume": [7],
+    "classes-per-partition": [11],
+    "shards-per-partition": [10**6],
+    "decay-epochs": ["250,150", "5,5", "x", "0,5", "nan", "inf", "1"],
+    "link": ["fast", "10ms/0mbit", "50ms"],
+    "eager-reply": [True],
+    "tau-schedule": ["0,2", "often", "", "2,-1"],
+    "topology-schedule": ["missing.npz", "ring"],
     "learning-rate": [0.1],
     "num_client": [4],
     "Tau": [2],
 }
+#: Every value to refuse: each key's edges from the table, then those refused later.
+INVALID: dict[str, list[Any]] = {
+    key: edge_values(key) + REFUSED_LATER.get(key, []) for key in SETTINGS
+} | {key: values for key, values in REFUSED_LATER.items() if key not in SETTINGS}
 #: The other keys under which an INVALID value is read at all: num-aux and the matrix file
 #: only matter for the cooperative algorithm, alpha only for one with an elastic anchor.
 CONTEXT: dict[str, dict[str, Any]] = {
@@ -226,6 +296,39 @@ def test_each_invalid_value_is_refused_naming_its_key(
     outcome = checked(with_files({**CONTEXT.get(key, {}), key: value}, matrix_dir))
     assert isinstance(outcome, ConfigError), f"{key}={value!r} was accepted"
     assert named_key(outcome.parameter) == named_key(key)
+
+
+def test_the_hand_picked_valid_values_lie_inside_the_table() -> None:
+    for key, values in VALID.items():
+        constraint = SETTINGS[key].constraint
+        assert constraint is None or all(constraint.accepts(v) for v in values), key
+
+
+#: The keys whose values RunConfig checks against a constraint that can be drawn from.
+DRAWN = sorted(
+    key
+    for key, setting in SETTINGS.items()
+    if invalid_values(setting.constraint) is not None
+    and valid_values(setting.constraint) is not None
+)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(data=st.data(), key=st.sampled_from(DRAWN))
+def test_values_drawn_from_the_table_are_accepted_or_refused_as_it_says(
+    data: st.DataObject, key: str
+) -> None:
+    constraint = SETTINGS[key].constraint
+    good, bad = valid_values(constraint), invalid_values(constraint)
+    assert constraint is not None and good is not None and bad is not None
+    value = data.draw(good, label="valid")
+    parsed = RunConfig.from_mapping({key: value}).to_mapping()[key]
+    assert parsed == value or parsed != parsed  # NaN: alpha takes any number
+    value = data.draw(bad, label="invalid")
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping({key: value})
+    assert error.value.parameter == key
+    assert error.value.valid == f"must be {constraint.describe()}"
 
 
 @st.composite
