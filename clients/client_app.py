@@ -34,8 +34,8 @@ from clients import eager, messages, worker_state
 from clients.worker_state import FAILURE
 from fedcoop import workload
 from fedcoop.config import RunConfig
-from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.local_rule import LocalRule, WorkerState
+from fedcoop.spec import ClientRule, UpdateRule
 
 LOG = logging.getLogger("flwr.fedcoop")
 

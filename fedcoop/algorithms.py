@@ -16,10 +16,10 @@ import numpy as np
 from fedcoop import gossip, matcha, mixing, participation, topology
 from fedcoop.adacomm import AdaComm
 from fedcoop.config import AUTO, RunConfig
-from fedcoop.cooperative import ClientRule, CooperativeSpec, UpdateRule
 from fedcoop.coordinator import check_eager
 from fedcoop.errors import ConfigError
 from fedcoop.round_schedule import MatrixSchedule, parse_taus
+from fedcoop.spec import ClientRule, CooperativeSpec, UpdateRule
 
 #: The overlap paper's defaults (section 4): pullback alpha and anchor momentum beta.
 OVERLAP_ALPHA = 0.6

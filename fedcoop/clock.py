@@ -48,9 +48,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedcoop.config import RunConfig, check_value
-from fedcoop.cooperative import CooperativeSpec
 from fedcoop.errors import ConfigError
 from fedcoop.links import Link, parse_link
+from fedcoop.spec import CooperativeSpec
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def _tau_schedule(text: str) -> object:
 
 
 def parse_decay_epochs(text: str) -> tuple[float, ...]:
-    """decay-epochs as numbers, strictly rising (as fedcoop.schedules needs them)."""
+    """decay-epochs as numbers, strictly rising (as fedcoop.lr needs them)."""
     try:
         epochs = tuple(float(e) for e in text.split(",") if e.strip())
     except ValueError:
@@ -157,7 +157,7 @@ class RunConfig:
     )
     update_rule: str = setting(
         AUTO,
-        Registry("fedcoop.cooperative", "UpdateRule", also=(AUTO,)),
+        Registry("fedcoop.spec", "UpdateRule", also=(AUTO,)),
         doc=(
             '"auto": the algorithm\'s rule; or "mix-after-step" (eq. 10) / "mix-before-step" '
             "(Remark 1)"

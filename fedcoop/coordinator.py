@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 
 from fedcoop import participation
-from fedcoop.cooperative import ClientRule, CooperativeSpec
 from fedcoop.errors import ConfigError
 from fedcoop.pending import Payload, PendingPayloads
 from fedcoop.round_schedule import LAG, Settled
+from fedcoop.spec import ClientRule, CooperativeSpec
 
 
 class QuorumLost(RuntimeError):

@@ -34,8 +34,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from fedcoop.augment import Augmentation
-from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.data import ArrayDataset
+from fedcoop.spec import ClientRule, UpdateRule
 from fedcoop.training import LocalSGD, evaluate, load_model_vector, model_vector
 
 #: bytes of mini-batch inputs gathered at once for a group of workers

@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from fedcoop import augment, data, models, partitions, schedules
+from fedcoop import augment, data, lr, models, partitions
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
 
@@ -132,7 +132,7 @@ def build_model(config: RunConfig) -> torch.nn.Module:
     return models.build_for(config.model, train, num_classes=train.num_classes)
 
 
-def schedule(config: RunConfig) -> schedules.LRSchedule:
+def schedule(config: RunConfig) -> lr.LRSchedule:
     """The learning rate per global local step (counted from 1) for every worker.
 
     An epoch is one pass over an average worker's shard, the same for all workers, so that
@@ -140,10 +140,10 @@ def schedule(config: RunConfig) -> schedules.LRSchedule:
     """
     m = config.num_clients
     if config.lr_schedule == "constant":
-        return schedules.constant(config.lr * (m if config.scale_lr_by_workers else 1))
+        return lr.constant(config.lr * (m if config.scale_lr_by_workers else 1))
     train, _ = load_split(config)
     batch = config.batch_size or math.ceil(len(train) / m)
-    return schedules.paper_schedule(
+    return lr.paper_schedule(
         m,
         max(1, math.ceil(len(train) / m / batch)),
         base_lr=config.lr,

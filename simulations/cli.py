@@ -1,5 +1,9 @@
 """The `fedcoop` command line: run or compare configs, plot results, theory, data split.
 
+The console script `fedcoop` (pyproject's [project.scripts]) is `main` here, in the top
+layer: it drives the experiment runner, compare and plots of `simulations` and the
+deployment helper of `deploy`, which the layers below may not import.
+
     fedcoop run algorithm=overlap tau=2 num-clients=8
     fedcoop run --engine inprocess dataset=least-squares model=linear num-rounds=5
     fedcoop compare --grid algorithm=overlap,local-sgd --grid tau=2,8 --target 0.85 --out cmp

@@ -29,9 +29,9 @@ from clients.messages import RoundHeader, WorkerSnapshot
 from fedcoop import algorithms, participation
 from fedcoop.clock import VirtualClock
 from fedcoop.config import RunConfig
-from fedcoop.cooperative import CooperativeSpec
 from fedcoop.coordinator import Coordinator, Dispatch, QuorumLost
 from fedcoop.errors import RunFailed
+from fedcoop.spec import CooperativeSpec
 from strategies.exchanges import Exchange, Exchanges
 from strategies.ledger import StateLedger
 from strategies.result import EvaluateFn, RunResult

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from fedcoop.config import RunConfig
-from fedcoop.cooperative import CooperativeSpec
+from fedcoop.spec import CooperativeSpec
 
 #: (model vector) -> metrics of the server-side evaluation, e.g. test loss and accuracy
 EvaluateFn = Callable[[np.ndarray], dict[str, float]]

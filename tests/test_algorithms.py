@@ -9,8 +9,8 @@ import pytest
 
 from fedcoop import algorithms, mixing, topology
 from fedcoop.config import RunConfig
-from fedcoop.cooperative import ClientRule, UpdateRule
 from fedcoop.errors import ConfigError
+from fedcoop.spec import ClientRule, UpdateRule
 
 
 def config(**changes: object) -> RunConfig:

@@ -23,8 +23,8 @@ from flwr.superlink.grid import InMemoryGrid
 from clients import messages
 from clients.client_app import app as client_app
 from clients.worker_state import STATE_ARRAYS, STATE_META
-from fedcoop.cooperative import reference_trajectory
 from fedcoop.errors import RunFailed
+from fedcoop.spec import reference_trajectory
 from simulations.inprocess import InProcessGrid
 from strategies import loop, rounds, transport
 from strategies.server_app import run

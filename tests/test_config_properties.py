@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from fedcoop import algorithms, mixing, topology, workload
 from fedcoop.config import SETTINGS, TYPES, RunConfig
 from fedcoop.constraints import Constraint, Interval, IntRange, Names, NumberOr, Registry
-from fedcoop.cooperative import CooperativeSpec
 from fedcoop.errors import ConfigError
+from fedcoop.spec import CooperativeSpec
 from tests.conftest import MATRIX_KEYS, TINY, named_key, run_tiny
 
 NAN, INF = math.nan, math.inf

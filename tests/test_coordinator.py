@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from fedcoop import mixing, topology
-from fedcoop.cooperative import CooperativeSpec, UpdateRule, reference_trajectory
 from fedcoop.coordinator import Coordinator, Dispatch
 from fedcoop.errors import ConfigError
+from fedcoop.spec import CooperativeSpec, UpdateRule, reference_trajectory
 from tests.conftest import spec_of
 
 D = 3

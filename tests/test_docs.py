@@ -1,6 +1,6 @@
-"""The documentation stays readable and connected: no page of docs/, the README or the
-CHANGELOG over 15,000 characters, and every relative link reaches a file and, with an
-#anchor, a heading of it (GitHub's anchors)."""
+"""The documentation stays readable and connected: no page of docs/ or the README over
+15,000 characters, and every relative link (the CHANGELOG's too) reaches a file and, with
+an #anchor, a heading of it (GitHub's anchors)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,12 @@ def test_the_pages_include_the_changelog_and_the_docs() -> None:
     assert (ROOT / "CHANGELOG.md").is_file() and len(PAGES) > 10
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+#: the pages a reader reads through (the CHANGELOG is a record that grows: it is searched,
+#: not read, and only its links are checked)
+READ_PAGES = [p for p in PAGES if p.name != "CHANGELOG.md"]
+
+
+@pytest.mark.parametrize("page", READ_PAGES, ids=lambda p: p.name)
 def test_no_page_is_over_fifteen_thousand_characters(page: Path) -> None:
     size = len(page.read_text())
     assert size <= MAX_CHARS, (

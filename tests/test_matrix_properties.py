@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from fedcoop import algorithms, mixing, topology
 from fedcoop.config import RunConfig
-from fedcoop.cooperative import CooperativeSpec
 from fedcoop.errors import ConfigError
+from fedcoop.spec import CooperativeSpec
 from tests.conftest import MATRIX_KEYS, TINY, named_key, run_tiny
 
 GRAPHS: dict[str, Callable[[int], np.ndarray]] = {

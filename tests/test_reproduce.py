@@ -16,9 +16,9 @@ import pytest
 
 from fedcoop.config import RunConfig
 from simulations import compare
-from simulations.reproduce import follow_ups, front, overlap_sgd, report, runner
+from simulations.reproduce import claim_runs, follow_ups, front, overlap_sgd, report
 from simulations.reproduce.__main__ import main
-from simulations.reproduce.runner import find
+from simulations.reproduce.claim_runs import find
 from simulations.reproduce.scale import FOLLOW_UPS_SMOKE, SMOKE
 from simulations.reproduce.verdicts import (
     CONTRADICTED,
@@ -249,13 +249,13 @@ def rerun(
 ) -> tuple[str, list[RunConfig]]:
     """Another --smoke invocation over `runs`: (its markdown, the configs it actually ran)."""
     ran: list[RunConfig] = []
-    real = runner.run_config
+    real = claim_runs.run_config
 
     def counting(config: RunConfig, **options: object) -> object:
         ran.append(config)
         return real(config, **options)
 
-    monkeypatch.setattr(runner, "run_config", counting)
+    monkeypatch.setattr(claim_runs, "run_config", counting)
     path = main(["--smoke", "--out", str(tmp_path / "out"), "--runs", str(runs)])
     return report.read(path), ran
 

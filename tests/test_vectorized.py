@@ -20,9 +20,9 @@ from flwr.app import Context, Message
 
 from clients import client_app as client_module
 from clients.client_app import app as client_app
-from fedcoop.cooperative import UpdateRule
 from fedcoop.data import ArrayDataset
 from fedcoop.local_rule import LocalRule
+from fedcoop.spec import UpdateRule
 from fedcoop.training import LocalSGD, loss_function, model_vector
 from simulations.inprocess import InProcessGrid
 from simulations.vectorized import VectorizedGrid

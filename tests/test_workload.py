@@ -14,10 +14,10 @@ import torch
 from clients.client_app import app as client_app
 from fedcoop import algorithms, workload
 from fedcoop.config import RunConfig
-from fedcoop.cooperative import UpdateRule
 from fedcoop.data import ArrayDataset
 from fedcoop.local_rule import LocalRule
 from fedcoop.models import LinearRegression
+from fedcoop.spec import UpdateRule
 from fedcoop.training import LocalSGD, loss_function, model_vector
 from simulations.inprocess import InProcessGrid
 from strategies.server_app import initial_model, run

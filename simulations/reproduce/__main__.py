@@ -3,7 +3,7 @@
     python -m simulations.reproduce [--out docs] [--runs DIR] [--smoke]
 
 Given the --runs folder of an earlier invocation it resumes or extends that one: finished
-runs of the same configs are reused (simulations.reproduce.runner says what "the same" is).
+runs of the same configs are reused (simulations.reproduce.claim_runs says what "the same" is).
 Prints a line per run (which claim folder, which run, "reused" or "ran in X s") and the
 total wall time.
 """
@@ -21,8 +21,8 @@ import torch
 
 from fedcoop.config import RunConfig
 from simulations.reproduce import cooperative_sgd, follow_ups, front, overlap_sgd
+from simulations.reproduce.claim_runs import ClaimRuns
 from simulations.reproduce.report import report
-from simulations.reproduce.runner import ClaimRuns
 from simulations.reproduce.scale import (
     FOLLOW_UPS_FULL,
     FOLLOW_UPS_SMOKE,

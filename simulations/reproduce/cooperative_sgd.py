@@ -16,10 +16,10 @@ import numpy as np
 
 from fedcoop import algorithms, mixing, theory, workload
 from fedcoop.config import RunConfig
-from fedcoop.cooperative import reference_trajectory
 from fedcoop.errors import ConfigError
+from fedcoop.spec import reference_trajectory
 from simulations import compare, plots, stats
-from simulations.reproduce.runner import find_all, steps_configs
+from simulations.reproduce.claim_runs import find_all, steps_configs
 from simulations.reproduce.scale import Scale
 from simulations.reproduce.verdicts import (
     CONTRADICTED,
@@ -462,7 +462,7 @@ def claim_easgd(scale: Scale, runs: list[compare.RecordedRun], out: Path, figure
         f"{scale.easgd_steps} steps, at the admissible alphas, {scale.easgd_seeds} seeds "
         "each (mean ± sample std (n) below). The framework refuses alpha >= "
         f"2/(m+1) before training: `{refusal}`. So divergence is shown with the dense rule "
-        "(`fedcoop.cooperative.reference_trajectory`, `CooperativeSpec(check_spectrum=False)`, "
+        "(`fedcoop.spec.reference_trajectory`, `CooperativeSpec(check_spectrum=False)`, "
         f"W_alpha extrapolated past the limit) on least squares, {m} workers, minibatch "
         f"{scale.reference_batch}, eta 0.05, {scale.reference_steps} steps; its curves are in "
         f"`{reference_file.name}`.",

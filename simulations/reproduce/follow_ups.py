@@ -21,8 +21,8 @@ from fedcoop import algorithms
 from fedcoop.clock import VirtualClock
 from fedcoop.config import RunConfig
 from simulations import compare, plots, stats
+from simulations.reproduce.claim_runs import find
 from simulations.reproduce.overlap_sgd import model_bytes
-from simulations.reproduce.runner import find
 from simulations.reproduce.scale import FollowUpScale
 from simulations.reproduce.verdicts import (
     CONTRADICTED,

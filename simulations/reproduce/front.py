@@ -20,6 +20,7 @@ from fedcoop.clock import VirtualClock
 from fedcoop.config import RunConfig
 from fedcoop.links import parse_link
 from simulations import compare, plots, stats
+from simulations.reproduce.claim_runs import find_all
 from simulations.reproduce.overlap_sgd import (
     IMAGE_ALGORITHMS,
     SPLITS,
@@ -28,7 +29,6 @@ from simulations.reproduce.overlap_sgd import (
     model_bytes,
     paper_link,
 )
-from simulations.reproduce.runner import find_all
 from simulations.reproduce.scale import Scale
 from simulations.reproduce.verdicts import (
     CONTRADICTED,

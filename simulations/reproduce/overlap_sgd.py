@@ -17,7 +17,7 @@ from fedcoop import algorithms, workload
 from fedcoop.config import RunConfig
 from fedcoop.training import model_vector
 from simulations import compare, plots, stats
-from simulations.reproduce.runner import find_all, steps_configs
+from simulations.reproduce.claim_runs import find_all, steps_configs
 from simulations.reproduce.scale import Scale
 from simulations.reproduce.verdicts import (
     RULE,

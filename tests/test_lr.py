@@ -7,7 +7,7 @@ from itertools import pairwise
 import pytest
 
 from fedcoop.errors import ConfigError
-from fedcoop.schedules import LRSchedule, constant, paper_schedule
+from fedcoop.lr import LRSchedule, constant, paper_schedule
 
 STEPS = 98  # steps per epoch: CIFAR-10's 50,000 images / (16 workers x 32) would be 97.7
 
