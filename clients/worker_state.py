@@ -53,13 +53,10 @@ def node_partition(context: Context) -> tuple[int, int]:
 def rule_for(config: RunConfig) -> LocalRule:
     """The local rule every worker of `config` in this process shares (its model layout,
     optimizer, schedule and augmentation)."""
-    momentum, nesterov = algorithms.local_optimizer(config)
     sgd = LocalSGD(
         lr=config.lr,
-        momentum=momentum,
-        nesterov=nesterov,
-        weight_decay=config.weight_decay,
         batch_size=config.batch_size,
+        optimizer=algorithms.local_optimizer(config),
     )
     train, _ = workload.load_split(config)
     return LocalRule(

@@ -24,6 +24,7 @@ from clients import messages
 from clients.client_app import app as client_app
 from clients.worker_state import STATE_ARRAYS, STATE_META
 from fedcoop.cooperative import reference_trajectory
+from fedcoop.optimizers import sgd
 from simulations.inprocess import InProcessGrid
 from strategies import cooperative
 from strategies.cooperative import CooperativeStrategy, RunFailed
@@ -205,7 +206,7 @@ def test_momentum_buffers_persist_across_rounds() -> None:
     result, grid = run_in_process(config)
     grad = gradient_oracle(config)
     mu, eta, k = config.momentum, config.lr, 3 * 3
-    ref = reference_trajectory(result.spec, x0_of(config), grad, eta, k, momentum=mu)
+    ref = reference_trajectory(result.spec, x0_of(config), grad, eta, k, optimizer=sgd(mu))
     # ref[j] is X_{j+1}; step K-1 is a plain step: buf_{K-1} = (X_{K-1} - X_K) / eta.
     for worker, node in enumerate(result.node_of_worker):
         arrays = grid.contexts[node].state.array_records[STATE_ARRAYS]
