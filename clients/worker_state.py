@@ -1,10 +1,11 @@
 """A node's worker between messages: its state in ``context.state`` (the record of truth),
 in a state file on the device (node config ``state-dir``), and kept alive in this process.
 
-context.state holds the model x_i, the momentum buffer, the CoCoD-SGD snapshot (for that rule
-only), the gradient held back under Remark 1 and the last round and step count; a worker kept
-alive in this process (its tensors already on the device) is reused while the token written
-with the state proves it is that round's. `clients.client_app` reads and answers the messages.
+context.state holds the model x_i, the optimizer's state arrays by the names its optimizer
+declares (momentum), the CoCoD-SGD snapshot (for that rule only), the gradient held back under
+Remark 1 and the last round and step count; a worker kept alive in this process (its tensors
+already on the device) is reused while the token written with the state proves it is that
+round's. `clients.client_app` reads and answers the messages.
 """
 
 from __future__ import annotations
@@ -53,13 +54,10 @@ def node_partition(context: Context) -> tuple[int, int]:
 def rule_for(config: RunConfig) -> LocalRule:
     """The local rule every worker of `config` in this process shares (its model layout,
     optimizer, schedule and augmentation)."""
-    momentum, nesterov = algorithms.local_optimizer(config)
     sgd = LocalSGD(
         lr=config.lr,
-        momentum=momentum,
-        nesterov=nesterov,
-        weight_decay=config.weight_decay,
         batch_size=config.batch_size,
+        optimizer=algorithms.local_optimizer(config),
     )
     train, _ = workload.load_split(config)
     return LocalRule(
@@ -90,9 +88,10 @@ def build_worker(
         return rule.vector(torch.from_numpy(arrays[key].numpy())) if key in arrays else None
 
     worker = rule.worker(shard, torch.from_numpy(arrays[messages.MODEL].numpy()))
-    worker.momentum, worker.snapshot, worker.pending = (
-        tensor(k) for k in ("momentum", "snapshot", "pending")
-    )
+    worker.snapshot, worker.pending = tensor("snapshot"), tensor("pending")
+    for name in rule.sgd.optimizer.state_names:
+        if (value := tensor(name)) is not None:
+            worker.opt_state[name] = value
     worker.steps_done = int(state.config_records[STATE_META]["steps"])
     return worker
 
@@ -117,7 +116,7 @@ def save(
     context.state[STATE_ARRAYS] = messages.vector_record(
         **{
             messages.MODEL: cpu(worker.x),
-            "momentum": cpu(rule_for(config).momentum_of(worker)),
+            **{k: cpu(v) for k, v in rule_for(config).opt_state_of(worker).items()},
             "snapshot": cpu(worker.snapshot) if keep_snapshot else None,
             "pending": cpu(worker.pending),
         }

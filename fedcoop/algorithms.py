@@ -3,7 +3,8 @@
 A declaration says which matrix, how many auxiliary nodes, which update rule and which
 client rule; nothing else differs between algorithms, so nothing else is implemented per
 algorithm. `resolve` turns a run config into the `CooperativeSpec` that the server and the
-clients execute, and `local_optimizer` says which local momentum an algorithm implies.
+clients execute, and `local_optimizer` declares the workers' local optimizer a config asks
+for (fedcoop.optimizers), with the momentum an algorithm implies.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedcoop import gossip, matcha, mixing, participation, topology
+from fedcoop import gossip, matcha, mixing, optimizers, participation, topology
 from fedcoop.adacomm import AdaComm
 from fedcoop.config import AUTO, RunConfig
 from fedcoop.coordinator import check_eager
@@ -293,9 +294,12 @@ def _with_tau_schedule(
     return replace(spec, tau_schedule=parse_taus(config.tau_schedule))
 
 
-def local_optimizer(config: RunConfig) -> tuple[float, bool]:
-    """(momentum, nesterov) for the workers' local SGD under this algorithm."""
+def local_optimizer(config: RunConfig) -> optimizers.LocalOptimizer:
+    """The workers' local optimizer: the config's SGD settings, with the algorithm's own
+    Nesterov momentum (EAMSGD's) where the config leaves momentum at 0. The one place a
+    config's optimizer fields become pieces: the batched rule and the reference run them."""
+    momentum, nesterov = config.momentum, config.nesterov
     default = get(config.algorithm).default_momentum
-    if config.momentum == 0 and default:
-        return default, True
-    return config.momentum, config.nesterov
+    if momentum == 0 and default:
+        momentum, nesterov = default, True
+    return optimizers.sgd(momentum, nesterov=nesterov, weight_decay=config.weight_decay)

@@ -1,20 +1,21 @@
 """The worker side of every rule, written once as functions over a batch of workers.
 
 A worker is its flat state (`WorkerState`: the model vector x_i in the layout of
-`fedcoop.training.model_vector`, its momentum buffer, CoCoD snapshot and Remark-1 held-back
-gradient, and its count of local steps); `LocalRule` holds what the workers of one run share
-(the model's layout, the optimizer's settings, the learning-rate schedule, the augmentation)
-and applies a sync, or runs tau local steps, to any number of workers at once. The Flower
-ClientApp runs it on a batch of one; the vectorized engine on the round's whole cohort, one
-`torch.func.vmap` over the stacked parameters per step. Each worker draws its batches from its
-own generator exactly as it would alone, so the batch changes the speed, not the models.
+`fedcoop.training.model_vector`, its optimizer state (momentum), CoCoD snapshot and Remark-1
+held-back gradient, and its count of local steps); `LocalRule` holds what the workers of one
+run share (the model's layout, the optimizer's settings, the learning-rate schedule, the
+augmentation) and applies a sync, or runs tau local steps, to any number of workers at once.
+The Flower ClientApp runs it on a batch of one; the vectorized engine on the round's whole
+cohort, one `torch.func.vmap` over the stacked parameters per step. Each worker draws its
+batches from its own generator exactly as it would alone, so the batch changes the speed, not
+the models.
 
-The optimizer is torch.optim.SGD's rule without dampening, written out over flat tensors
-(weight decay folded into the gradient, so that a gradient held back under Remark 1 includes
-the decay of the unmixed model; a missing momentum buffer is a zero one, as in torch):
-buf <- mu buf + g; d <- g + mu buf (Nesterov) or buf; x <- x - lr d. Every update is an
-element-wise operation on its own, so a worker's result does not depend on its neighbours in
-the batch.
+The optimizer is the one `fedcoop.optimizers` declaration the reference runs too: its terms
+are added to each gradient where it is taken (so that a gradient held back under Remark 1
+includes the terms of the unmixed model, their anchor the worker's model at the round's
+start), its transforms turn the gradient and the worker's state arrays into the direction d
+when the step is applied, and x <- x - lr d. Every piece is element-wise, so a worker's result
+does not depend on its neighbours in the batch.
 
 Models with buffers that training updates in place (BatchNorm's running statistics) cannot
 run under `vmap` as they are; their gradients are taken one worker at a time, with each
@@ -27,7 +28,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -46,13 +47,14 @@ _GATHER_BYTES = 64 * 2**20
 class WorkerState:
     """Worker i between messages: flat tensors on the rule's device.
 
-    ``momentum`` and ``pending`` span the parameters only (the layout of
-    ``model.parameters()``); ``x`` and ``snapshot`` every floating-point state entry.
+    The optimizer's state arrays (``opt_state``, by the names its transforms declare) and
+    ``pending`` span the parameters only (the layout of ``model.parameters()``); ``x`` and
+    ``snapshot`` every floating-point state entry.
     """
 
     data: ArrayDataset
     x: torch.Tensor
-    momentum: torch.Tensor | None = None
+    opt_state: dict[str, torch.Tensor] = field(default_factory=dict)
     snapshot: torch.Tensor | None = None
     pending: torch.Tensor | None = None
     #: local steps applied so far; the next one is step `steps_done + 1` of the schedule
@@ -125,13 +127,18 @@ class LocalRule:
         """`x` on the rule's device, in its dtype (no copy when it already is)."""
         return x.to(device=self.device, dtype=self.dtype)
 
-    def momentum_of(self, worker: WorkerState) -> torch.Tensor | None:
-        """The worker's momentum buffer, zeros before its first step; None without momentum."""
-        if not self.sgd.momentum:
-            return None
-        if worker.momentum is None:
-            return torch.zeros_like(self.parameters_of(worker.x))
-        return worker.momentum
+    def opt_state_of(self, worker: WorkerState) -> dict[str, torch.Tensor]:
+        """The worker's optimizer state by the names its optimizer declares, zeros for an
+        array it does not hold yet (before its first step), as the step itself reads it."""
+        zero = None
+        state = {}
+        for name in self.sgd.optimizer.state_names:
+            if name in worker.opt_state:
+                state[name] = worker.opt_state[name]
+            else:
+                zero = torch.zeros_like(self.parameters_of(worker.x)) if zero is None else zero
+                state[name] = zero
+        return state
 
     def parameters_of(self, x: torch.Tensor) -> torch.Tensor:
         """The parameter entries of model vectors (the last dimension), in parameter order."""
@@ -198,12 +205,12 @@ class LocalRule:
     def adopt(self, worker: WorkerState, x: torch.Tensor, *, reset: bool) -> None:
         """Take `x` as the worker's model after a sync it missed: what it held back for that
         sync (a pending gradient, a CoCoD snapshot) no longer applies; `reset` (its last
-        update was rejected) also clears the momentum buffer it was made with."""
+        update was rejected) also clears the optimizer state (momentum) it was made with."""
         worker.x = self.vector(x)
         worker.pending = None
         worker.snapshot = worker.x.clone()
         if reset:
-            worker.momentum = None
+            worker.opt_state.clear()
 
     def run(
         self,
@@ -247,6 +254,9 @@ class LocalRule:
     ) -> list[float]:
         indices = [self._batches(w, steps, g) for w, g in zip(workers, generators, strict=True)]
         x = torch.stack([w.x for w in workers])
+        optimizer = self.sgd.optimizer
+        # the round's start: the anchor of the optimizer's terms (FedProx's x^t)
+        anchor = self.parameters_of(x)
         losses: list[list[float]] = [[] for _ in workers]
         batches = self._stacked_batches(workers, indices)
         for k in range(steps):
@@ -256,8 +266,8 @@ class LocalRule:
                     [self.augment(xb, g) for xb, g in zip(inputs, generators, strict=True)]
                 )
             grads, values = self._gradients(x, inputs, targets)
-            if self.sgd.weight_decay:
-                grads = grads + self.sgd.weight_decay * self.parameters_of(x)
+            if optimizer.terms:
+                grads = optimizer.gradient(grads, self.parameters_of(x), anchor)
             for b, value in enumerate(values.tolist()):
                 losses[b].append(value)
             if update_rule is UpdateRule.MIX_BEFORE_STEP and k == steps - 1:
@@ -302,15 +312,18 @@ class LocalRule:
         lr = torch.tensor(
             [self.lr_at(w.steps_done + 1) for w in workers], dtype=self.dtype, device=self.device
         )[:, None]
-        direction = grads
-        mu = self.sgd.momentum
-        if mu:
+        optimizer = self.sgd.optimizer
+        state: dict[str, torch.Tensor] = {}
+        if optimizer.state_names:
             zero = torch.zeros_like(grads[0])
-            buf = torch.stack([zero if w.momentum is None else w.momentum for w in workers])
-            buf = mu * buf + grads
-            direction = grads + mu * buf if self.sgd.nesterov else buf
-            for w, row in zip(workers, buf.unbind(0), strict=True):
-                w.momentum = row
+            state = {
+                name: torch.stack([w.opt_state.get(name, zero) for w in workers])
+                for name in optimizer.state_names
+            }
+        direction, state = optimizer.direction(grads, state)
+        for name, rows in state.items():
+            for w, row in zip(workers, rows.unbind(0), strict=True):
+                w.opt_state[name] = row
         for w in workers:
             w.steps_done += 1
         params = torch.addcmul(self.parameters_of(x), lr, direction, value=-1.0)

@@ -17,6 +17,7 @@ import numpy as np
 
 from fedcoop import mixing, participation
 from fedcoop.errors import ConfigError
+from fedcoop.optimizers import SGD, LocalOptimizer
 from fedcoop.round_schedule import MatrixSchedule, Settled, TauSchedule
 
 
@@ -168,8 +169,7 @@ def reference_trajectory(
     eta: float,
     num_steps: int,
     *,
-    momentum: float = 0.0,
-    nesterov: bool = False,
+    optimizer: LocalOptimizer = SGD,
     participants: Callable[[int], Collection[int]] | None = None,
 ) -> np.ndarray:
     """Run the dense matrix rule for `num_steps` steps from all nodes at x0.
@@ -177,24 +177,24 @@ def reference_trajectory(
     Returns an array of shape (num_steps + 1, d, m + v): X_1 ... X_{K+1}, where step k
     (counted from 1) mixes with W when k mod tau == 0 and with I otherwise (eq. 7); with
     schedules, the last step of round r mixes with W_r and rounds take tau_r steps. G_k holds
-    the workers' local SGD directions (heavy-ball or Nesterov momentum on their own
-    gradients when `momentum` > 0, as the overlap paper's workers use); the aux nodes carry
-    the spec's anchor momentum. CoCoD-SGD (the correction rule) is not a matrix rule and has
-    its own literal reference, with the same output layout.
+    the workers' local directions: their gradients through `optimizer` (fedcoop.optimizers:
+    weight decay, heavy-ball or Nesterov momentum as the overlap paper's workers use, ...);
+    the aux nodes carry the spec's anchor momentum. CoCoD-SGD (the correction rule) is not a
+    matrix rule and has its own literal reference, with the same output layout.
 
     With `participants`, round r (steps (r-1) tau + 1 ... r tau) is trained only by the
     workers participants(r) names (sampled and answering): the others take no step and
-    keep their momentum, and the round's sync uses `participation.round_matrix` (the
+    keep their optimizer state, and the round's sync uses `participation.round_matrix` (the
     literal CoCoD-SGD reference has every worker in every round).
     """
     m, v = spec.num_workers, spec.num_aux
-    local = _LocalDirections(grad, m, momentum, nesterov)
+    round_of, ends = spec.rounds_of(num_steps)
+    local = _LocalDirections(grad, m, optimizer, ends)
     if spec.client_rule is ClientRule.CORRECTION:
         return _cocod_reference(spec, x0, local, eta, num_steps)
     x = np.repeat(np.asarray(x0, dtype=np.float64)[:, None], m + v, axis=1)
     velocity = np.zeros((x.shape[0], v))
     out = [x.copy()]
-    round_of, ends = spec.rounds_of(num_steps)
     for k in range(1, num_steps + 1):
         r = round_of[k - 1]
         active = frozenset(participants(r) if participants else range(m))
@@ -214,29 +214,34 @@ def reference_trajectory(
 
 
 class _LocalDirections:
-    """The workers' local update directions: the gradient, through momentum if any.
+    """The workers' local update directions: each worker's gradient through the declared
+    optimizer, worker by worker (the batched rule runs the same declaration on rows)."""
 
-    buf <- mu buf + g; direction = g + mu buf (Nesterov) or buf, as torch.optim.SGD does.
-    """
-
-    def __init__(self, grad: GradientOracle, m: int, momentum: float, nesterov: bool) -> None:
-        self.grad, self.m, self.momentum, self.nesterov = grad, m, momentum, nesterov
-        self.buffers: np.ndarray | None = None
+    def __init__(
+        self, grad: GradientOracle, m: int, optimizer: LocalOptimizer, ends: Collection[int]
+    ) -> None:
+        self.grad, self.m, self.optimizer, self.ends = grad, m, optimizer, ends
+        self.state: list[dict[str, np.ndarray]] = [{} for _ in range(m)]
+        #: the workers' models at the start of the round: the anchor of the optimizer's terms
+        self.anchor = np.empty(0)
 
     def __call__(self, x: np.ndarray, k: int, active: frozenset[int] | None = None) -> np.ndarray:
-        """Step k's directions; workers outside `active` take no step and keep their buffer."""
-        on = np.array([active is None or i in active for i in range(self.m)])
-        g = np.stack(
-            [self.grad(i, x[:, i], k) if on[i] else np.zeros(x.shape[0]) for i in range(self.m)],
-            axis=1,
-        )
-        if not self.momentum:
-            return g
-        if self.buffers is None:
-            self.buffers = np.zeros_like(g)
-        self.buffers[:, on] = self.momentum * self.buffers[:, on] + g[:, on]
-        direction = g + self.momentum * self.buffers if self.nesterov else self.buffers.copy()
-        return np.where(on, direction, 0.0)
+        """Step k's directions (d x m); workers outside `active` take no step and keep their
+        optimizer state."""
+        if k == 1 or k - 1 in self.ends:
+            self.anchor = x.copy()
+        out = np.zeros_like(x)
+        for i in range(self.m):
+            if active is None or i in active:
+                out[:, i] = self._direction(i, x[:, i], k)
+        return out
+
+    def _direction(self, i: int, x: np.ndarray, k: int) -> np.ndarray:
+        optimizer = self.optimizer
+        g = optimizer.gradient(self.grad(i, x, k), x, self.anchor[:, i])
+        state = {name: self.state[i].get(name, np.zeros_like(x)) for name in optimizer.state_names}
+        direction, self.state[i] = optimizer.direction(g, state)
+        return direction
 
 
 def _cocod_reference(

@@ -15,6 +15,7 @@ from torch import nn
 
 from fedcoop.data import ArrayDataset
 from fedcoop.errors import ConfigError
+from fedcoop.optimizers import SGD, LocalOptimizer
 
 
 def _entries(model: nn.Module) -> list[torch.Tensor]:
@@ -82,13 +83,12 @@ class _HalfMSE(nn.Module):
 
 @dataclass(frozen=True)
 class LocalSGD:
-    """The local optimizer's settings; batch_size 0 means full-batch gradients."""
+    """The local steps' settings: the learning rate (when no schedule is given), the
+    mini-batch size (0: full-batch gradients) and the optimizer's pieces."""
 
     lr: float
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
     batch_size: int = 32
+    optimizer: LocalOptimizer = SGD
 
 
 @torch.no_grad()

@@ -96,13 +96,14 @@ def named_key(parameter: str) -> str:
 
 
 def gradient_oracle(config: RunConfig) -> Callable[[int, np.ndarray, int], np.ndarray]:
-    """grad(i, x, k) of worker i's local objective (1/2n_i)||A_i x - b_i||^2 + wd/2 ||x||^2."""
+    """grad(i, x, k) of worker i's loss (1/2n_i)||A_i x - b_i||^2 (the local optimizer adds
+    its terms, such as weight decay)."""
     shards = [workload.shard(config, i, config.num_clients) for i in range(config.num_clients)]
     data = [(s.x.numpy().astype(np.float64), s.y.numpy().astype(np.float64)) for s in shards]
 
     def grad(i: int, x: np.ndarray, _: int) -> np.ndarray:
         a, b = data[i]
-        return a.T @ (a @ x - b) / len(b) + config.weight_decay * x
+        return a.T @ (a @ x - b) / len(b)
 
     return grad
 
@@ -178,7 +179,6 @@ def reference_final(
 ) -> np.ndarray:
     """X_{K+1} of the matrix rule for the spec that the run actually used (d x (m+v)), with
     the config's seeded sample of workers per round unless `participants` says who trained."""
-    momentum, nesterov = algorithms.local_optimizer(config)
     taus = tuple(row["tau"] for row in result.rounds)
     m = result.spec.num_workers
     # the taus the run decided, replayed (an adaptive schedule reads the run's losses)
@@ -189,8 +189,7 @@ def reference_final(
         gradient_oracle(config),
         config.lr,
         sum(taus),
-        momentum=momentum,
-        nesterov=nesterov,
+        optimizer=algorithms.local_optimizer(config),
         participants=participants
         or (lambda r: participation.sample(config.seed, r, m, config.participation)),
     )[-1]

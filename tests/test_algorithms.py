@@ -10,6 +10,7 @@ import pytest
 from fedcoop import algorithms, mixing, topology
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
+from fedcoop.optimizers import SGD, LocalOptimizer, Momentum, WeightDecay, sgd
 from fedcoop.spec import ClientRule, UpdateRule
 
 
@@ -288,14 +289,12 @@ def test_unknown_algorithm_lists_the_names() -> None:
 
 
 def test_local_optimizer() -> None:
-    assert algorithms.local_optimizer(config(algorithm="eamsgd")) == (0.9, True)
-    assert algorithms.local_optimizer(config(algorithm="eamsgd", momentum=0.5)) == (0.5, False)
-    assert algorithms.local_optimizer(config(algorithm="eamsgd", momentum=0.5, nesterov=True)) == (
-        0.5,
-        True,
-    )
-    assert algorithms.local_optimizer(config(algorithm="easgd")) == (0.0, False)
-    assert algorithms.local_optimizer(config(algorithm="overlap", momentum=0.9, nesterov=True)) == (
-        0.9,
-        True,
-    )
+    assert algorithms.local_optimizer(config(algorithm="eamsgd")) == sgd(0.9, nesterov=True)
+    assert algorithms.local_optimizer(config(algorithm="eamsgd", momentum=0.5)) == sgd(0.5)
+    assert algorithms.local_optimizer(
+        config(algorithm="eamsgd", momentum=0.5, nesterov=True)
+    ) == sgd(0.5, nesterov=True)
+    assert algorithms.local_optimizer(config(algorithm="easgd")) == SGD
+    assert algorithms.local_optimizer(
+        config(algorithm="overlap", momentum=0.9, nesterov=True, weight_decay=1e-4)
+    ) == LocalOptimizer(terms=(WeightDecay(1e-4),), transforms=(Momentum(0.9, nesterov=True),))

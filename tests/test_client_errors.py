@@ -4,11 +4,13 @@ ClientApp on InProcessGrid; and what a worker keeps in its context.state between
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import cast
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, cast
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Context, Message
 from flwr.proto.task_pb2 import Task
 from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
@@ -20,10 +22,11 @@ from flwr.supercore.run import Run
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 
-from clients import messages
+from clients import messages, worker_state
 from clients.client_app import app as client_app
 from clients.worker_state import STATE_ARRAYS, STATE_META
 from fedcoop.errors import RunFailed
+from fedcoop.optimizers import LocalOptimizer, sgd
 from fedcoop.spec import reference_trajectory
 from simulations.inprocess import InProcessGrid
 from strategies import loop, rounds, transport
@@ -206,7 +209,7 @@ def test_momentum_buffers_persist_across_rounds() -> None:
     result, grid = run_in_process(config)
     grad = gradient_oracle(config)
     mu, eta, k = config.momentum, config.lr, 3 * 3
-    ref = reference_trajectory(result.spec, x0_of(config), grad, eta, k, momentum=mu)
+    ref = reference_trajectory(result.spec, x0_of(config), grad, eta, k, optimizer=sgd(mu))
     # ref[j] is X_{j+1}; step K-1 is a plain step: buf_{K-1} = (X_{K-1} - X_K) / eta.
     for worker, node in enumerate(result.node_of_worker):
         arrays = grid.contexts[node].state.array_records[STATE_ARRAYS]
@@ -216,6 +219,44 @@ def test_momentum_buffers_persist_across_rounds() -> None:
         expected = mu * before_last + grad(worker, ref[k - 1][:, worker], k)
         assert np.linalg.norm(expected) > 1e-3
         np.testing.assert_allclose(buffer, expected, rtol=0, atol=1e-6)
+
+
+@dataclass(frozen=True)
+class GradientSum:
+    """A transform that keeps state under a name of its own and leaves the direction alone."""
+
+    state_names: ClassVar[tuple[str, ...]] = ("gradient-sum",)
+
+    def __call__(self, g: torch.Tensor, state: Mapping[str, torch.Tensor]) -> tuple:
+        return g, {"gradient-sum": state["gradient-sum"] + g}
+
+
+def test_any_optimizer_state_is_kept_and_read_back_by_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The state file holds every array the optimizer declares, and a worker rebuilt from it
+    (a new process) holds them again; the run equals plain SGD, as the direction is g."""
+    config = least_squares_config(algorithm="local-sgd", num_rounds=2, tau=2)
+    plain, _ = run_in_process(config)
+    monkeypatch.setattr(
+        worker_state.algorithms,
+        "local_optimizer",
+        lambda _config: LocalOptimizer(transforms=(GradientSum(),)),
+    )
+    worker_state.rule_for.cache_clear()
+    try:
+        result, grid = run_in_process(config)
+        for node in result.node_of_worker:
+            context = grid.contexts[node]
+            kept = context.state.array_records[STATE_ARRAYS]["gradient-sum"].numpy()
+            assert np.linalg.norm(kept) > 1e-3
+            rebuilt = worker_state.build_worker(config, context, context.state)
+            assert set(rebuilt.opt_state) == {"gradient-sum"}
+            np.testing.assert_array_equal(rebuilt.opt_state["gradient-sum"].cpu().numpy(), kept)
+    finally:
+        worker_state.rule_for.cache_clear()
+    assert result.workers is not None and plain.workers is not None
+    np.testing.assert_array_equal(result.workers, plain.workers)
 
 
 def test_remark_1_keeps_the_pending_gradient_until_the_next_sync() -> None:

@@ -22,6 +22,7 @@ from clients import client_app as client_module
 from clients.client_app import app as client_app
 from fedcoop.data import ArrayDataset
 from fedcoop.local_rule import LocalRule
+from fedcoop.optimizers import sgd
 from fedcoop.spec import UpdateRule
 from fedcoop.training import LocalSGD, loss_function, model_vector
 from simulations.inprocess import InProcessGrid
@@ -126,7 +127,7 @@ def test_a_model_with_batchnorm_trains_each_worker_on_its_own_statistics() -> No
     ]
     rule = LocalRule(
         model,
-        LocalSGD(lr=0.1, momentum=0.9, batch_size=4),
+        LocalSGD(lr=0.1, batch_size=4, optimizer=sgd(0.9)),
         torch.device("cpu"),
         torch.float64,
         loss_fn=loss_function(shards[0]),
