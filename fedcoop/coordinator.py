@@ -230,9 +230,19 @@ class Coordinator:
             worker not in self._busy and worker not in self._late and (self._last[worker] == round_)
         )
 
-    def awaiting(self, worker: int) -> int | None:
-        """The round whose report the coordinator awaits from worker (None: none)."""
-        return self._busy.get(worker)
+    def awaited(self, worker: int) -> Dispatch | None:
+        """The dispatch (without its payload) whose report the coordinator awaits from
+        worker, None when none: the one notion of a worker's round in flight, which the
+        transport's eager exchanges read rather than keep their own."""
+        r = self._busy.get(worker)
+        if r is None:
+            return None
+        return Dispatch(worker, r, self.tau_of(r) if r <= self.num_rounds else 0, None)
+
+    @property
+    def awaited_workers(self) -> list[int]:
+        """The workers whose report is awaited, in order."""
+        return sorted(self._busy)
 
     def describe(self) -> str:
         """Where each worker stands, for error messages."""

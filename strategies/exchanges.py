@@ -6,6 +6,8 @@ starts a dispatch and its reply reports it. With eager replies (`eager-reply`) t
 is the server's side of the protocol: a message collects the round its worker's device has
 been running since the previous message and starts the next one, and a device that runs its
 final dispatch gets a message that only collects (the worker's side is `clients.eager`).
+Which round a device runs is the Coordinator's to know (`Coordinator.awaited`): a released
+dispatch is queued here, in flight in the transport, or (answered) running on its device.
 """
 
 from __future__ import annotations
@@ -39,22 +41,22 @@ class Exchange:
 
 @dataclass
 class Exchanges:
-    """The dispatches released and not yet sent, and (eager) the one each device runs; a
-    final dispatch goes out only while fewer than `cohort` are in flight, so that m final
-    messages (and their replies) are never all held at once."""
+    """The dispatches released and not yet sent; a final dispatch goes out only while fewer
+    than `cohort` are in flight, so that m final messages (and their replies) are never all
+    held at once."""
 
     eager: bool
     cohort: int
     queued: dict[int, Dispatch] = field(default_factory=dict)
-    #: eager: per worker, the dispatch its device runs (started by a message answered)
-    running: dict[int, Dispatch] = field(default_factory=dict)
 
     def release(self, dispatches: list[Dispatch]) -> None:
         """Dispatches the Coordinator released (`Coordinator.ready`)."""
         for d in dispatches:
             self.queued[d.worker] = d
 
-    def take(self, in_flight: list[Exchange], late: list[Exchange]) -> list[Exchange]:
+    def take(
+        self, in_flight: list[Exchange], late: list[Exchange], coordinator: Coordinator
+    ) -> list[Exchange]:
         """The exchanges to send now: each queued dispatch of a worker with no message out
         (eager: collecting the round its device runs) and, eager, a message that only
         collects for a device that runs its final dispatch."""
@@ -67,24 +69,22 @@ class Exchanges:
             del self.queued[i]
         if not self.eager:
             return [Exchange(d, d) for _, d in free]
-        out = [Exchange(d, self.running.pop(i, None)) for i, d in free]
-        for i, d in sorted(self.running.items()):
-            if d.final and i not in busy and i not in self.queued:
-                out.append(Exchange(None, self.running.pop(i)))
+        out = [Exchange(d, _running(coordinator, i, d)) for i, d in free]
+        for i in coordinator.awaited_workers:
+            if i in busy or i in self.queued or any(e.awaited.worker == i for e in out):
+                continue
+            running = coordinator.awaited(i)
+            if running is not None and running.final:
+                out.append(Exchange(None, running))
         return out
 
-    def answered(self, e: Exchange, coordinator: Coordinator) -> None:
-        """The reply to `e` came and its report (if any) was taken: eager, unless that
-        report was rejected, the device now runs what `e` started."""
-        start = e.start
-        if (
-            start is not None
-            and start is not e.collect
-            and coordinator.awaiting(start.worker) == start.round
-        ):
-            self.running[start.worker] = start
-
     def void(self, worker: int) -> None:
-        """Worker missed a report: what its device runs, and what waited for it, is void."""
-        self.running.pop(worker, None)
+        """Worker missed a report: the dispatch that waited for it is void."""
         self.queued.pop(worker, None)
+
+
+def _running(coordinator: Coordinator, worker: int, start: Dispatch) -> Dispatch | None:
+    """The dispatch worker's device runs while `start` waits to go out: the one whose report
+    the coordinator awaits, unless that is `start` itself (nothing runs yet)."""
+    awaited = coordinator.awaited(worker)
+    return None if awaited is None or awaited.round == start.round else awaited

@@ -146,7 +146,7 @@ class CooperativeStrategy:
         while not coordinator.done:
             exchanges.release(coordinator.ready())
             in_flight = [e for e, _ in transport.in_flight.values()]
-            out = exchanges.take(in_flight, list(transport.late.values()))
+            out = exchanges.take(in_flight, list(transport.late.values()), coordinator)
             if not out and transport.idle():
                 raise RunFailed(f"nothing in flight and nothing ready: {coordinator.describe()}")
             if out:
@@ -171,7 +171,6 @@ class CooperativeStrategy:
                     self.ledger.delivered(e.awaited.worker)
                     if e.collect is not None:
                         self._take_report(reply, e.collect, coordinator, log)
-                    exchanges.answered(e, coordinator)
             for e in transport.overdue(pulled_at):
                 reason = f"no reply within round-deadline={self.config.round_deadline}s"
                 missed(e.awaited, "deadline", reason, still_running=True)
