@@ -36,7 +36,8 @@ from torch import nn
 from fedcoop import workload
 from fedcoop.config import RunConfig
 from fedcoop.local_rule import LocalRule
-from fedcoop.training import LocalSGD, loss_function
+from fedcoop.model_vectors import loss_function
+from fedcoop.optimizers import LocalSGD
 
 
 def timed(step: Callable[[], object], repeats: int) -> float:

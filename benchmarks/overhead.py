@@ -35,7 +35,7 @@ import torch
 
 from fedcoop import participation, workload
 from fedcoop.config import RunConfig
-from fedcoop.training import (
+from fedcoop.model_vectors import (
     default_device,
     evaluate,
     load_model_vector,

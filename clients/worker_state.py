@@ -25,7 +25,8 @@ from clients import messages
 from fedcoop import algorithms, checkpoint, workload
 from fedcoop.config import RunConfig
 from fedcoop.local_rule import LocalRule, WorkerState
-from fedcoop.training import LocalSGD, default_device, loss_function
+from fedcoop.model_vectors import default_device, loss_function
+from fedcoop.optimizers import LocalSGD
 
 LOG = logging.getLogger("flwr.fedcoop")
 _T = TypeVar("_T")

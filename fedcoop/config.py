@@ -72,7 +72,11 @@ def parse_decay_epochs(text: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One run, fully specified. Field names are the config keys with '-' -> '_'."""
+    """One run, fully specified. Field names are the config keys with '-' -> '_'.
+
+    Its 300 lines are the declared table itself, one `setting` (default, constraint, doc)
+    per key, which the checks, docs/configuration.md and the property tests all read.
+    """
 
     algorithm: str = setting(
         "local-sgd",

@@ -1,7 +1,7 @@
 """The worker side of every rule, written once as functions over a batch of workers.
 
 A worker is its flat state (`WorkerState`: the model vector x_i in the layout of
-`fedcoop.training.model_vector`, its optimizer state (momentum), CoCoD snapshot and Remark-1
+`fedcoop.model_vectors.model_vector`, its optimizer state (momentum), CoCoD snapshot and Remark-1
 held-back gradient, and its count of local steps); `LocalRule` holds what the workers of one
 run share (the model's layout, the optimizer's settings, the learning-rate schedule, the
 augmentation) and applies a sync, or runs tau local steps, to any number of workers at once.
@@ -36,8 +36,9 @@ from torch.func import functional_call, vmap
 
 from fedcoop.augment import Augmentation
 from fedcoop.data import ArrayDataset
+from fedcoop.model_vectors import evaluate, load_model_vector, model_vector
+from fedcoop.optimizers import LocalSGD
 from fedcoop.spec import ClientRule, UpdateRule
-from fedcoop.training import LocalSGD, evaluate, load_model_vector, model_vector
 
 #: bytes of mini-batch inputs gathered at once for a group of workers
 _GATHER_BYTES = 64 * 2**20
@@ -62,7 +63,12 @@ class WorkerState:
 
 
 class LocalRule:
-    """The local optimizer and the client half of the sync rules, for a run's workers."""
+    """The local optimizer and the client half of the sync rules, for a run's workers.
+
+    Some 330 lines as one class: the sync, the steps and the batch plumbing (stacked
+    mini-batches, the functional model, vmapped gradients) share the model's layout and the
+    device; the optimizer's arithmetic lives in `fedcoop.optimizers`, not here.
+    """
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ torchvision's networks adapted to 32 x 32 (or 28 x 28) inputs.
 
 Both of the latter carry BatchNorm. Their running statistics (``running_mean``,
 ``running_var``) are floating-point entries of ``state_dict()``, so the code that mixes "every
-floating-point state entry" (``fedcoop.training.model_vector``) averages them along with the
+floating-point state entry" (``fedcoop.model_vectors.model_vector``) averages them along with the
 weights, as FedAvg does; ``num_batches_tracked`` is int64 and is left out, which is harmless
 because it only matters for BatchNorm with ``momentum=None``. Nothing special is needed.
 """

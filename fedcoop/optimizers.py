@@ -132,3 +132,13 @@ def sgd(
         terms=(WeightDecay(weight_decay),) if weight_decay else (),
         transforms=(Momentum(momentum, nesterov),) if momentum else (),
     )
+
+
+@dataclass(frozen=True)
+class LocalSGD:
+    """The local steps' settings: the learning rate (when no schedule is given), the
+    mini-batch size (0: full-batch gradients) and the optimizer's pieces."""
+
+    lr: float
+    batch_size: int = 32
+    optimizer: LocalOptimizer = SGD

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fedcoop.config import RunConfig
-from fedcoop.training import default_device
+from fedcoop.model_vectors import default_device
 from strategies.result import RunResult
 
 

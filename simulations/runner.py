@@ -16,7 +16,7 @@ import logging
 from clients.client_app import app as client_app
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError, RunFailed
-from fedcoop.training import default_device
+from fedcoop.model_vectors import default_device
 from simulations import results
 from simulations.engines import AUTO, ENGINE_CHOICES
 from simulations.inprocess import InProcessGrid

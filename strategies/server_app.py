@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedcoop import algorithms, checkpoint, data, workload
 from fedcoop.config import RunConfig
 from fedcoop.errors import RunFailed
-from fedcoop.training import default_device, evaluate, load_model_vector, model_vector
+from fedcoop.model_vectors import default_device, evaluate, load_model_vector, model_vector
 from strategies.loop import CooperativeStrategy
 from strategies.result import EvaluateFn, RunResult
 

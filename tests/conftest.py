@@ -31,9 +31,9 @@ from clients import messages
 from clients.client_app import app as client_app
 from fedcoop import algorithms, participation, workload
 from fedcoop.config import RunConfig
+from fedcoop.model_vectors import model_vector
 from fedcoop.round_schedule import TauSequence
 from fedcoop.spec import CooperativeSpec, reference_trajectory
-from fedcoop.training import model_vector
 from simulations import compare
 from simulations.inprocess import InProcessGrid
 from simulations.runner import GRIDS

@@ -27,7 +27,7 @@ from clients import worker_state
 from clients.client_app import app as client_app
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
-from fedcoop.training import DEVICE_VARIABLE, default_device
+from fedcoop.model_vectors import DEVICE_VARIABLE, default_device
 from simulations.inprocess import InProcessGrid
 from simulations.runner import GRIDS
 from simulations.vectorized import VectorizedGrid

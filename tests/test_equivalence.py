@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fedcoop import mixing, participation, topology
-from fedcoop.training import model_vector
+from fedcoop.model_vectors import model_vector
 from simulations.runner import GRIDS
 from strategies.server_app import initial_model
 from tests.conftest import (

@@ -10,6 +10,7 @@ from torchvision.models.vgg import cfgs
 
 from fedcoop.data import ArrayDataset
 from fedcoop.errors import ConfigError
+from fedcoop.model_vectors import model_vector
 from fedcoop.models import (
     MLP,
     MODELS,
@@ -22,7 +23,6 @@ from fedcoop.models import (
     build_for,
     build_model,
 )
-from fedcoop.training import model_vector
 
 
 def _num_params(model: nn.Module) -> int:

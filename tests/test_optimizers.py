@@ -14,18 +14,19 @@ import torch
 
 from fedcoop import algorithms, workload
 from fedcoop.local_rule import LocalRule, WorkerState
+from fedcoop.model_vectors import loss_function
 from fedcoop.optimizers import (
     MOMENTUM,
     SGD,
     Array,
     LocalOptimizer,
+    LocalSGD,
     Momentum,
     Proximal,
     WeightDecay,
     sgd,
 )
 from fedcoop.spec import ClientRule, UpdateRule, reference_trajectory
-from fedcoop.training import LocalSGD, loss_function
 from tests.conftest import assert_paths_agree, gradient_oracle, least_squares_config, x0_of
 
 

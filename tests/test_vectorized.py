@@ -22,9 +22,9 @@ from clients import client_app as client_module
 from clients.client_app import app as client_app
 from fedcoop.data import ArrayDataset
 from fedcoop.local_rule import LocalRule
-from fedcoop.optimizers import sgd
+from fedcoop.model_vectors import loss_function, model_vector
+from fedcoop.optimizers import LocalSGD, sgd
 from fedcoop.spec import UpdateRule
-from fedcoop.training import LocalSGD, loss_function, model_vector
 from simulations.inprocess import InProcessGrid
 from simulations.vectorized import VectorizedGrid
 from strategies.server_app import run

@@ -16,9 +16,10 @@ from fedcoop import algorithms, workload
 from fedcoop.config import RunConfig
 from fedcoop.data import ArrayDataset
 from fedcoop.local_rule import LocalRule
+from fedcoop.model_vectors import loss_function, model_vector
 from fedcoop.models import LinearRegression
+from fedcoop.optimizers import LocalSGD
 from fedcoop.spec import UpdateRule
-from fedcoop.training import LocalSGD, loss_function, model_vector
 from simulations.inprocess import InProcessGrid
 from strategies.server_app import initial_model, run
 from tests.conftest import TIMINGS, assert_replayed

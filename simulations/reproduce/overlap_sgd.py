@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from fedcoop import algorithms, workload
 from fedcoop.config import RunConfig
-from fedcoop.training import model_vector
+from fedcoop.model_vectors import model_vector
 from simulations import compare, plots, stats
 from simulations.reproduce.claim_runs import find_all, steps_configs
 from simulations.reproduce.scale import Scale

@@ -1,21 +1,20 @@
-"""What training needs besides the rule itself: flat model vectors, losses, evaluation.
+"""A model as the flat vector the rules mix, and what reads a model: its loss, its
+evaluation, the device it runs on.
 
 A worker's model is handled as one flat vector (every floating-point entry of its
 state_dict, in order), because that is what the mixing rules act on: x_i <- w_ii x_i + mix.
-The local rule over such vectors is `fedcoop.local_rule`.
+The local rule over such vectors is `fedcoop.local_rule`; its settings `fedcoop.optimizers`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fedcoop.data import ArrayDataset
 from fedcoop.errors import ConfigError
-from fedcoop.optimizers import SGD, LocalOptimizer
 
 
 def _entries(model: nn.Module) -> list[torch.Tensor]:
@@ -79,16 +78,6 @@ class _HalfMSE(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return 0.5 * torch.mean((pred.reshape(target.shape) - target) ** 2)
-
-
-@dataclass(frozen=True)
-class LocalSGD:
-    """The local steps' settings: the learning rate (when no schedule is given), the
-    mini-batch size (0: full-batch gradients) and the optimizer's pieces."""
-
-    lr: float
-    batch_size: int = 32
-    optimizer: LocalOptimizer = SGD
 
 
 @torch.no_grad()
