@@ -27,6 +27,9 @@ OVERLAP_ALPHA = 0.6
 OVERLAP_BETA = 0.7
 #: EAMSGD's local Nesterov momentum when the config leaves momentum at 0.
 EAMSGD_MOMENTUM = 0.9
+#: FedProx's proximal mu when the config leaves prox-mu at 0: the middle of the paper's grid
+#: {0.001, 0.01, 0.1, 1} (Li et al., MLSys 2020, section 5).
+FEDPROX_MU = 0.01
 
 SpecBuilder = Callable[[RunConfig, int, Sequence[int]], CooperativeSpec]
 
@@ -41,6 +44,8 @@ class Algorithm:
     build: SpecBuilder
     #: local momentum this algorithm uses when the config's momentum is 0 (EAMSGD)
     default_momentum: float = 0.0
+    #: proximal mu this algorithm uses when the config's prox-mu is 0 (FedProx)
+    default_prox_mu: float = 0.0
 
 
 def _alpha(config: RunConfig, default: float | None) -> float | None:
@@ -211,6 +216,13 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("sync", "A(1, J, 0)", "fully synchronous SGD", _sync),
         Algorithm("local-sgd", "A(tau, J, 0)", "periodic averaging / Local SGD", _local_sgd),
         Algorithm("fedavg", "A(tau, p1^T, 0)", "Local SGD, sample-weighted average", _fedavg),
+        Algorithm(
+            "fedprox",
+            "A(tau, p1^T, 0) + mu",
+            "FedAvg, local proximal term",
+            _fedavg,
+            default_prox_mu=FEDPROX_MU,
+        ),
         Algorithm("easgd", "A(tau, W_alpha, 1)", "elastic averaging SGD", _easgd),
         Algorithm(
             "eamsgd", "A(tau, W_alpha, 1)", "EASGD, Nesterov momentum", _easgd, EAMSGD_MOMENTUM
@@ -296,10 +308,16 @@ def _with_tau_schedule(
 
 def local_optimizer(config: RunConfig) -> optimizers.LocalOptimizer:
     """The workers' local optimizer: the config's SGD settings, with the algorithm's own
-    Nesterov momentum (EAMSGD's) where the config leaves momentum at 0. The one place a
-    config's optimizer fields become pieces: the batched rule and the reference run them."""
+    Nesterov momentum (EAMSGD's) where the config leaves momentum at 0 and its own proximal
+    mu (FedProx's) where it leaves prox-mu at 0. The one place a config's optimizer fields
+    become pieces: the batched rule and the reference run them."""
+    algorithm = get(config.algorithm)
     momentum, nesterov = config.momentum, config.nesterov
-    default = get(config.algorithm).default_momentum
-    if momentum == 0 and default:
-        momentum, nesterov = default, True
-    return optimizers.sgd(momentum, nesterov=nesterov, weight_decay=config.weight_decay)
+    if momentum == 0 and algorithm.default_momentum:
+        momentum, nesterov = algorithm.default_momentum, True
+    return optimizers.sgd(
+        momentum,
+        nesterov=nesterov,
+        weight_decay=config.weight_decay,
+        prox_mu=config.prox_mu or algorithm.default_prox_mu,
+    )

@@ -118,6 +118,12 @@ class RunConfig:
         False, doc="Nesterov momentum for the local steps (needs momentum > 0)"
     )
     weight_decay: float = setting(0.0, Interval(0, closed="left"), doc="local SGD weight decay")
+    prox_mu: float = setting(
+        0.0,
+        Interval(0, closed="left"),
+        doc="FedProx's proximal term: each local step adds prox-mu (x - x_t), x_t the "
+        "worker's model at the round's start; 0 = off (fedprox: 0.01)",
+    )
     batch_size: int = setting(
         32, IntRange(0), doc="samples per local step, per worker; 0 = full batch"
     )

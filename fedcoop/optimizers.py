@@ -125,11 +125,17 @@ SGD = LocalOptimizer()
 
 
 def sgd(
-    momentum: float = 0.0, *, nesterov: bool = False, weight_decay: float = 0.0
+    momentum: float = 0.0,
+    *,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    prox_mu: float = 0.0,
 ) -> LocalOptimizer:
-    """torch.optim.SGD's rule (no dampening) as pieces; a setting of 0 adds no piece."""
+    """torch.optim.SGD's rule (no dampening) on the local objective plus FedProx's proximal
+    term, as pieces; a setting of 0 adds no piece."""
+    terms: tuple[Term, ...] = (WeightDecay(weight_decay),) if weight_decay else ()
     return LocalOptimizer(
-        terms=(WeightDecay(weight_decay),) if weight_decay else (),
+        terms=terms + ((Proximal(prox_mu),) if prox_mu else ()),
         transforms=(Momentum(momentum, nesterov),) if momentum else (),
     )
 

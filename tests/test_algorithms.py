@@ -10,7 +10,7 @@ import pytest
 from fedcoop import algorithms, mixing, topology
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
-from fedcoop.optimizers import SGD, LocalOptimizer, Momentum, WeightDecay, sgd
+from fedcoop.optimizers import SGD, LocalOptimizer, Momentum, Proximal, WeightDecay, sgd
 from fedcoop.spec import ClientRule, UpdateRule
 
 
@@ -282,7 +282,7 @@ def test_anchor_momentum_on_other_anchors_is_applied() -> None:
 
 def test_unknown_algorithm_lists_the_names() -> None:
     with pytest.raises(ConfigError) as err:
-        algorithms.resolve(config(algorithm="fedprox"))
+        algorithms.resolve(config(algorithm="scaffold"))
     assert err.value.parameter == "algorithm"
     for name in algorithms.ALGORITHMS:
         assert name in str(err.value)
@@ -295,6 +295,11 @@ def test_local_optimizer() -> None:
         config(algorithm="eamsgd", momentum=0.5, nesterov=True)
     ) == sgd(0.5, nesterov=True)
     assert algorithms.local_optimizer(config(algorithm="easgd")) == SGD
+    assert algorithms.local_optimizer(config(algorithm="fedprox")) == LocalOptimizer(
+        terms=(Proximal(algorithms.FEDPROX_MU),)
+    )
+    assert algorithms.local_optimizer(config(algorithm="fedprox", prox_mu=0.5)) == sgd(prox_mu=0.5)
+    assert algorithms.local_optimizer(config(algorithm="dpsgd", prox_mu=0.5)) == sgd(prox_mu=0.5)
     assert algorithms.local_optimizer(
         config(algorithm="overlap", momentum=0.9, nesterov=True, weight_decay=1e-4)
     ) == LocalOptimizer(terms=(WeightDecay(1e-4),), transforms=(Momentum(0.9, nesterov=True),))
