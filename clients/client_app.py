@@ -324,12 +324,13 @@ def _settle_background(context: Context) -> None:
 
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
-    """Loss and accuracy of this worker's own current model on the test set."""
+    """Loss and accuracy of this worker's own current model on the run's evaluation sample
+    of the test set (`workload.eval_sample`)."""
     _settle_background(context)
     worker_state.recover(context)
     config = messages.read_config(msg)
     worker = worker_state.current_worker(config, context)
-    _, test = workload.load_split(config)
+    test = workload.eval_sample(config)
     loss, accuracy = worker_state.rule_for(config).evaluate(worker, test)
     metrics = {"loss": loss, "num-examples": len(test)}
     if not np.isnan(accuracy):

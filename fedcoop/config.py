@@ -343,8 +343,17 @@ class RunConfig:
         100,
         IntRange(0),
         doc=(
-            "workers whose own final model is evaluated on the test set after the run, a seeded "
-            "sample (0 = every worker): evaluating all m would cost m passes over the test set"
+            "workers whose own final model is evaluated after the run, a seeded sample (0 = "
+            "every worker): evaluating all m would cost m passes over the evaluation sample"
+        ),
+    )
+    eval_samples: int = setting(
+        1000,
+        IntRange(0),
+        doc=(
+            "test examples those final models are evaluated on, one seeded sample shared by "
+            "every worker (0 = the whole test set); 1,000 puts an accuracy's standard error "
+            "under 1.6 points at a tenth of the cost of MNIST's 10,000"
         ),
     )
     resume: str = setting(

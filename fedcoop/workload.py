@@ -119,9 +119,29 @@ def _shard(config: RunConfig, partition_id: int, num_partitions: int) -> data.Ar
     return train.subset(partition_indices(config, num_partitions)[partition_id])
 
 
+#: the stream of `eval_sample`'s seed (apart from the partitions' and the batches')
+_EVAL_STREAM = 0x6576616C
+
+
+def eval_sample(config: RunConfig) -> data.ArrayDataset:
+    """The test examples each worker's own final model is evaluated on (`eval-samples`): one
+    seeded sample, the same for every worker so that their results pair up; the whole test
+    set when eval-samples is 0 or not below its size."""
+    return _eval_sample(_data_part(config), config.eval_samples)
+
+
+@lru_cache(maxsize=8)
+def _eval_sample(config: RunConfig, size: int) -> data.ArrayDataset:
+    _, test = load_split(config)
+    if size == 0 or size >= len(test):
+        return test
+    rng = np.random.default_rng([config.seed, _EVAL_STREAM])
+    return test.subset(np.sort(rng.choice(len(test), size=size, replace=False)))
+
+
 def clear_caches() -> None:
-    """Forget cached splits, partitions and shards (a fresh process's view)."""
-    for cached in (_load_split, _partition_indices, _shard):
+    """Forget cached splits, partitions, shards and samples (a fresh process's view)."""
+    for cached in (_load_split, _partition_indices, _shard, _eval_sample):
         cached.cache_clear()
 
 

@@ -45,6 +45,22 @@ def test_overhead_times_the_bare_loop_and_each_chosen_engine() -> None:
     assert all(out["overhead-ratio", e] > 0 for e in ENGINES)
 
 
+def test_final_eval_times_the_tail_per_evaluation_sample() -> None:
+    out = figures(
+        "final_eval.py",
+        *("--clients", "4", "--cohort", "2", "--workers", "0", "--samples", "0,50"),
+        *("--model", "logreg", "--engine", "inprocess", "--threads", "1"),
+    )
+    assert list(out) == [
+        ("worker-eval-seconds", "eval-samples=0"),
+        ("worker-eval-seconds", "eval-samples=50"),
+        ("eval-ratio", "eval-samples=0"),
+        ("eval-ratio", "eval-samples=50"),
+    ]
+    assert out["eval-ratio", "eval-samples=0"] == 1
+    assert out["worker-eval-seconds", "eval-samples=50"] > 0
+
+
 #: each engine runs in a process of its own there: few, to keep the test short
 SCALE = ["--cohort", "2", "--tau", "2", "--dataset", "mnist-embedded", "--rounds", "1"]
 SCALE += ["--model", "logreg", "--threads", "1"]

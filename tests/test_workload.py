@@ -8,6 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,13 +17,13 @@ from fedcoop import algorithms, workload
 from fedcoop.config import RunConfig
 from fedcoop.data import ArrayDataset
 from fedcoop.local_rule import LocalRule
-from fedcoop.model_vectors import loss_function, model_vector
+from fedcoop.model_vectors import evaluate, load_model_vector, loss_function, model_vector
 from fedcoop.models import LinearRegression
 from fedcoop.optimizers import LocalSGD
 from fedcoop.spec import UpdateRule
 from simulations.inprocess import InProcessGrid
 from strategies.server_app import initial_model, run
-from tests.conftest import TIMINGS, assert_replayed
+from tests.conftest import TIMINGS, assert_replayed, least_squares_config, run_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((REPO / "simulations" / "experiments").glob("*.toml"))
@@ -168,3 +169,43 @@ def test_a_sweep_over_algorithms_shares_one_copy_of_each_shard() -> None:
     for changes in ({"algorithm": "local-sgd"}, {"tau": 7}, {"lr": 0.3}):
         assert workload.shard(base.replace(**changes), 1, 4) is first
     assert workload.shard(base.replace(seed=3), 1, 4) is not first
+
+
+# --- the workers' final evaluation -----------------------------------------------------
+
+
+def test_the_evaluation_sample_is_seeded_and_shared_by_every_worker() -> None:
+    config = least_squares_config(eval_samples=7)
+    _, test = workload.load_split(config)
+    sample = workload.eval_sample(config)
+    assert len(sample) == 7 < len(test)
+    rows = {tuple(row.tolist()) for row in test.x}
+    assert all(tuple(row.tolist()) in rows for row in sample.x)
+    workload.clear_caches()
+    assert torch.equal(workload.eval_sample(config).x, sample.x)  # a fresh process's view
+    other = workload.eval_sample(least_squares_config(eval_samples=7, seed=1))
+    assert not torch.equal(other.x, sample.x)
+    for whole in (0, len(test), len(test) + 1):
+        assert len(workload.eval_sample(least_squares_config(eval_samples=whole))) == len(test)
+
+
+def test_workers_evaluate_their_final_models_on_the_sample() -> None:
+    """The reported mean loss is that of each worker's own final model on the sample, and
+    not the one on the whole test set; the evaluation's time is reported beside it."""
+    config = least_squares_config(eval_samples=7, eval_workers=0)
+    result, _ = run_in_process(config)
+    assert result.workers is not None
+
+    def mean_loss(data: ArrayDataset) -> float:
+        model = workload.build_model(config).to(data.x.dtype)  # float64, as the rule runs it
+        losses = []
+        for x in result.workers:
+            load_model_vector(model, torch.from_numpy(x))
+            losses.append(evaluate(model, data)[0])
+        return float(np.mean(losses))
+
+    on_sample = mean_loss(workload.eval_sample(config))
+    assert result.client_evaluation["worker-loss"] == pytest.approx(on_sample, rel=1e-9)
+    on_test = mean_loss(workload.load_split(config)[1])
+    assert abs(on_test - on_sample) > 1e-6 * abs(on_test)
+    assert result.client_evaluation["worker-eval-seconds"] > 0
