@@ -204,7 +204,7 @@ class RunConfig:
         Registry("fedcoop.models", "MODELS"),
         doc=(
             "the model every worker trains (resnet18 and vgg16 in their CIFAR forms, vgg16 with "
-            "BatchNorm)"
+            "BatchNorm; resnet8, resnet20 and bn-mlp: BatchNorm models small enough for a CPU)"
         ),
     )
     partition: str = setting(
@@ -412,6 +412,13 @@ RULES: tuple[Rule, ...] = (
         ),
         "must not fall inside the warm-up: each epoch >= warmup-epochs = {warmup_epochs:g}",
         doc='with lr-schedule "paper": each epoch >= warmup-epochs',
+    ),
+    Rule(
+        ("batch_size", "model"),
+        lambda batch_size, model: batch_size != 1 or model != "bn-mlp",
+        "must be 0 or at least 2 for model = bn-mlp: BatchNorm1d normalises each feature over "
+        "the batch, which takes two samples",
+        doc="with model = bn-mlp: not 1",
     ),
 )
 #: Each field's type, resolved from its annotation: what from_mapping coerces a value to.

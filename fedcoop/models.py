@@ -2,9 +2,12 @@
 
 "cnn", "mlp", "logreg" and "linear" are small enough to train many simulated clients on a CPU;
 "resnet18" (Overlap-Local-SGD's CIFAR-10 model) and "vgg16" (Cooperative SGD's, Figure 3) are
-torchvision's networks adapted to 32 x 32 (or 28 x 28) inputs.
+torchvision's networks adapted to 32 x 32 (or 28 x 28) inputs. "resnet8" and "resnet20" (He et
+al.'s CIFAR ResNets, 75k and 270k parameters) and "bn-mlp" (the 2NN with BatchNorm) are the
+BatchNorm models a CPU can train many of: the mechanism of the overlap paper's non-IID claims
+is BatchNorm on skewed batches, which the models without it cannot show.
 
-Both of the latter carry BatchNorm. Their running statistics (``running_mean``,
+All of those carry BatchNorm. Their running statistics (``running_mean``,
 ``running_var``) are floating-point entries of ``state_dict()``, so the code that mixes "every
 floating-point state entry" (``fedcoop.model_vectors.model_vector``) averages them along with the
 weights, as FedAvg does; ``num_batches_tracked`` is int64 and is left out, which is harmless
@@ -92,6 +95,76 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (N x num_classes)."""
         return self.layers(x)
+
+
+class BatchNormMLP(MLP):
+    """The 2NN with BatchNorm after each hidden Linear (199,210 + 4 x 200 parameters): the
+    smallest model whose batches are normalised by their own statistics."""
+
+    def __init__(self, in_features: int = 784, hidden: int = 200, num_classes: int = 10) -> None:
+        super().__init__(in_features, hidden, num_classes)
+        self.layers = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_features, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+
+class _ResidualBlock(nn.Module):
+    """Two 3x3 conv-BN layers and the parameter-free shortcut of He et al.'s CIFAR networks
+    (their option A: the input subsampled and zero-padded to the new channel count)."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.stride, self.pad = stride, channels - in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x[:, :, :: self.stride, :: self.stride]
+        if self.pad:
+            half = self.pad // 2
+            shortcut = nn.functional.pad(shortcut, (0, 0, 0, 0, half, self.pad - half))
+        return torch.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for CIFAR (He et al., 2016, section 4.2): a 3x3 conv of 16 channels, three
+    stages of n residual blocks at 16, 32 and 64 channels (the last two halving the
+    resolution), global average pooling and one Linear. ResNet-20 (n = 3) has 269,722
+    parameters with 3 input channels and 10 classes; ResNet-8 (n = 1) 75,290. The pooling is
+    adaptive, so 28 x 28 images (Fashion-MNIST, ``in_channels=1``) go through as 32 x 32 do."""
+
+    def __init__(self, blocks: int = 3, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        _check_positive(blocks=blocks, num_classes=num_classes, in_channels=in_channels)
+        self.conv = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        layers: list[nn.Module] = []
+        previous = 16
+        for stage, channels in enumerate((16, 32, 64)):
+            for block in range(blocks):
+                stride = 2 if stage and not block else 1
+                layers.append(_ResidualBlock(previous, channels, stride))
+                previous = channels
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (N x num_classes) for images N x C x H x W."""
+        return self.head(self.stages(torch.relu(self.bn(self.conv(x)))))
 
 
 class LogisticRegression(nn.Module):
@@ -229,12 +302,15 @@ _MODELS: dict[str, Callable[[], Callable[..., nn.Module]]] = {
     "linear": lambda: LinearRegression,
     "resnet18": _resnet18,
     "vgg16": lambda: VGG16,
+    "resnet8": lambda: functools.partial(CifarResNet, 1),
+    "resnet20": lambda: functools.partial(CifarResNet, 3),
+    "bn-mlp": lambda: BatchNormMLP,
 }
 MODELS = tuple(_MODELS)
 # Models that take N x C x H x W images (any C, H, W) and are sized by C.
-_IMAGE_MODELS = ("resnet18", "vgg16")
+_IMAGE_MODELS = ("resnet18", "vgg16", "resnet8", "resnet20")
 # Models that flatten their input and are sized by its number of features.
-_FLAT_MODELS = ("mlp", "logreg")
+_FLAT_MODELS = ("mlp", "logreg", "bn-mlp")
 
 
 def build_model(name: str, **kwargs: object) -> nn.Module:

@@ -8,6 +8,7 @@ from torch import nn
 from torchvision.models import ResNet
 from torchvision.models.vgg import cfgs
 
+from fedcoop.config import RunConfig
 from fedcoop.data import ArrayDataset
 from fedcoop.errors import ConfigError
 from fedcoop.model_vectors import model_vector
@@ -16,6 +17,8 @@ from fedcoop.models import (
     MODELS,
     VGG16,
     VGG16_LAYERS,
+    BatchNormMLP,
+    CifarResNet,
     LinearRegression,
     LogisticRegression,
     ResNet18,
@@ -30,13 +33,16 @@ def _num_params(model: nn.Module) -> int:
 
 
 def test_registry_names() -> None:
-    assert MODELS == ("cnn", "mlp", "logreg", "linear", "resnet18", "vgg16")
+    names = ("cnn", "mlp", "logreg", "linear", "resnet18", "vgg16", "resnet8", "resnet20")
+    assert (*names, "bn-mlp") == MODELS
     assert isinstance(build_model("cnn"), SmallCNN)
     assert isinstance(build_model("mlp"), MLP)
     assert isinstance(build_model("logreg"), LogisticRegression)
     assert isinstance(build_model("linear", in_features=3), LinearRegression)
     assert isinstance(build_model("resnet18"), ResNet18)
     assert isinstance(build_model("vgg16"), VGG16)
+    assert isinstance(build_model("resnet20"), CifarResNet)
+    assert isinstance(build_model("bn-mlp"), BatchNormMLP)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +95,7 @@ def test_classifiers_fit_a_small_batch(name: str) -> None:
 
 
 def test_unknown_model_is_refused() -> None:
-    with pytest.raises(ConfigError, match="cnn, mlp, logreg, linear, resnet18, vgg16") as info:
+    with pytest.raises(ConfigError, match="resnet18, vgg16, resnet8, resnet20, bn-mlp") as info:
         build_model("resnet")
     assert info.value.parameter == "model"
 
@@ -141,13 +147,18 @@ def test_bad_layer_sizes_are_refused(name: str, kwargs: dict[str, object], param
         ("vgg16", {}, 14_728_266),  # VGG-16 with BatchNorm and one Linear on 512 features
         ("vgg16", {"in_channels": 1}, 14_728_266 - 2 * 9 * 64),
         ("vgg16", {"hidden": 512}, 14_728_266 - 5_130 + 512 * 513 + 513 * 10),
+        # He et al.'s CIFAR ResNets (option A shortcuts carry no parameters): 0.27M for 20
+        ("resnet20", {}, 269_722),
+        ("resnet8", {}, 75_290),
+        ("resnet20", {"in_channels": 1}, 269_722 - 2 * 9 * 16),
+        ("bn-mlp", {}, 199_210 + 2 * 2 * 200),
     ],
 )
 def test_cifar_model_sizes(name: str, kwargs: dict[str, object], params: int) -> None:
     assert _num_params(build_model(name, **kwargs)) == params
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg16"])
+@pytest.mark.parametrize("name", ["resnet18", "vgg16", "resnet8", "resnet20"])
 @pytest.mark.parametrize(("channels", "size"), [(3, 32), (1, 28)])
 def test_cifar_models_take_32_and_28_pixel_images(name: str, channels: int, size: int) -> None:
     torch.manual_seed(0)
@@ -270,3 +281,40 @@ def test_build_for_refuses_impossible_pairs(name: str, dataset: ArrayDataset, hi
     with pytest.raises(ConfigError, match=hint) as info:
         build_for(name, dataset)
     assert info.value.parameter == "model" and info.value.value == name
+
+
+def test_the_cifar_resnets_are_he_et_als() -> None:
+    """3 stages of n blocks at 16, 32, 64 channels, resolution halved at stages 2 and 3,
+    every conv 3x3 (no 1x1 projection: the shortcuts are option A's)."""
+    for name, blocks in (("resnet8", 1), ("resnet20", 3)):
+        model = build_model(name)
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        assert len(convs) == 1 + 2 * 3 * blocks  # 6n + 2 layers with the Linear
+        assert all(c.kernel_size == (3, 3) for c in convs)
+        x = torch.relu(model.bn(model.conv(torch.zeros(2, 3, 32, 32))))
+        sizes = []
+        for block in model.stages:
+            x = block(x)
+            sizes.append(tuple(x.shape[1:]))
+        stage_ends = [sizes[blocks - 1], sizes[2 * blocks - 1], sizes[-1]]
+        assert stage_ends == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+
+
+def test_bn_models_keep_running_statistics_in_their_vector() -> None:
+    """The BatchNorm buffers are floating-point state entries, so they are in x (mixed with
+    with the weights, as fedcoop mixes every model's) and change with a training pass."""
+    for name, data in (("bn-mlp", torch.randn(8, 784)), ("resnet8", torch.randn(4, 3, 32, 32))):
+        model = build_model(name)
+        before = model_vector(model).clone()
+        assert before.numel() > _num_params(model)
+        model.train()
+        model(data)
+        assert not torch.equal(model_vector(model), before)
+
+
+def test_bn_mlp_refuses_batches_of_one() -> None:
+    with pytest.raises(ConfigError, match="two samples") as info:
+        RunConfig.from_mapping({"model": "bn-mlp", "batch-size": 1})
+    assert info.value.parameter == "batch-size"
+    RunConfig.from_mapping({"model": "bn-mlp", "batch-size": 2})
+    RunConfig.from_mapping({"model": "mlp", "batch-size": 1})

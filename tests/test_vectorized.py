@@ -69,7 +69,7 @@ def test_a_rounds_train_messages_run_as_one_batch(
     assert sizes == [batch] * config.num_rounds + [batch] * (6 // batch)
 
 
-@pytest.mark.parametrize("model", ["cnn", "mlp"])
+@pytest.mark.parametrize("model", ["cnn", "mlp", "bn-mlp", "resnet8"])
 def test_image_models_give_the_flower_paths_losses(model: str) -> None:
     config = image_overlap_config(model)
     flower = run(InProcessGrid(client_app, 4), config)
