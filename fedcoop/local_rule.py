@@ -136,15 +136,12 @@ class LocalRule:
     def opt_state_of(self, worker: WorkerState) -> dict[str, torch.Tensor]:
         """The worker's optimizer state by the names its optimizer declares, zeros for an
         array it does not hold yet (before its first step), as the step itself reads it."""
-        zero = None
-        state = {}
-        for name in self.sgd.optimizer.state_names:
-            if name in worker.opt_state:
-                state[name] = worker.opt_state[name]
-            else:
-                zero = torch.zeros_like(self.parameters_of(worker.x)) if zero is None else zero
-                state[name] = zero
-        return state
+        return {
+            name: worker.opt_state[name]
+            if name in worker.opt_state
+            else torch.zeros_like(self.parameters_of(worker.x))
+            for name in self.sgd.optimizer.state_names
+        }
 
     def parameters_of(self, x: torch.Tensor) -> torch.Tensor:
         """The parameter entries of model vectors (the last dimension), in parameter order."""

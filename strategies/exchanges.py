@@ -70,8 +70,9 @@ class Exchanges:
         if not self.eager:
             return [Exchange(d, d) for _, d in free]
         out = [Exchange(d, _running(coordinator, i, d)) for i, d in free]
+        taken = busy | {i for i, _ in free}
         for i in coordinator.awaited_workers:
-            if i in busy or i in self.queued or any(e.awaited.worker == i for e in out):
+            if i in taken or i in self.queued:
                 continue
             running = coordinator.awaited(i)
             if running is not None and running.final:
