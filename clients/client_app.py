@@ -30,7 +30,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import eager, messages, worker_state
+from clients import eager, messages, standard, worker_state
 from clients.worker_state import FAILURE
 from fedcoop import workload
 from fedcoop.config import RunConfig
@@ -141,11 +141,15 @@ class _Train:
     background: bool
     #: why the sync or the steps failed
     failure: Exception | None = None
+    #: a stock strategy's message: the key its reply's ArrayRecord keeps (None: fedcoop's)
+    standard_key: str | None = None
 
 
 def _prepare(msg: Message, context: Context) -> Message | _Train:
     """Read a train message against the worker's state: the reply at once (an eager
     message that only collects), or the work to do; raises on a message it must refuse."""
+    if standard.is_standard(msg):
+        return _prepare_standard(msg, context)
     config = messages.read_config(msg)
     header, init, mix = messages.read_train(msg)
     if header.restore is not None:
@@ -198,6 +202,40 @@ def _prepare(msg: Message, context: Context) -> Message | _Train:
         header.send_state,
         background=collected is not None
         and bool(context.node_config.get("background-steps", False)),
+    )
+
+
+def _prepare_standard(msg: Message, context: Context) -> _Train:
+    """A stock strategy's train message: the model it carries replaces the worker's (as a
+    fedcoop round 1 does), then the round's tau local steps; the worker's optimizer state
+    and step count carry on, as they do under fedcoop's own syncs."""
+    received = standard.read(msg)
+    config, round_ = received.config, received.round
+    last = worker_state.last_round(context.state)
+    if round_ <= last:
+        raise ValueError(
+            f"server-round {round_} sent to a worker whose last round was {last}: a stale, "
+            "duplicate or out-of-order message"
+        )
+    rule = worker_state.rule_for(config)
+    worker = worker_state.current_worker(config, context)
+    worker.x = rule.vector(torch.from_numpy(received.vector(rule.layout)))
+    generator = workload.seeded_generator(
+        config.seed, worker_state.node_partition(context)[0], round_
+    )
+    return _Train(
+        msg,
+        context,
+        eager.Steps(round_, worker, config, False, Future()),
+        config.tau,
+        UpdateRule.MIX_AFTER_STEP,
+        ClientRule.MIX,
+        generator,
+        sync=None,
+        collected=None,
+        send_state=False,
+        background=False,
+        standard_key=received.arrays_key,
     )
 
 
@@ -263,6 +301,16 @@ def _complete(t: _Train) -> Message:
     _finish(context, job)
     if t.collected is not None:
         return Message(t.collected, reply_to=t.msg)
+    if t.standard_key is not None:
+        meta = context.state.config_records[worker_state.STATE_META]
+        metrics = {
+            "num-examples": len(job.worker.data),
+            "train-loss": float(meta["loss"]),
+            "compute-time": float(meta["seconds"]),
+        }
+        rule = worker_state.rule_for(job.config)
+        vector = job.worker.x.detach().cpu().numpy()
+        return standard.train_reply(t.msg, t.standard_key, vector, rule.layout, metrics)
     return Message(worker_state.report(context, t.send_state), reply_to=t.msg)
 
 
@@ -325,13 +373,19 @@ def _settle_background(context: Context) -> None:
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Loss and accuracy of this worker's own current model on the run's evaluation sample
-    of the test set (`workload.eval_sample`)."""
+    of the test set (`workload.eval_sample`); for a stock strategy's message, of the
+    model it carries."""
     _settle_background(context)
     worker_state.recover(context)
-    config = messages.read_config(msg)
-    worker = worker_state.current_worker(config, context)
+    if standard.is_standard(msg):
+        received = standard.read(msg)
+        config = received.config
+        x = torch.from_numpy(received.vector(worker_state.rule_for(config).layout))
+    else:
+        config = messages.read_config(msg)
+        x = worker_state.current_worker(config, context).x
     test = workload.eval_sample(config)
-    loss, accuracy = worker_state.rule_for(config).evaluate(worker, test)
+    loss, accuracy = worker_state.rule_for(config).evaluate(x, test)
     metrics = {"loss": loss, "num-examples": len(test)}
     if not np.isnan(accuracy):
         metrics["accuracy"] = accuracy

@@ -104,8 +104,13 @@ def is_config_key(key: str) -> bool:
 def read_config(message: Message) -> RunConfig:
     """The run config a message carries."""
     record = message.content.config_records[CONFIG]
-    items = ((k, v) for k, v in record.items() if is_config_key(k))
-    return _parsed(tuple(sorted(items)))
+    return parsed_config({k: v for k, v in record.items() if is_config_key(k)})
+
+
+def parsed_config(items: Mapping[str, Any]) -> RunConfig:
+    """Config entries as a RunConfig, validated once per distinct config (a message of
+    every round carries one)."""
+    return _parsed(tuple(sorted(items.items())))
 
 
 @lru_cache(maxsize=8)

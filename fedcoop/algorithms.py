@@ -30,6 +30,21 @@ EAMSGD_MOMENTUM = 0.9
 #: FedProx's proximal mu when the config leaves prox-mu at 0: the middle of the paper's grid
 #: {0.001, 0.01, 0.1, 1} (Li et al., MLSys 2020, section 5).
 FEDPROX_MU = 0.01
+#: An algorithm named "flower:<Strategy>" is a stock strategy of `flwr.serverapp.strategy`
+#: run on fedcoop's clients (strategies.stock): FedAvg's exchange, the strategy's server step.
+FLOWER_PREFIX = "flower:"
+#: The keys a stock strategy cannot honour, with the value that leaves each off: the
+#: Coordinator's features (its schedules, rules, deadlines, checkpoints), which a stock
+#: strategy's own loop does not have.
+FLOWER_OFF: dict[str, object] = {
+    "tau-schedule": "fixed",
+    "update-rule": AUTO,
+    "anchor-momentum": AUTO,
+    "eager-reply": False,
+    "round-deadline": 0.0,
+    "update-norm-bound": 0.0,
+    "resume": "",
+}
 
 SpecBuilder = Callable[[RunConfig, int, Sequence[int]], CooperativeSpec]
 
@@ -248,10 +263,22 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
+def is_flower(name: str) -> bool:
+    """Whether `name` asks for a Flower stock strategy ("flower:FedAdam")."""
+    return name.startswith(FLOWER_PREFIX)
+
+
 def get(name: str) -> Algorithm:
-    """The declaration called `name`, or a ConfigError listing the valid names."""
+    """The declaration called `name`, or a ConfigError listing the valid names.
+
+    "flower:<Strategy>" is FedAvg's point for the workers (tau local steps from the model
+    the server sends, then the model back): the strategy's server step is Flower's, which
+    strategies.stock looks up and checks, since this layer does not import Flower."""
+    if is_flower(name) and name[len(FLOWER_PREFIX) :].isidentifier():
+        return Algorithm(name, "A(tau, p1^T, 0), server step", "Flower stock strategy", _fedavg)
     if name not in ALGORITHMS:
-        raise ConfigError("algorithm", name, f"valid names: {', '.join(ALGORITHMS)}")
+        valid = f"valid names: {', '.join(ALGORITHMS)}, or flower:<Strategy>"
+        raise ConfigError("algorithm", name, valid)
     return ALGORITHMS[name]
 
 
@@ -270,6 +297,7 @@ def resolve(
             config.topology_schedule,
             f"applies to dpsgd (matcha draws its own W_r), not {config.algorithm}: fixed",
         )
+    _check_flower_keys(config)
     spec = get(config.algorithm).build(config, m, counts)
     spec = _with_tau_schedule(config, spec, lr)
     if config.update_rule != AUTO:
@@ -291,6 +319,20 @@ def resolve(
     if config.eager_reply:
         check_eager(spec, config.participation, config.update_norm_bound)
     return spec
+
+
+def _check_flower_keys(config: RunConfig) -> None:
+    """Refuse strategy-args without a stock strategy, and with one, the keys it ignores."""
+    values = config.to_mapping()
+    if not is_flower(config.algorithm):
+        if config.strategy_args.strip() not in ("", "{}"):
+            valid = f"{{}} ({config.algorithm} is no flower:<Strategy>)"
+            raise ConfigError("strategy-args", config.strategy_args, valid)
+        return
+    for key, off in FLOWER_OFF.items():
+        if values[key] != off:
+            valid = f"{off!r}: a Flower stock strategy runs its own loop, without it"
+            raise ConfigError(key, values[key], valid)
 
 
 def _with_tau_schedule(

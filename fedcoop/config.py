@@ -11,6 +11,7 @@ all read that one table.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 from collections.abc import Mapping
@@ -51,12 +52,26 @@ MAX_SEED = 2**63 - 1
 #: What the parsed keys accept, in words (their parsers' errors say it their own way).
 TAU_SCHEDULE_TEXT = f'{", ".join(TAU_SCHEDULES)} or comma-separated integers >= 1, e.g. "8,4,2"'
 DECAY_EPOCHS_TEXT = 'strictly rising positive epochs, e.g. "150,250"'
+STRATEGY_ARGS_TEXT = 'a JSON object of keyword arguments, e.g. {"eta": 0.01}'
 LINK_TEXT = f"{', '.join(LINK_PRESETS)} or '<ms>ms/<mbit>mbit'"
 
 
 def _tau_schedule(text: str) -> object:
     """A tau-schedule's name, else its list of taus (parse_taus refuses anything else)."""
     return text if text in TAU_SCHEDULES else parse_taus(text)
+
+
+def parse_strategy_args(text: str) -> dict[str, Any]:
+    """strategy-args as keyword arguments: a JSON object (TOML and --run-config values are
+    flat, and a stock strategy's arguments are a table), its keys with dashes or
+    underscores."""
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError("strategy-args", text, STRATEGY_ARGS_TEXT)
+    return {k.replace("-", "_"): v for k, v in value.items()}
 
 
 def parse_decay_epochs(text: str) -> tuple[float, ...]:
@@ -81,7 +96,20 @@ class RunConfig:
     algorithm: str = setting(
         "local-sgd",
         Registry("fedcoop.algorithms", "ALGORITHMS"),
-        doc="the algorithm, by its name in the README's table (fedcoop.algorithms)",
+        doc=(
+            "the algorithm, by its name in the README's table (fedcoop.algorithms), or "
+            '"flower:<Strategy>", a stock strategy of flwr.serverapp.strategy (FedAdam, ...) '
+            "on fedcoop's clients (docs/algorithms.md)"
+        ),
+    )
+    strategy_args: str = setting(
+        "{}",
+        Parsed(parse_strategy_args, STRATEGY_ARGS_TEXT),
+        doc=(
+            "flower:<Strategy>: its keyword arguments as a JSON object, e.g. "
+            '{"eta": 0.01, "fraction-evaluate": 0.1}; a DP wrapper\'s inner strategy is '
+            '"strategy": "FedAvg" or {"name": "FedAdam", ...} (docs/algorithms.md)'
+        ),
     )
     num_clients: int = setting(
         8, IntRange(1, MAX_CLIENTS), doc="m, the number of workers (= simulated SuperNodes)"

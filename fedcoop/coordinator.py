@@ -113,6 +113,13 @@ class RoundSummary:
     settled_out: dict[int, str] = field(default_factory=dict)
 
 
+def consensus_distance(models: np.ndarray, mean: np.ndarray | None = None) -> float:
+    """The mean squared distance of the models (rows) a round's workers reported from
+    their mean, before the sync: how far local steps drove them apart."""
+    spread = models - (models.mean(axis=0) if mean is None else mean)
+    return float(np.mean(np.sum(spread * spread, axis=1)))
+
+
 @dataclass
 class Coordinator:
     """Server state of one run of `spec` over `num_rounds` rounds from the model x0.
@@ -584,14 +591,13 @@ class Coordinator:
             average = mean
         else:
             average = block[:, :k].mean(axis=1) @ sources  # the mean of the survivors' columns
-        spread = models - mean
         self._summaries.append(
             RoundSummary(
                 round=round_,
                 tau=self.tau_of(round_),
                 average=average,
                 aux=self._aux[round_],
-                consensus_distance=float(np.mean(np.sum(spread * spread, axis=1))),
+                consensus_distance=consensus_distance(models, mean),
                 sampled=sorted(sampled),
                 survivors=alive,
                 missing=dict(sorted(missing.items())),

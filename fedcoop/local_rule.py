@@ -36,7 +36,7 @@ from torch.func import functional_call, vmap
 
 from fedcoop.augment import Augmentation
 from fedcoop.data import ArrayDataset
-from fedcoop.model_vectors import evaluate, load_model_vector, model_vector
+from fedcoop.model_vectors import evaluate, layout, load_model_vector, model_vector
 from fedcoop.optimizers import LocalSGD
 from fedcoop.spec import ClientRule, UpdateRule
 
@@ -90,6 +90,8 @@ class LocalRule:
         self.augment = augment
         self.loss_fn = loss_fn
         entries = [(k, t) for k, t in self._model.state_dict().items() if t.is_floating_point()]
+        #: the model vector's entries by name and shape (Flower's ArrayRecords name them)
+        self.layout = layout(self._model)
         params = dict(self._model.named_parameters())
         offsets, start = {}, 0
         for name, t in entries:
@@ -147,10 +149,10 @@ class LocalRule:
         """The parameter entries of model vectors (the last dimension), in parameter order."""
         return x if self._index is None else x.index_select(-1, self._index)
 
-    def evaluate(self, worker: WorkerState, test: ArrayDataset) -> tuple[float, float]:
-        """(loss, accuracy) of the worker's own model on `test`."""
+    def evaluate(self, x: torch.Tensor, test: ArrayDataset) -> tuple[float, float]:
+        """(loss, accuracy) of the model vector `x` (a worker's own) on `test`."""
         with self._lock:
-            load_model_vector(self._model, worker.x)
+            load_model_vector(self._model, x)
             return evaluate(self._model, test)
 
     # -- the rules --------------------------------------------------------------------------

@@ -9,7 +9,9 @@ The local rule over such vectors is `fedcoop.local_rule`; its settings `fedcoop.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +26,45 @@ def _entries(model: nn.Module) -> list[torch.Tensor]:
 def model_vector(model: nn.Module) -> torch.Tensor:
     """Every floating-point entry of the model's state, flat: the x that the rules mix."""
     return torch.cat([t.detach().reshape(-1) for t in _entries(model)])
+
+
+#: the name and shape of each entry of a model vector, in its order
+Layout = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def layout(model: nn.Module) -> Layout:
+    """How `model_vector` lays the model's state out: its floating-point entries' names and
+    shapes. Flower's stock strategies exchange those entries as an ArrayRecord of named
+    arrays, fedcoop's own rules the flat vector."""
+    return tuple(
+        (k, tuple(t.shape)) for k, t in model.state_dict().items() if t.is_floating_point()
+    )
+
+
+def split_vector(vector: np.ndarray, entries: Layout) -> dict[str, np.ndarray]:
+    """A flat vector as named arrays of `entries`' shapes (views of the vector)."""
+    out, offset = {}, 0
+    for name, shape in entries:
+        size = int(np.prod(shape))
+        out[name] = vector[offset : offset + size].reshape(shape)
+        offset += size
+    if offset != vector.size:
+        raise ValueError(f"a vector of {vector.size} entries for a model of {offset}")
+    return out
+
+
+def join_arrays(arrays: Mapping[str, np.ndarray], entries: Layout) -> np.ndarray:
+    """Named arrays as the flat vector; ValueError naming the first array that is missing,
+    unknown or mis-shaped (a forged or foreign message)."""
+    unknown = sorted(set(arrays) - {name for name, _ in entries})
+    if unknown:
+        raise ValueError(f"arrays {unknown} are not entries of the model")
+    for name, shape in entries:
+        if name not in arrays:
+            raise ValueError(f"no array {name!r} (the model's entries: {[n for n, _ in entries]})")
+        if tuple(arrays[name].shape) != shape:
+            raise ValueError(f"array {name!r} has shape {arrays[name].shape}, the model {shape}")
+    return np.concatenate([np.asarray(arrays[name]).reshape(-1) for name, _ in entries])
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ config.json holds the full resolved config and the spec actually run (tau, W, v,
 metrics.jsonl and metrics.csv one row per round; final.json the end state's metrics (and,
 for a run that stopped early, e.g. every model NaN, "failed": why, after its settled rounds);
 final-models.npz the workers' (m x d; NaN rows for workers that never came back) and
-auxiliary nodes' (v x d) final models; events.jsonl every fault the run rode out (failed,
+auxiliary nodes' (v x d) final models, or a Flower stock strategy's global model (server, d); events.jsonl every fault the run rode out (failed,
 late, rejected workers, ...) with round, worker, node and reason, counted in final.json.
 """
 
@@ -70,10 +70,9 @@ def write_results(result: RunResult, path: Path) -> Path:
     write_jsonl(path / "metrics.jsonl", result.rounds)
     if result.rounds:
         write_csv(path / "metrics.csv", result.rounds)
-    if result.workers is not None:
-        models = {"workers": result.workers}
-        if result.aux is not None:
-            models["aux"] = result.aux
+    named = {"workers": result.workers, "aux": result.aux, "server": result.server_model}
+    models = {k: v for k, v in named.items() if v is not None}
+    if models:
         np.savez(path / "final-models.npz", **models)
     write_jsonl(path / "events.jsonl", result.events)
     final = {

@@ -27,6 +27,8 @@ class RunResult:
     #: workers' models after the final sync (m x d) and auxiliary nodes (v x d)
     workers: np.ndarray | None = None
     aux: np.ndarray | None = None
+    #: a stock strategy's final global model (d), which its workers do not hold
+    server_model: np.ndarray | None = None
     client_evaluation: dict[str, float] = field(default_factory=dict)
     #: the run directory its results were written to, if any
     directory: Path | None = None

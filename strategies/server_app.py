@@ -23,7 +23,14 @@ from flwr.serverapp import Grid, ServerApp
 from fedcoop import algorithms, checkpoint, data, workload
 from fedcoop.config import RunConfig
 from fedcoop.errors import RunFailed
-from fedcoop.model_vectors import default_device, evaluate, load_model_vector, model_vector
+from fedcoop.model_vectors import (
+    default_device,
+    evaluate,
+    layout,
+    load_model_vector,
+    model_vector,
+)
+from strategies import stock
 from strategies.loop import CooperativeStrategy
 from strategies.result import EvaluateFn, RunResult
 
@@ -106,16 +113,22 @@ def run(
         directory = Path(config.resume).expanduser().resolve()
     elif results is not None and config.results_dir:
         directory = results.run_directory(config.results_dir, config)
-    strategy = CooperativeStrategy(
-        config,
-        x0,
-        evaluate_fn=server_evaluator(model, test),
-        run_dir=directory,
-        resume=resumed,
-        lr=workload.schedule(config).lr,
-    )
+    entries = layout(model)
+    evaluate_fn = server_evaluator(model, test)
     try:
-        result = strategy.start(grid)
+        if algorithms.is_flower(config.algorithm):
+            if directory is not None and config.checkpoint_every:
+                LOG.warning("fedcoop: %s writes no checkpoints", config.algorithm)
+            result = stock.run(grid, config, x0, entries, evaluate_fn)
+        else:
+            result = CooperativeStrategy(
+                config,
+                x0,
+                evaluate_fn=evaluate_fn,
+                run_dir=directory,
+                resume=resumed,
+                lr=workload.schedule(config).lr,
+            ).start(grid)
     except RunFailed as failed:
         if directory is not None and results is not None and failed.partial is not None:
             # its settled rounds and why it stopped stay on disk, with final.json's "failed"
