@@ -202,8 +202,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         # the local steps run in the long-lived ClientApp's background thread
         "algorithm='overlap' tau=4 dataset='mnist-embedded' model='logreg' batch-size=16 "
         "momentum=0.9 eager-reply=true",
+        # Flower's stock strategy, its standard messages through the SuperLink
+        "algorithm='flower:FedAdam' strategy-args='{\"eta\":0.3}' tau=2 "
+        "dataset='least-squares' model='linear' batch-size=0",
     ],
-    ids=["overlap", "dpsgd-ring", "overlap-eager"],
+    ids=["overlap", "dpsgd-ring", "overlap-eager", "flower-fedadam"],
 )
 def test_deployment_matches_simulation(
     deployment: Deployment, overrides: str, request: pytest.FixtureRequest
@@ -218,11 +221,17 @@ def test_deployment_matches_simulation(
         InProcessGrid(client_app, NODES, seed=1),
         RunConfig.from_mapping({**resolved, "results-dir": ""}),
     )
-    assert simulated.workers is not None
-    assert_paths_agree(deployed["workers"], simulated.workers)
-    assert_paths_agree(deployed["aux"], simulated.aux)
-    # the workers really trained: the final models differ from each other
-    assert np.ptp(deployed["workers"], axis=0).max() > 1e-4
+    expected = {
+        "workers": simulated.workers,
+        "aux": simulated.aux,
+        "server": simulated.server_model,
+    }
+    assert deployed.files == [k for k, v in expected.items() if v is not None]
+    for key in deployed.files:
+        assert_paths_agree(deployed[key], expected[key])
+    if "workers" in deployed.files:
+        # the workers really trained: the final models differ from each other
+        assert np.ptp(deployed["workers"], axis=0).max() > 1e-4
 
 
 # -- a SuperNode that dies mid-run, and comes back -------------------------------------------
