@@ -81,15 +81,22 @@ def train(msg: Message, context: Context) -> Message:
 TrainMany = Callable[[Sequence[tuple[Message, Context]]], list[Message | Exception]]
 
 
-def train_many(batch: Sequence[tuple[Message, Context]]) -> list[Message | Exception]:
+def train_many(
+    batch: Sequence[tuple[Message, Context]], *, with_mods: bool = True
+) -> list[Message | Exception]:
     """The replies to train messages of several nodes of this process, each to its own
     context: every message is read and checked alone, then their syncs and local steps run
     as batches of the local rule. A message that cannot be served gets its exception in
-    place of a reply, and the others go on."""
+    place of a reply, and the others go on. A stock strategy's message under client-mods
+    runs alone through its mods (`with_mods`: whether they still have to run), since each
+    mod wraps one reply."""
     out: list[Message | Exception | None] = [None] * len(batch)
     jobs: list[tuple[int, _Train]] = []
     for k, (msg, context) in enumerate(batch):
         try:
+            if with_mods and _has_mods(msg):
+                out[k] = standard.with_mods(msg, context, _train_alone)
+                continue
             _settle_background(context)
             worker_state.recover(context)
             prepared = _prepare(msg, context)
@@ -111,6 +118,19 @@ def train_many(batch: Sequence[tuple[Message, Context]]) -> list[Message | Excep
             out[k] = exc
     assert all(reply is not None for reply in out)
     return out  # type: ignore[return-value]
+
+
+def _has_mods(msg: Message) -> bool:
+    """Whether a train message is a stock strategy's under client-mods."""
+    return standard.is_standard(msg) and bool(standard.read(msg).config.client_mods)
+
+
+def _train_alone(msg: Message, context: Context) -> Message:
+    """The reply to one train message, inside its mods (the innermost handler)."""
+    (reply,) = train_many([(msg, context)], with_mods=False)
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 @app.query("state")

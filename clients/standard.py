@@ -11,15 +11,19 @@ passes it as the strategy's train and evaluate config (strategies.stock).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod.utils import make_ffn
+from flwr.clientapp import mod as flower_mods
+from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from clients import messages
-from fedcoop.config import RunConfig
+from fedcoop.config import SETTINGS, RunConfig, parse_client_mods
 from fedcoop.model_vectors import Layout, join_arrays, split_vector
 
 #: what Flower's strategies add to the config they send: the round, and FedProx's mu
@@ -69,8 +73,9 @@ def read(message: Message) -> StandardMessage:
 
 def run_config(record: Mapping[str, Any]) -> RunConfig:
     """The run config a strategy's ConfigRecord carries, with FedProx's proximal-mu as the
-    workers' prox-mu (the one local rule, whichever server sends the mu)."""
-    items = {k: v for k, v in record.items() if k not in (SERVER_ROUND, PROXIMAL_MU)}
+    workers' prox-mu (the one local rule, whichever server sends the mu); its other
+    entries are the strategy's own (server-round, a DP wrapper's clipping norm, ...)."""
+    items = {k: v for k, v in record.items() if k in SETTINGS}
     if PROXIMAL_MU in record:
         items["prox-mu"] = record[PROXIMAL_MU]
     return messages.parsed_config(items)
@@ -96,3 +101,27 @@ def model_record(vector: np.ndarray, entries: Layout) -> ArrayRecord:
 def record_vector(record: ArrayRecord, entries: Layout) -> np.ndarray:
     """An ArrayRecord of a model's named entries as its flat vector."""
     return join_arrays({k: a.numpy() for k, a in record.items()}, entries)
+
+
+def mods(config: RunConfig) -> list[Mod]:
+    """The Flower mods client-mods names, in order; ValueError naming an unknown one.
+    Only the module's functions: a class such as LocalDpMod needs arguments first."""
+    offered = {
+        name: mod
+        for name in flower_mods.__all__
+        if inspect.isfunction(mod := getattr(flower_mods, name))
+    }
+    out = []
+    for name in parse_client_mods(config.client_mods):
+        if name not in offered:
+            raise ValueError(
+                f"client-mods: no mod {name!r} in flwr.clientapp.mod ({', '.join(offered)})"
+            )
+        out.append(offered[name])
+    return out
+
+
+def with_mods(message: Message, context: Context, handler: ClientAppCallable) -> Message:
+    """`handler`'s reply to a stock strategy's train message through the run's mods, as a
+    ClientApp built with `@app.train(mods=...)` would run them."""
+    return make_ffn(handler, mods(read(message).config))(message, context)

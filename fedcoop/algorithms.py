@@ -328,6 +328,9 @@ def _check_flower_keys(config: RunConfig) -> None:
         if config.strategy_args.strip() not in ("", "{}"):
             valid = f"{{}} ({config.algorithm} is no flower:<Strategy>)"
             raise ConfigError("strategy-args", config.strategy_args, valid)
+        if config.client_mods:
+            valid = f'"" (Flower mods read Flower\'s messages; {config.algorithm} sends its own)'
+            raise ConfigError("client-mods", config.client_mods, valid)
         return
     for key, off in FLOWER_OFF.items():
         if values[key] != off:

@@ -53,6 +53,7 @@ MAX_SEED = 2**63 - 1
 TAU_SCHEDULE_TEXT = f'{", ".join(TAU_SCHEDULES)} or comma-separated integers >= 1, e.g. "8,4,2"'
 DECAY_EPOCHS_TEXT = 'strictly rising positive epochs, e.g. "150,250"'
 STRATEGY_ARGS_TEXT = 'a JSON object of keyword arguments, e.g. {"eta": 0.01}'
+CLIENT_MODS_TEXT = 'comma-separated names of flwr.clientapp.mod, e.g. "fixedclipping_mod"'
 LINK_TEXT = f"{', '.join(LINK_PRESETS)} or '<ms>ms/<mbit>mbit'"
 
 
@@ -72,6 +73,14 @@ def parse_strategy_args(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError("strategy-args", text, STRATEGY_ARGS_TEXT)
     return {k.replace("-", "_"): v for k, v in value.items()}
+
+
+def parse_client_mods(text: str) -> tuple[str, ...]:
+    """client-mods as names, in order (the client layer looks them up in Flower)."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not all(name.isidentifier() for name in names):
+        raise ConfigError("client-mods", text, CLIENT_MODS_TEXT)
+    return names
 
 
 def parse_decay_epochs(text: str) -> tuple[float, ...]:
@@ -109,6 +118,15 @@ class RunConfig:
             "flower:<Strategy>: its keyword arguments as a JSON object, e.g. "
             '{"eta": 0.01, "fraction-evaluate": 0.1}; a DP wrapper\'s inner strategy is '
             '"strategy": "FedAvg" or {"name": "FedAdam", ...} (docs/algorithms.md)'
+        ),
+    )
+    client_mods: str = setting(
+        "",
+        Parsed(parse_client_mods, CLIENT_MODS_TEXT),
+        doc=(
+            "flower:<Strategy>: Flower mods (flwr.clientapp.mod) wrapped, in order, around "
+            'each worker\'s train handler, e.g. "fixedclipping_mod" for '
+            "DifferentialPrivacyClientSideFixedClipping"
         ),
     )
     num_clients: int = setting(

@@ -40,6 +40,11 @@ from strategies.transport import GridTransport
 
 LOG = logging.getLogger("flwr.fedcoop")
 
+#: the DP wrappers whose clipping the workers do, and the mod that does it
+CLIENT_SIDE_MODS = {
+    "DifferentialPrivacyClientSideFixedClipping": "fixedclipping_mod",
+    "DifferentialPrivacyClientSideAdaptiveClipping": "adaptiveclipping_mod",
+}
 #: stock strategies for another kind of model than fedcoop's torch vectors
 NOT_FOR_TORCH = ("FedXgbBagging", "FedXgbCyclic")
 
@@ -64,6 +69,15 @@ def build(config: RunConfig) -> Strategy:
     round; set fraction-evaluate to add the clients' evaluation). A wrapper (a DP
     strategy) wraps strategy-args' "strategy": a name or {"name": ..., its arguments}."""
     name = config.algorithm.removeprefix(algorithms.FLOWER_PREFIX)
+    try:
+        mods = [mod.__name__ for mod in standard.mods(config)]
+    except ValueError as error:
+        raise ConfigError("client-mods", config.client_mods, str(error)) from None
+    needed = CLIENT_SIDE_MODS.get(name)
+    if needed is not None and needed not in mods:
+        # without it the workers send unclipped updates, which the noise does not cover
+        valid = f"{needed} among them: {name} relies on the workers clipping their updates"
+        raise ConfigError("client-mods", config.client_mods, valid)
     return _build(name, parse_strategy_args(config.strategy_args), config)
 
 

@@ -157,6 +157,33 @@ def test_a_dp_wrapper_wraps_the_strategy_strategy_args_names() -> None:
     assert np.abs(plain.server_model - result.server_model).max() > 1e-6
 
 
+@pytest.mark.cross_path
+@pytest.mark.parametrize("engine", ["inprocess", "vectorized"])
+def test_client_mods_clip_each_workers_update_for_the_client_side_dp_wrapper(
+    engine: str,
+) -> None:
+    """client-mods = fixedclipping_mod under DifferentialPrivacyClientSideFixedClipping
+    (noise 0, so the rule is exact): each worker's update y_i - x_t is clipped to norm c
+    before the weighted average, x_{t+1} = x_t + sum_i p_i clip(y_i - x_t, c); the
+    vectorized engine runs such messages one by one through their mods."""
+    c = 0.05
+    config = least_squares_config(
+        algorithm="flower:DifferentialPrivacyClientSideFixedClipping",
+        client_mods="fixedclipping_mod",
+        strategy_args=_args(noise_multiplier=0.0, clipping_norm=c),
+    )
+    result, _ = run_in_process(config, engine=engine)
+    p = _fedavg_weights(config)
+    x = x0_of(config)
+    for _ in range(config.num_rounds):
+        updates = [y - x for y in _local_models(config, x)]
+        clipped = [u * min(1.0, c / np.linalg.norm(u)) for u in updates]
+        assert max(np.linalg.norm(u) for u in updates) > c  # the clipping bites
+        x = x + sum(pk * u for pk, u in zip(p, clipped, strict=True))
+    assert result.server_model is not None
+    assert_paths_agree(result.server_model, x)
+
+
 def test_a_stock_strategy_samples_the_configs_share_of_workers_seeded() -> None:
     """participation becomes the strategy's fraction-train: 2 of 5 workers a round, the
     draw fixed by the run's seed, and only workers that trained are evaluated at the end."""
@@ -203,6 +230,17 @@ def test_a_stock_strategys_results_files_hold_its_rows_and_global_model(tmp_path
         ),
         ({"algorithm": "fedavg", "strategy-args": '{"eta": 1}'}, "strategy-args", "flower:"),
         ({"algorithm": "flower:FedAvg", "eager-reply": True}, "eager-reply", "own loop"),
+        ({"algorithm": "fedavg", "client-mods": "fixedclipping_mod"}, "client-mods", "own"),
+        ({"algorithm": "flower:FedAvg", "client-mods": "clip_mod"}, "client-mods", "no mod"),
+        ({"algorithm": "flower:FedAvg", "client-mods": "LocalDpMod"}, "client-mods", "no mod"),
+        (
+            {
+                "algorithm": "flower:DifferentialPrivacyClientSideFixedClipping",
+                "strategy-args": '{"noise-multiplier": 1, "clipping-norm": 1}',
+            },
+            "client-mods",
+            "fixedclipping_mod",
+        ),
         ({"algorithm": "flower:FedAvg", "tau-schedule": "4,2"}, "tau-schedule", "own loop"),
     ],
 )
