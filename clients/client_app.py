@@ -239,7 +239,11 @@ def _prepare_standard(msg: Message, context: Context) -> _Train:
         )
     rule = worker_state.rule_for(config)
     worker = worker_state.current_worker(config, context)
-    worker.x = rule.vector(torch.from_numpy(received.vector(rule.layout)))
+    vector = torch.from_numpy(received.vector(rule.layout))
+    if last:
+        rule.receive(worker, vector)
+    else:  # its first model, buffers included
+        worker.x = rule.vector(vector)
     generator = workload.seeded_generator(
         config.seed, worker_state.node_partition(context)[0], round_
     )

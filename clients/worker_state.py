@@ -69,6 +69,7 @@ def rule_for(config: RunConfig) -> LocalRule:
         loss_fn=loss_function(train),
         lr_at=workload.schedule(config).lr,
         augment=workload.augmentation(config),
+        local_buffers=config.bn_stats == "local",
     )
 
 

@@ -43,6 +43,8 @@ AUTO = "auto"
 LR_SCHEDULES = ("constant", "paper")
 #: tau-schedule values besides a list of taus
 TAU_SCHEDULES = ("fixed", "adacomm")
+#: bn-stats: BatchNorm buffers mixed with the parameters, or kept on each worker
+BN_STATS = ("mixed", "local")
 STEP_TIME_DISTRIBUTIONS = ("constant", "exponential", "lognormal")
 #: The dense (m+v) x (m+v) mixing matrix and its eigenvalues grow as m^2 and m^3: beyond this
 #: many workers a run cannot even build W (num-clients = 10**9 would ask for 8 EB).
@@ -251,6 +253,15 @@ class RunConfig:
         doc=(
             "the model every worker trains (resnet18 and vgg16 in their CIFAR forms, vgg16 with "
             "BatchNorm; resnet8, resnet20 and bn-mlp: BatchNorm models small enough for a CPU)"
+        ),
+    )
+    bn_stats: str = setting(
+        "mixed",
+        OneOf(BN_STATS),
+        doc=(
+            'BatchNorm running statistics (a model\'s buffers): "mixed" with the parameters '
+            '(the matrix rule on the whole state), or "local": each worker keeps its own, as '
+            "the overlap paper's code does (docs/algorithms.md#batchnorm-statistics)"
         ),
     )
     partition: str = setting(

@@ -80,7 +80,10 @@ class LocalRule:
         loss_fn: nn.Module,
         lr_at: Callable[[int], float] | None = None,
         augment: Augmentation | None = None,
+        local_buffers: bool = False,
     ) -> None:
+        """`local_buffers` (bn-stats = local): a sync and a model the server sends replace
+        the parameters only; each worker keeps its own buffers (BatchNorm statistics)."""
         self.device = device
         #: a template only: the workers' values are passed in with every call
         self._model = model.to(device=device, dtype=dtype)
@@ -107,6 +110,12 @@ class LocalRule:
         else:
             self._index = torch.cat(
                 [torch.arange(offsets[k][0], offsets[k][0] + offsets[k][1]) for k in self._names]
+            ).to(device)
+        #: entries of x that a sync leaves as the worker's own (None: none)
+        self._kept: torch.Tensor | None = None
+        if local_buffers and self._buffers:
+            self._kept = torch.cat(
+                [torch.arange(start, start + size) for _, (start, size, _) in self._buffers]
             ).to(device)
         # Read now: while functional_call runs, the template holds another thread's
         # transformed tensors, and touching them from outside corrupts that transform.
@@ -192,7 +201,18 @@ class LocalRule:
             for w in workers:
                 w.pending = None
         for w, row in zip(workers, x.unbind(0), strict=True):
-            w.x = row
+            w.x = self._keeping_own(w, row)
+
+    def _keeping_own(self, worker: WorkerState, x: torch.Tensor) -> torch.Tensor:
+        """`x` as the worker's new model, with its own buffers where they stay local."""
+        if self._kept is None:
+            return x
+        return x.index_copy(0, self._kept, worker.x.index_select(0, self._kept))
+
+    def receive(self, worker: WorkerState, x: torch.Tensor) -> None:
+        """Take a model the server sent as the worker's (a stock strategy's global model),
+        keeping its own buffers where they stay local."""
+        worker.x = self._keeping_own(worker, self.vector(x))
 
     @staticmethod
     def check_sync(
@@ -209,9 +229,10 @@ class LocalRule:
 
     def adopt(self, worker: WorkerState, x: torch.Tensor, *, reset: bool) -> None:
         """Take `x` as the worker's model after a sync it missed: what it held back for that
-        sync (a pending gradient, a CoCoD snapshot) no longer applies; `reset` (its last
+        sync (a pending gradient, a CoCoD snapshot) no longer applies (local buffers stay the
+        worker's own, as in a sync); `reset` (its last
         update was rejected) also clears the optimizer state (momentum) it was made with."""
-        worker.x = self.vector(x)
+        self.receive(worker, x)
         worker.pending = None
         worker.snapshot = worker.x.clone()
         if reset:
