@@ -18,6 +18,7 @@ the previous message, and the new round's local steps run after it (`clients.eag
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 from collections.abc import Callable, Hashable, Sequence
@@ -205,14 +206,14 @@ def _prepare(msg: Message, context: Context) -> Message | _Train:
     elif header.sync is not None:
         sync = (header.self_weight, None if mix is None else torch.from_numpy(mix))
         rule.check_sync(worker, sync[1], client_rule, update_rule)
-    generator = workload.seeded_generator(
-        config.seed, worker_state.node_partition(context)[0], round_
-    )
+    partition = worker_state.node_partition(context)[0]
+    generator = workload.seeded_generator(config.seed, partition, round_)
     correction = client_rule is ClientRule.CORRECTION
+    evaluate = header.local_steps > 0 and workload.evaluated_locally(config, partition)
     return _Train(
         msg,
         context,
-        eager.Steps(round_, worker, config, correction, Future()),
+        eager.Steps(round_, worker, config, correction, Future(), evaluate),
         header.local_steps,
         update_rule,
         client_rule,
@@ -244,13 +245,13 @@ def _prepare_standard(msg: Message, context: Context) -> _Train:
         rule.receive(worker, vector)
     else:  # its first model, buffers included
         worker.x = rule.vector(vector)
-    generator = workload.seeded_generator(
-        config.seed, worker_state.node_partition(context)[0], round_
-    )
+    partition = worker_state.node_partition(context)[0]
+    generator = workload.seeded_generator(config.seed, partition, round_)
+    evaluate = workload.evaluated_locally(config, partition)
     return _Train(
         msg,
         context,
-        eager.Steps(round_, worker, config, False, Future()),
+        eager.Steps(round_, worker, config, False, Future(), evaluate),
         config.tau,
         UpdateRule.MIX_AFTER_STEP,
         ClientRule.MIX,
@@ -332,6 +333,8 @@ def _complete(t: _Train) -> Message:
             "train-loss": float(meta["loss"]),
             "compute-time": float(meta["seconds"]),
         }
+        if job.config.eval_local_workers:  # Flower averages only replies of equal keys
+            metrics |= {k: float(meta.get(k, math.nan)) for k in messages.LOCAL_EVALUATION}
         rule = worker_state.rule_for(job.config)
         vector = job.worker.x.detach().cpu().numpy()
         return standard.train_reply(t.msg, t.standard_key, vector, rule.layout, metrics)
@@ -384,7 +387,17 @@ def _finish(context: Context, job: eager.Steps) -> None:
         loss=loss,
         seconds=seconds,
         keep_snapshot=job.keep_snapshot,
+        evaluation=_local_evaluation(job) if job.evaluate else None,
     )
+
+
+def _local_evaluation(job: eager.Steps) -> dict[str, float]:
+    """The worker's own model after its steps on the evaluation sample (its own BatchNorm
+    statistics included): the reply's local-test-* entries."""
+    rule = worker_state.rule_for(job.config)
+    loss, accuracy = rule.evaluate(job.worker.x, workload.eval_sample(job.config))
+    out = {"local-test-loss": loss}
+    return out if math.isnan(accuracy) else out | {"local-test-accuracy": accuracy}
 
 
 def _settle_background(context: Context) -> None:

@@ -35,6 +35,8 @@ class Steps:
     keep_snapshot: bool
     #: (mean training loss, seconds) of the steps
     outcome: Future[tuple[float, float]]
+    #: evaluate the worker's model once the steps have run (eval-local-workers)
+    evaluate: bool = False
 
 
 class BackgroundSteps:

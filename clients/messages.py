@@ -54,7 +54,9 @@ TRAFFIC_VECTORS = frozenset({INIT, MIX, MODEL})
 STATE_ROUND, STATE_STEPS, STATE_PREFIX = STATE_NS + "round", STATE_NS + "steps", STATE_NS + "array:"
 #: the entries a reply to a train message has, and those it may have besides a state's arrays
 REPLY_KEYS = frozenset({MODEL, "train-loss", "compute-time", "round"})
-REPLY_OPTIONAL_KEYS = frozenset({STATE_ROUND, STATE_STEPS})
+#: what an eval-local-workers worker's reply adds: its own model on the evaluation sample
+LOCAL_EVALUATION = ("local-test-loss", "local-test-accuracy")
+REPLY_OPTIONAL_KEYS = frozenset({STATE_ROUND, STATE_STEPS, *LOCAL_EVALUATION})
 #: message type of the query for a worker's state (Flower routes "query.state")
 QUERY_STATE = "query.state"
 
@@ -274,7 +276,8 @@ def reply_entries_problem(record: Mapping[str, Any]) -> str | None:
     unknown = sorted(k for k in record if k not in known and not k.startswith(STATE_PREFIX))
     if unknown:
         return f"entries {unknown}, which a reply does not have"
-    numbers = [k for k in ("train-loss", "compute-time", "round") if not _is_number(record[k])]
+    numeric = ("train-loss", "compute-time", "round", *LOCAL_EVALUATION)
+    numbers = [k for k in numeric if k in record and not _is_number(record[k])]
     if numbers:
         return f"entries {numbers} are not numbers"
     return None

@@ -107,10 +107,12 @@ def save(
     loss: float,
     seconds: float,
     keep_snapshot: bool,
+    evaluation: dict[str, float] | None = None,
 ) -> None:
     """Write the worker into context.state, the record of truth, and keep it alive in this
     process. The CoCoD snapshot is kept only for the rule that
-    reads it: elsewhere it would double the state Flower ships and checkpoints carry."""
+    reads it: elsewhere it would double the state Flower ships and checkpoints carry.
+    `evaluation`: its model's local-test-* metrics, which its reply reports."""
 
     def cpu(t: torch.Tensor | None) -> np.ndarray | None:
         return None if t is None else t.detach().cpu().numpy()
@@ -131,6 +133,7 @@ def save(
             "steps": worker.steps_done,
             "loss": loss,
             "seconds": seconds,
+            **(evaluation or {}),
         }
     )
     context.state.config_records.pop(FAILURE, None)
@@ -256,6 +259,7 @@ def report(context: Context, send_state: bool) -> RecordDict:
         "compute-time": float(meta.get("seconds", nan)),
         "round": int(meta["round"]),
     }
+    entries.update({k: float(meta[k]) for k in messages.LOCAL_EVALUATION if k in meta})
     if send_state:
         entries.update(snapshot(context, with_model=False).entries())
     return messages.reply_content(entries)

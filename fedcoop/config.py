@@ -404,6 +404,16 @@ class RunConfig:
             "every worker): evaluating all m would cost m passes over the evaluation sample"
         ),
     )
+    eval_local_workers: int = setting(
+        0,
+        IntRange(0),
+        doc=(
+            "workers, drawn once per run (seeded), whose own model is evaluated on the "
+            "eval-samples sample after every round they train, with its own BatchNorm "
+            "statistics: the round's local-test-loss and local-test-accuracy are their mean "
+            "(0 = off; the overlap paper's authors evaluate every node's model)"
+        ),
+    )
     eval_samples: int = setting(
         1000,
         IntRange(0),

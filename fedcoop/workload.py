@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from fedcoop import augment, data, lr, models, partitions
+from fedcoop import augment, data, lr, models, participation, partitions
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
 
@@ -137,6 +137,17 @@ def _eval_sample(config: RunConfig, size: int) -> data.ArrayDataset:
         return test
     rng = np.random.default_rng([config.seed, _EVAL_STREAM])
     return test.subset(np.sort(rng.choice(len(test), size=size, replace=False)))
+
+
+def evaluated_locally(config: RunConfig, worker: int) -> bool:
+    """Whether `worker` is one of the eval-local-workers whose own model is evaluated after
+    each round it trains: a seeded draw, the same on the server and on every worker."""
+    return worker in _locally_evaluated(config.seed, config.num_clients, config.eval_local_workers)
+
+
+@lru_cache(maxsize=8)
+def _locally_evaluated(seed: int, m: int, size: int) -> frozenset[int]:
+    return frozenset(participation.subset(seed, range(m), size)) if size else frozenset()
 
 
 def clear_caches() -> None:

@@ -35,6 +35,7 @@ _CURVES = (
     ("train-loss", "train loss"),
     ("test-loss", "test loss"),
     ("test-accuracy", "test accuracy"),
+    ("local-test-accuracy", "workers' own models: test accuracy"),
 )
 _AXES = {"round": "round", "virtual-time": "virtual time (s)"}
 #: What a shaded band is, for the figures' titles.

@@ -4,8 +4,9 @@ config.json holds the full resolved config and the spec actually run (tau, W, v,
 metrics.jsonl and metrics.csv one row per round; final.json the end state's metrics (and,
 for a run that stopped early, e.g. every model NaN, "failed": why, after its settled rounds);
 final-models.npz the workers' (m x d; NaN rows for workers that never came back) and
-auxiliary nodes' (v x d) final models, or a Flower stock strategy's global model (server, d); events.jsonl every fault the run rode out (failed,
-late, rejected workers, ...) with round, worker, node and reason, counted in final.json.
+auxiliary nodes' (v x d) final models, or a Flower stock strategy's global model (server,
+d); events.jsonl every fault the run rode out (failed, late, rejected workers, ...) with
+round, worker, node and reason, counted in final.json.
 """
 
 from __future__ import annotations

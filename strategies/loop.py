@@ -214,7 +214,8 @@ class CooperativeStrategy:
             log.final[d.worker] = x.reshape(-1)
         else:
             record = messages.reply_record(reply) or {}  # (checked by _read_reply)
-            log.trained(d.round, float(record["train-loss"]), float(record["compute-time"]))
+            local = {k: float(record[k]) for k in messages.LOCAL_EVALUATION if k in record}
+            log.trained(d.round, float(record["train-loss"]), float(record["compute-time"]), local)
 
     def _message(self, e: Exchange, node_of: list[int], spec: CooperativeSpec) -> Message:
         """The train message of exchange `e`: the dispatch it starts (header, payload, x0)

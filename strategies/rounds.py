@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from clients.messages import LOCAL_EVALUATION
 from fedcoop.clock import VirtualClock
+from fedcoop.config import RunConfig
 from fedcoop.coordinator import Coordinator, RoundSummary
 from strategies.result import EvaluateFn, RunResult
 
@@ -31,6 +34,8 @@ class RoundLog:
     losses: dict[int, list[float]] = field(default_factory=dict)
     compute: dict[int, list[float]] = field(default_factory=dict)
     traffic: dict[int, list[int]] = field(default_factory=dict)
+    #: round -> local-test-* metric -> the values the eval-local-workers reported
+    local: dict[int, dict[str, list[float]]] = field(default_factory=dict)
 
     def event(self, round_: int, worker: int, kind: str, reason: str) -> None:
         """A fault of worker's in `round_` (see `RunResult.events`)."""
@@ -50,10 +55,15 @@ class RoundLog:
         """A reply of `round_` carried `nbytes` of vectors up."""
         self.traffic.setdefault(round_, [0, 0])[0] += nbytes
 
-    def trained(self, round_: int, loss: float, seconds: float) -> None:
-        """A worker's accepted report of `round_`: its mean loss and seconds of local steps."""
+    def trained(
+        self, round_: int, loss: float, seconds: float, local: dict[str, float] | None = None
+    ) -> None:
+        """A worker's accepted report of `round_`: its mean loss and seconds of local steps,
+        and (eval-local-workers) its own model's local-test-* metrics."""
         self.losses.setdefault(round_, []).append(loss)
         self.compute.setdefault(round_, []).append(seconds)
+        for key, value in (local or {}).items():
+            self.local.setdefault(round_, {}).setdefault(key, []).append(value)
 
     def settled(
         self,
@@ -103,6 +113,7 @@ class RoundLog:
         }
         if self.evaluate_fn is not None:
             row.update({f"test-{k}": v for k, v in self.evaluate_fn(summary.average).items()})
+        row.update(local_means(self.result.config, self.local.pop(summary.round, {})))
         row["wall-time"] = time.monotonic() - self.started
         row["compute-time"] = mean(self.compute.pop(summary.round, []))
         row["bytes-up"], row["bytes-down"] = self.traffic.pop(summary.round, [0, 0])
@@ -116,3 +127,15 @@ def _format_row(row: dict[str, Any]) -> str:
             parts.append(f"{key} {row[key]:.4f}")
     parts.append(f"consensus {row['consensus-distance']:.3g}")
     return " | ".join(parts)
+
+
+def local_means(config: RunConfig, reported: Mapping[str, list[float]]) -> dict[str, float]:
+    """The round's local-test-* columns: the mean of what the eval-local-workers that
+    trained reported (NaN where none did), present in every row when the key is on."""
+    if not config.eval_local_workers:
+        return {}
+    out = {}
+    for key in LOCAL_EVALUATION:
+        values = [v for v in reported.get(key, []) if not np.isnan(v)]
+        out[key] = float(np.mean(values)) if values else float("nan")
+    return out

@@ -36,6 +36,7 @@ from fedcoop.coordinator import consensus_distance
 from fedcoop.errors import ConfigError, RunFailed
 from fedcoop.model_vectors import Layout
 from strategies.result import EvaluateFn, RunResult
+from strategies.rounds import local_means
 from strategies.transport import GridTransport
 
 LOG = logging.getLogger("flwr.fedcoop")
@@ -260,6 +261,10 @@ class StockRun:
             **{f"test-{k}": v for k, v in metrics.items()},
             "wall-time": time.monotonic() - self.started,
             "compute-time": mean("compute-time"),
+            **local_means(
+                self.config,
+                {k: [m[k] for m in reported if k in m] for k in messages.LOCAL_EVALUATION},
+            ),
             "bytes-up": traffic[0],
             "bytes-down": traffic[1],
         }

@@ -88,3 +88,53 @@ def test_a_sync_and_a_received_model_replace_only_the_parameters() -> None:
     expected = sent.clone()
     expected[buffers] = before[buffers]
     torch.testing.assert_close(workers[0].x, expected)
+
+
+# -- the workers' own models, evaluated every round ------------------------------------------
+LOCAL_KEYS = ["local-test-loss", "local-test-accuracy"]
+
+
+def _evaluated_run(algorithm: str, **changes: object) -> RunConfig:
+    return replace(_bn_run(algorithm, "local"), eval_local_workers=3, eval_samples=200, **changes)
+
+
+def test_the_workers_own_models_are_evaluated_after_each_round_they_train() -> None:
+    """A stock FedAvg never sends its workers the final model, so each worker's state after
+    the run is the model it reported in the last round: the last row's local-test-* is
+    the mean, over the drawn workers, of those models on the evaluation sample, each with
+    its own BatchNorm statistics."""
+    config = _evaluated_run("flower:FedAvg")
+    result, grid = run_in_process(config)
+    chosen = [i for i in range(config.num_clients) if workload.evaluated_locally(config, i)]
+    assert len(chosen) == 3
+    rule = worker_state.rule_for(config)
+    test = workload.eval_sample(config)
+    by_partition = {
+        int(grid.contexts[n].node_config["partition-id"]): grid.contexts[n]
+        for n in grid.get_node_ids()
+    }
+    own = [
+        rule.evaluate(worker_state.current_worker(config, by_partition[i]).x, test) for i in chosen
+    ]
+    last = result.rounds[-1]
+    assert_paths_agree(np.float64(last["local-test-loss"]), np.mean([o[0] for o in own]))
+    assert last["local-test-accuracy"] == pytest.approx(np.mean([o[1] for o in own]))
+    assert all(set(LOCAL_KEYS) <= set(row) for row in result.rounds)
+
+
+@pytest.mark.cross_path
+def test_fedcoops_rounds_report_the_same_local_evaluation_as_the_stock_path() -> None:
+    """fedavg reaches the same worker models each round as Flower's FedAvg on these
+    clients, so its local-test-* columns are the stock path's (checked above against the
+    workers' states), on both in-process engines."""
+    stock, _ = run_in_process(_evaluated_run("flower:FedAvg"))
+    for engine in ("inprocess", "vectorized"):
+        ours, _ = run_in_process(_evaluated_run("fedavg"), engine=engine)
+        for a, b in zip(ours.rounds, stock.rounds, strict=True):
+            for key in LOCAL_KEYS:
+                assert_paths_agree(np.float64(a[key]), np.float64(b[key]), rtol=1e-4)
+
+
+def test_local_evaluation_is_off_by_default_and_then_absent_from_the_rows() -> None:
+    result, _ = run_in_process(_bn_run("overlap", "local"))
+    assert not any(key in row for row in result.rounds for key in LOCAL_KEYS)
