@@ -36,6 +36,7 @@ from clients.worker_state import FAILURE
 from fedcoop import workload
 from fedcoop.config import RunConfig
 from fedcoop.local_rule import LocalRule, WorkerState
+from fedcoop.optimizers import SERVER_CONTROL
 from fedcoop.spec import ClientRule, UpdateRule
 
 LOG = logging.getLogger("flwr.fedcoop")
@@ -206,6 +207,9 @@ def _prepare(msg: Message, context: Context) -> Message | _Train:
     elif header.sync is not None:
         sync = (header.self_weight, None if mix is None else torch.from_numpy(mix))
         rule.check_sync(worker, sync[1], client_rule, update_rule)
+    control = messages.read_vector(messages.train_record(msg), messages.CONTROL)
+    if control is not None:  # SCAFFOLD: the server's c for this round's steps
+        rule.set_state(worker, SERVER_CONTROL, torch.from_numpy(control))
     partition = worker_state.node_partition(context)[0]
     generator = workload.seeded_generator(config.seed, partition, round_)
     correction = client_rule is ClientRule.CORRECTION

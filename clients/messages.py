@@ -11,11 +11,12 @@ without pickle. A message is then three objects, not six to eight.
 
 - A train message's record (CONFIG) holds the run config, the round header (`RoundHeader`:
   round, sync index, local steps, self weight, ...) and its vectors: where the worker's
-  column of W reads other nodes, the mix vector; round 1 carries the initial model instead.
+  column of W reads other nodes, the mix vector; round 1 carries the initial model instead;
+  under SCAFFOLD, the server's control variate (CONTROL).
   Header, vector and state entries each have a namespace ("header:", "vector:", "state:"),
   which no config key can enter.
 - A worker's reply to it (REPLY) holds its model after the round's local steps, its
-  training loss, compute seconds and round.
+  training loss, compute seconds and round (SCAFFOLD: the change of its c_i, DELTA).
 - A worker's whole state (`WorkerSnapshot`: in a reply, for a checkpoint, and in the first
   message after a resume) is its round and step count (`STATE_ROUND`, `STATE_STEPS`) and
   its arrays, each an entry named with `STATE_PREFIX`: model, momentum, snapshot and pending
@@ -47,8 +48,11 @@ HEADER_NS, VECTOR_NS, STATE_NS = "header:", "vector:", "state:"
 #: vector entries: the initial model and the mix payload (train message), a worker's model
 #: (its reply, and the name of the model among a worker state's arrays)
 INIT, MIX, MODEL = VECTOR_NS + "init", VECTOR_NS + "mix", "x"
+#: SCAFFOLD's vectors: the server's control variate c (train message) and the change of
+#: the worker's c_i in the round (its reply)
+CONTROL, DELTA = VECTOR_NS + "control", VECTOR_NS + "control-delta"
 #: the vectors that are the algorithm's traffic (a worker state's are a checkpoint's)
-TRAFFIC_VECTORS = frozenset({INIT, MIX, MODEL})
+TRAFFIC_VECTORS = frozenset({INIT, MIX, MODEL, CONTROL, DELTA})
 #: the entries of a worker state: its round and step count, and each array as STATE_PREFIX
 #: + its name
 STATE_ROUND, STATE_STEPS, STATE_PREFIX = STATE_NS + "round", STATE_NS + "steps", STATE_NS + "array:"
@@ -56,7 +60,7 @@ STATE_ROUND, STATE_STEPS, STATE_PREFIX = STATE_NS + "round", STATE_NS + "steps",
 REPLY_KEYS = frozenset({MODEL, "train-loss", "compute-time", "round"})
 #: what an eval-local-workers worker's reply adds: its own model on the evaluation sample
 LOCAL_EVALUATION = ("local-test-loss", "local-test-accuracy")
-REPLY_OPTIONAL_KEYS = frozenset({STATE_ROUND, STATE_STEPS, *LOCAL_EVALUATION})
+REPLY_OPTIONAL_KEYS = frozenset({STATE_ROUND, STATE_STEPS, DELTA, *LOCAL_EVALUATION})
 #: message type of the query for a worker's state (Flower routes "query.state")
 QUERY_STATE = "query.state"
 
@@ -239,10 +243,11 @@ def train_content(
     *,
     init: Vector = None,
     mix: Vector = None,
+    control: Vector = None,
 ) -> RecordDict:
     """The content of a train message: the run config, the header and the vectors (arrays
     or .npy bytes; None: left out) in one record."""
-    entries = {**header.entries(), **_entries({INIT: init, MIX: mix})}
+    entries = {**header.entries(), **_entries({INIT: init, MIX: mix, CONTROL: control})}
     return RecordDict({CONFIG: ConfigRecord({**config_record(config), **entries})})
 
 

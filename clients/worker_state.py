@@ -26,7 +26,7 @@ from fedcoop import algorithms, checkpoint, workload
 from fedcoop.config import RunConfig
 from fedcoop.local_rule import LocalRule, WorkerState
 from fedcoop.model_vectors import default_device, loss_function
-from fedcoop.optimizers import LocalSGD
+from fedcoop.optimizers import CONTROL_DELTA, LocalSGD
 
 LOG = logging.getLogger("flwr.fedcoop")
 _T = TypeVar("_T")
@@ -260,6 +260,9 @@ def report(context: Context, send_state: bool) -> RecordDict:
         "round": int(meta["round"]),
     }
     entries.update({k: float(meta[k]) for k in messages.LOCAL_EVALUATION if k in meta})
+    arrays = context.state.array_records[STATE_ARRAYS]
+    if CONTROL_DELTA in arrays:  # SCAFFOLD: what the round changed of c_i
+        entries[messages.DELTA] = arrays[CONTROL_DELTA].data
     if send_state:
         entries.update(snapshot(context, with_model=False).entries())
     return messages.reply_content(entries)

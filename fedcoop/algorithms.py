@@ -61,6 +61,8 @@ class Algorithm:
     default_momentum: float = 0.0
     #: proximal mu this algorithm uses when the config's prox-mu is 0 (FedProx)
     default_prox_mu: float = 0.0
+    #: its workers' local optimizer corrects each step with control variates (SCAFFOLD)
+    control_variates: bool = False
 
 
 def _alpha(config: RunConfig, default: float | None) -> float | None:
@@ -182,6 +184,11 @@ def _overlap(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
     )
 
 
+def _scaffold(config: RunConfig, m: int, _: Sequence[int]) -> CooperativeSpec:
+    """Local SGD's uniform average of the reports, plus the server's control variate."""
+    return CooperativeSpec(tau=config.tau, w=mixing.averaging(m), control_variates=True)
+
+
 def cocod_routing(m: int) -> np.ndarray:
     """The matrix that routes CoCoD-SGD's one-round-stale average to every worker.
 
@@ -237,6 +244,13 @@ ALGORITHMS: dict[str, Algorithm] = {
             "FedAvg, local proximal term",
             _fedavg,
             default_prox_mu=FEDPROX_MU,
+        ),
+        Algorithm(
+            "scaffold",
+            "A(tau, J, 0) + c",
+            "SCAFFOLD: control variates (option II)",
+            _scaffold,
+            control_variates=True,
         ),
         Algorithm("easgd", "A(tau, W_alpha, 1)", "elastic averaging SGD", _easgd),
         Algorithm(
@@ -315,6 +329,13 @@ def resolve(
                 "anchor-momentum", beta, f"{config.algorithm} has no anchor: leave it at auto or 0"
             )
         spec = replace(spec, anchor_momentum=beta)
+    if config.global_lr != 1.0 and not spec.control_variates:
+        raise ConfigError(
+            "global-lr", config.global_lr, f"1 ({config.algorithm} has no global step)"
+        )
+    if spec.control_variates and spec.rule is not UpdateRule.MIX_AFTER_STEP:
+        valid = "auto: SCAFFOLD reports its model after its round's last step"
+        raise ConfigError("update-rule", config.update_rule, valid)
     spec = spec.validate(num_clients=m)
     if config.eager_reply:
         check_eager(spec, config.participation, config.update_norm_bound)
@@ -353,16 +374,22 @@ def _with_tau_schedule(
 
 def local_optimizer(config: RunConfig) -> optimizers.LocalOptimizer:
     """The workers' local optimizer: the config's SGD settings, with the algorithm's own
-    Nesterov momentum (EAMSGD's) where the config leaves momentum at 0 and its own proximal
-    mu (FedProx's) where it leaves prox-mu at 0. The one place a config's optimizer fields
-    become pieces: the batched rule and the reference run them."""
+    Nesterov momentum (EAMSGD's) where the config leaves momentum at 0, its own proximal
+    mu (FedProx's) where it leaves prox-mu at 0, and SCAFFOLD's control variates. The one
+    place a config's optimizer fields become pieces: the batched rule and the reference
+    run them."""
     algorithm = get(config.algorithm)
     momentum, nesterov = config.momentum, config.nesterov
     if momentum == 0 and algorithm.default_momentum:
         momentum, nesterov = algorithm.default_momentum, True
-    return optimizers.sgd(
+    local = optimizers.sgd(
         momentum,
         nesterov=nesterov,
         weight_decay=config.weight_decay,
         prox_mu=config.prox_mu or algorithm.default_prox_mu,
     )
+    if not algorithm.control_variates:
+        return local
+    # the correction joins the gradient before any momentum folds it in
+    control = optimizers.ControlVariates(config.global_lr)
+    return replace(local, transforms=(control, *local.transforms))

@@ -166,6 +166,14 @@ class RunConfig:
         False, doc="Nesterov momentum for the local steps (needs momentum > 0)"
     )
     weight_decay: float = setting(0.0, Interval(0, closed="left"), doc="local SGD weight decay")
+    global_lr: float = setting(
+        1.0,
+        Interval(0, closed="neither"),
+        doc=(
+            "scaffold: the server's global step size eta_g, x <- x + eta_g mean(y_i - x) "
+            "(1 = the plain average)"
+        ),
+    )
     prox_mu: float = setting(
         0.0,
         Interval(0, closed="left"),

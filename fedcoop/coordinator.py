@@ -26,7 +26,7 @@ has settled without the worker.
 
 The module is one state machine over shared tables (who is busy, late or ahead, the reports,
 payloads and auxiliary values of each open round), which is why it stays one file of some
-600 lines: splitting it would hand those tables across modules. The payloads waiting for
+700 lines: splitting it would hand those tables across modules. The payloads waiting for
 workers' next messages are held by `fedcoop.pending`, W_S of a round by
 `fedcoop.participation.RoundMix`, so that a round costs its cohort and not m.
 """
@@ -81,6 +81,9 @@ class Dispatch:
     payload: Payload | None
     #: the worker holds no model yet and nothing to adopt: the message carries x0
     init: bool = False
+    #: SCAFFOLD: the server's control variate c the message carries (None: zeros, no
+    #: sync has changed it yet)
+    control: np.ndarray | None = None
 
     @property
     def final(self) -> bool:
@@ -163,6 +166,9 @@ class Coordinator:
     #: the settled rounds as a tau schedule reads them (`observe`), and the decided taus
     _history: list[Settled] = field(init=False, default_factory=list)
     _taus: dict[int, int] = field(init=False, default_factory=dict)
+    #: SCAFFOLD: the control variate c, and the changes of c_i each round's reports carry
+    _control: np.ndarray | None = field(init=False, default=None)
+    _deltas: dict[int, dict[int, np.ndarray]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -283,7 +289,7 @@ class Coordinator:
             self._last[i] = r
             steps = self.tau_of(r) if r <= self.num_rounds else 0
             init = i not in self._trained and payload is None
-            out.append(Dispatch(i, r, steps, payload, init=init))
+            out.append(Dispatch(i, r, steps, payload, init=init, control=self._control))
         return out
 
     def _candidates(self) -> list[int]:
@@ -297,14 +303,23 @@ class Coordinator:
         return sorted(workers)
 
     # -- what the workers answer ---------------------------------------------------------
-    def record(self, worker: int, round_: int, model: np.ndarray) -> str | None:
-        """Take worker's model after its tau steps of `round_` (or its final model).
+    def record(
+        self,
+        worker: int,
+        round_: int,
+        model: np.ndarray,
+        control_delta: np.ndarray | None = None,
+    ) -> str | None:
+        """Take worker's model after its tau steps of `round_` (or its final model), and
+        under SCAFFOLD the change of its control variate c_i in that round.
 
         Returns None if accepted, else why the model was rejected (it is then left out of
         the round, like a worker that failed, and told to reset at its next message).
         """
         self._check_in_flight(worker, round_)
         problem = self._problem(model)
+        if problem is None and self.spec.control_variates and round_ <= self.num_rounds:
+            problem = self._control_problem(control_delta)
         if problem is not None:
             self.reject(worker, round_, problem)
             return problem
@@ -313,6 +328,8 @@ class Coordinator:
             self._busy[worker] = self._ahead.pop(worker)
         self._trained.add(worker)
         self._reports.setdefault(round_, {})[worker] = np.array(model, copy=True)
+        if self.spec.control_variates and control_delta is not None:
+            self._deltas.setdefault(round_, {})[worker] = np.array(control_delta, copy=True)
         self._settle()
         return None
 
@@ -373,6 +390,7 @@ class Coordinator:
             "aux": self._aux[round_].copy(),
             "velocity": self._velocity.copy(),
             "pending": {i: dataclasses.asdict(p) for i, p in pending.items()},
+            "control": self._control,
         }
 
     def restore(self, cut: dict[str, Any]) -> None:
@@ -384,6 +402,8 @@ class Coordinator:
         self._trained = set(cut["trained"])
         self._aux = {self._settled: np.asarray(cut["aux"])}
         self._velocity = np.asarray(cut["velocity"])
+        control = cut.get("control")
+        self._control = None if control is None else np.asarray(control)
         self._pending = PendingPayloads(self.spec.num_workers)
         for i, p in cut["pending"].items():
             self._pending.set(int(i), Payload(**p))
@@ -415,6 +435,17 @@ class Coordinator:
                 f"round {round_}",
                 f"expected round {self._busy[worker]}",
             )
+
+    def _control_problem(self, delta: np.ndarray | None) -> str | None:
+        """Why a SCAFFOLD report's change of c_i cannot be added to c, or None."""
+        if delta is None:
+            return "no change of its control variate (SCAFFOLD's c_i) in the reply"
+        shape = None if self._control is None else self._control.shape
+        if delta.ndim != 1 or (shape is not None and delta.shape != shape):
+            return f"control variate change of shape {delta.shape}, not {shape or 'a vector'}"
+        if not np.all(np.isfinite(delta)):
+            return "control variate change with NaN or Inf"
+        return None
 
     def _problem(self, model: np.ndarray) -> str | None:
         """Why a reported model cannot be used, or None."""
@@ -562,6 +593,8 @@ class Coordinator:
                 f"quorum needs {needed} ({reasons})"
             )
         survivors = frozenset(reports)
+        if spec.control_variates:
+            self._update_control(round_, sorted(reports))
         mix = participation.round_mix(spec.w_at(round_), m, survivors, spec.reweight)
         alive, block, k = mix.alive, mix.block, len(mix.alive)
         # Only the present nodes' rows of W_S are non-zero off the diagonal, so the sync
@@ -608,6 +641,16 @@ class Coordinator:
             )
         )
 
+    def _update_control(self, round_: int, survivors: list[int]) -> None:
+        """SCAFFOLD's server step on c: c <- c + (1/m) sum of the survivors' changes of c_i
+        (Algorithm 1's (|S|/N) times their mean), so c stays the mean of every c_i."""
+        deltas = self._deltas.get(round_, {})
+        if not survivors:
+            return
+        total = np.sum([deltas[i] for i in survivors], axis=0)
+        base = np.zeros_like(total) if self._control is None else self._control
+        self._control = (base + total / self.spec.num_workers).astype(total.dtype, copy=False)
+
     def _apply_norm_bound(self, round_: int, reports: dict[int, np.ndarray]) -> None:
         """Reject models far from the round's median model (norm-bound defence)."""
         if not self.norm_bound or len(reports) < 3:
@@ -630,7 +673,14 @@ class Coordinator:
         """Drop what no future payload can read: settled reports, old auxiliary values."""
         for key in [k for k in self._early if k[1] <= self._settled]:
             del self._early[key]
-        tables = (self._reports, self._missing, self._rejected, self._sampled, self._settled_out)
+        tables = (
+            self._reports,
+            self._missing,
+            self._rejected,
+            self._sampled,
+            self._settled_out,
+            self._deltas,
+        )
         for table in (*tables, self._taus):
             for r in [r for r in table if r <= self._settled]:
                 del table[r]

@@ -154,6 +154,17 @@ class LocalRule:
             for name in self.sgd.optimizer.state_names
         }
 
+    def set_state(self, worker: WorkerState, name: str, value: torch.Tensor) -> None:
+        """Set the worker's optimizer state array `name` to one the server sent (SCAFFOLD's
+        c); ValueError if the optimizer keeps no such array or its shape is not the
+        parameters'."""
+        if name not in self.sgd.optimizer.state_names:
+            raise ValueError(f"the message carries {name!r}, which this run's optimizer lacks")
+        shape = self.parameters_of(worker.x).shape
+        if value.shape != shape:
+            raise ValueError(f"{name!r} of shape {tuple(value.shape)}, not {tuple(shape)}")
+        worker.opt_state[name] = self.vector(value)
+
     def parameters_of(self, x: torch.Tensor) -> torch.Tensor:
         """The parameter entries of model vectors (the last dimension), in parameter order."""
         return x if self._index is None else x.index_select(-1, self._index)
@@ -281,6 +292,9 @@ class LocalRule:
         indices = [self._batches(w, steps, g) for w, g in zip(workers, generators, strict=True)]
         x = torch.stack([w.x for w in workers])
         optimizer = self.sgd.optimizer
+        if optimizer.ends_rounds and update_rule is UpdateRule.MIX_BEFORE_STEP:
+            raise ValueError("a round-end piece (SCAFFOLD's) needs the mix-after-step rule")
+        first_step = [w.steps_done for w in workers]
         # the round's start: the anchor of the optimizer's terms (FedProx's x^t)
         anchor = self.parameters_of(x)
         losses: list[list[float]] = [[] for _ in workers]
@@ -301,9 +315,38 @@ class LocalRule:
                     w.pending = g
             else:
                 x = self._step(workers, x, grads)
+        if optimizer.ends_rounds:
+            x = self._end_round(workers, anchor, x, first_step, steps)
         for w, row in zip(workers, x.unbind(0), strict=True):
             w.x = row
         return [sum(values) / len(values) for values in losses]
+
+    def _end_round(
+        self,
+        workers: Sequence[WorkerState],
+        start: torch.Tensor,
+        x: torch.Tensor,
+        first_step: Sequence[int],
+        steps: int,
+    ) -> torch.Tensor:
+        """The optimizer's round-end pieces on the parameters (SCAFFOLD's control update and
+        global step): their new state arrays, and x with the parameters they report."""
+        lr_sum = torch.tensor(
+            [[sum(self.lr_at(s + k) for k in range(1, steps + 1))] for s in first_step],
+            dtype=self.dtype,
+            device=self.device,
+        )
+        end, changed = self.sgd.optimizer.end_round(
+            start, self.parameters_of(x), lr_sum, self._stacked_state(workers)
+        )
+        for name, rows in changed.items():
+            for w, row in zip(workers, rows.unbind(0), strict=True):
+                w.opt_state[name] = row
+        if self._index is None:
+            return end
+        out = x.clone()
+        out[:, self._index] = end
+        return out
 
     def _stacked_batches(
         self, workers: Sequence[WorkerState], indices: Sequence[list[torch.Tensor | None]]
@@ -339,14 +382,7 @@ class LocalRule:
             [self.lr_at(w.steps_done + 1) for w in workers], dtype=self.dtype, device=self.device
         )[:, None]
         optimizer = self.sgd.optimizer
-        state: dict[str, torch.Tensor] = {}
-        if optimizer.state_names:
-            zero = torch.zeros_like(grads[0])
-            state = {
-                name: torch.stack([w.opt_state.get(name, zero) for w in workers])
-                for name in optimizer.state_names
-            }
-        direction, state = optimizer.direction(grads, state)
+        direction, state = optimizer.direction(grads, self._stacked_state(workers))
         for name, rows in state.items():
             for w, row in zip(workers, rows.unbind(0), strict=True):
                 w.opt_state[name] = row
@@ -358,6 +394,13 @@ class LocalRule:
         out = x.clone()
         out[:, self._index] = params
         return out
+
+    def _stacked_state(self, workers: Sequence[WorkerState]) -> dict[str, torch.Tensor]:
+        """The workers' optimizer state arrays as rows, zeros for those not held yet."""
+        if not self.sgd.optimizer.state_names:
+            return {}
+        held = [self.opt_state_of(w) for w in workers]
+        return {name: torch.stack([h[name] for h in held]) for name in held[0]}
 
     def _loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of one worker's flat parameters on its batch (what vmap maps)."""

@@ -20,6 +20,9 @@ applies it after the sync:
   is applied. A state array a worker does not hold yet is zeros, as torch's first momentum
   step reads. The names are those the worker's state, checkpoints and messages carry.
 
+A transform may also act once a round's steps are done (`end_round`: SCAFFOLD's control
+variate update), on the round's start and end and the sum of its learning rates.
+
 Adding a local optimizer is one such class and its use in a `LocalOptimizer`.
 """
 
@@ -34,6 +37,9 @@ Array = Any
 
 #: the heavy-ball buffer's name in `WorkerState`, the state files and the messages
 MOMENTUM = "momentum"
+#: SCAFFOLD's arrays: the server's control variate c as the worker last received it, the
+#: worker's own c_i, and the change of c_i in its last round (which its reply carries)
+SERVER_CONTROL, CONTROL, CONTROL_DELTA = "server-control", "control", "control-delta"
 
 
 class Term(Protocol):
@@ -87,6 +93,29 @@ class Momentum:
 
 
 @dataclass(frozen=True)
+class ControlVariates:
+    """SCAFFOLD's local rule (Karimireddy et al., ICML 2020, Algorithm 1, option II):
+    each step's direction is g - c_i + c; when the round's steps are done,
+    c_i+ = c_i - c + (x - y_i) / (sum of the round's learning rates) (K eta_l in the
+    paper, whose lr is constant), and the worker reports x + global_lr (y_i - x), so that
+    the server's plain average of the reports is x + eta_g mean(y_i - x)."""
+
+    global_lr: float = 1.0
+    state_names: ClassVar[tuple[str, ...]] = (SERVER_CONTROL, CONTROL, CONTROL_DELTA)
+
+    def __call__(self, g: Array, state: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
+        return g - state[CONTROL] + state[SERVER_CONTROL], {}
+
+    def end_round(
+        self, start: Array, end: Array, lr_sum: Array, state: Mapping[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
+        """(the model to report, the new state) of a round from `start` to `end`."""
+        own = state[CONTROL] - state[SERVER_CONTROL] + (start - end) / lr_sum
+        reported = start + self.global_lr * (end - start)
+        return reported, {CONTROL: own, CONTROL_DELTA: own - state[CONTROL]}
+
+
+@dataclass(frozen=True)
 class LocalOptimizer:
     """The terms added to a gradient where it is taken, then the transforms that turn it
     into the step's direction, in order. With neither it is plain SGD: d = g."""
@@ -118,6 +147,24 @@ class LocalOptimizer:
             g, out = transform(g, state)
             new |= out
         return g, new
+
+    @property
+    def ends_rounds(self) -> bool:
+        """Whether a piece acts when a round's steps are done (SCAFFOLD's control update)."""
+        return any(hasattr(t, "end_round") for t in self.transforms)
+
+    def end_round(
+        self, start: Array, end: Array, lr_sum: Array, state: Mapping[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
+        """(the model to report, the changed state arrays) once a round's steps took the
+        parameters from `start` to `end` with learning rates summing to `lr_sum`; each
+        piece with an `end_round` acts in order."""
+        new: dict[str, Array] = {}
+        for transform in self.transforms:
+            if hasattr(transform, "end_round"):
+                end, out = transform.end_round(start, end, lr_sum, {**state, **new})
+                new |= out
+        return end, new
 
 
 #: plain SGD, the direction is the gradient

@@ -68,6 +68,9 @@ class CooperativeSpec:
     w_schedule: MatrixSchedule | None = None
     #: tau_r per round (None: tau every round)
     tau_schedule: TauSchedule | None = None
+    #: SCAFFOLD: the server keeps a control variate c, sends it with every message and
+    #: adds (1/m) sum of the survivors' reported changes of c_i at each sync
+    control_variates: bool = False
 
     @property
     def num_workers(self) -> int:

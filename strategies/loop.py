@@ -204,8 +204,14 @@ class CooperativeStrategy:
             state = WorkerSnapshot(state.round, state.steps, {**state.arrays, messages.MODEL: x})
         # (a rejected reply's state is asked for afresh at the checkpoint)
         self.ledger.answered(d.worker, d.round, state)
+        delta = None
+        if problem is None and coordinator.spec.control_variates:
+            try:
+                delta = messages.read_vector(messages.reply_record(reply) or {}, messages.DELTA)
+            except ValueError as exc:
+                problem = f"unreadable control variate change: {exc}"
         if problem is None:
-            problem = coordinator.record(d.worker, d.round, x)
+            problem = coordinator.record(d.worker, d.round, x, delta)
         else:
             coordinator.reject(d.worker, d.round, problem)
         if problem is not None:
@@ -235,16 +241,17 @@ class CooperativeStrategy:
             and self.ledger.wants_state(reported.round, reported.final),
             restore=self.ledger.to_restore(worker),
         )
-        init = mix = None
+        init = mix = control = None
         if d is not None:
             init = self.x0 if d.init else None
+            control = d.control
             if d.payload is not None:
                 p = d.payload
                 header = dataclasses.replace(
                     header, sync=p.sync, self_weight=p.self_weight, adopt=p.adopt, reset=p.reset
                 )
                 mix = p.mix
-        content = messages.train_content(self.config, header, init=init, mix=mix)
+        content = messages.train_content(self.config, header, init=init, mix=mix, control=control)
         return Message(content, node_of[worker], MessageType.TRAIN, group_id=str(e.round))
 
 

@@ -107,6 +107,7 @@ def assert_same_run(a: RunResult, b: RunResult) -> None:
         dict(algorithm="overlap", tau_schedule="adacomm", adacomm_interval=0.25),
         dict(algorithm="dpsgd", tau_schedule="3,1,2"),
         dict(algorithm="matcha", participation=0.6, comm_budget=0.5),
+        dict(algorithm="scaffold", participation=0.6, global_lr=0.5),
     ],
     ids=[
         "local-sgd",
@@ -118,6 +119,7 @@ def assert_same_run(a: RunResult, b: RunResult) -> None:
         "overlap-adacomm",
         "dpsgd-tau-list",
         "matcha-partial",
+        "scaffold-partial",
     ],
 )
 def test_a_crashed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, changes: dict) -> None:
@@ -518,7 +520,7 @@ class CrashingVectorizedGrid(Crashes, VectorizedGrid):
         self.at = at
 
 
-@pytest.mark.parametrize("algorithm", ["local-sgd", "overlap"])
+@pytest.mark.parametrize("algorithm", ["local-sgd", "overlap", "scaffold"])
 def test_a_crashed_run_on_the_vectorized_engine_resumes_to_the_uninterrupted_result(
     tmp_path: Path, algorithm: str
 ) -> None:
