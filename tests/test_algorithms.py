@@ -282,7 +282,7 @@ def test_anchor_momentum_on_other_anchors_is_applied() -> None:
 
 def test_unknown_algorithm_lists_the_names() -> None:
     with pytest.raises(ConfigError) as err:
-        algorithms.resolve(config(algorithm="scaffold"))
+        algorithms.resolve(config(algorithm="scaffolding"))
     assert err.value.parameter == "algorithm"
     for name in algorithms.ALGORITHMS:
         assert name in str(err.value)
