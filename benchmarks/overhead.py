@@ -124,12 +124,21 @@ def bare(config: RunConfig) -> Timing:
     return Timing(ends, time.perf_counter() - start)
 
 
-def timed(config: RunConfig, engine: str, cpus_per_client: float = 1.0) -> Timing:
-    """The run of `config` on `engine` (or the bare loop), timed."""
+def timed(
+    config: RunConfig, engine: str, cpus_per_client: float = 1.0, processes: int = 1
+) -> Timing:
+    """The run of `config` on `engine` (or the bare loop), timed; `processes`: the
+    in-process engines' worker processes (1: the one process the bare loop runs in)."""
     if engine == BARE:
         return bare(config)
     start = time.perf_counter()
-    result = run_config(config, engine=engine, quiet=True, cpus_per_client=cpus_per_client)
+    result = run_config(
+        config,
+        engine=engine,
+        quiet=True,
+        cpus_per_client=cpus_per_client,
+        processes=processes if engine != "simulation" else None,
+    )
     total = time.perf_counter() - start
     return Timing([row["wall-time"] for row in result.rounds], total)
 

@@ -124,7 +124,9 @@ def child(engine: str, mapping: dict[str, Any], args: argparse.Namespace) -> Non
     set_threads(args.threads)
     sampler = DescendantsRSS()
     sampler.start()
-    timing = timed(RunConfig.from_mapping(mapping), engine, args.cpus_per_client)
+    timing = timed(
+        RunConfig.from_mapping(mapping), engine, args.cpus_per_client, args.processes[0]
+    )
     figures = {
         "seconds-per-round": timing.per_round,
         "start-up": timing.startup,
@@ -135,10 +137,14 @@ def child(engine: str, mapping: dict[str, Any], args: argparse.Namespace) -> Non
     print(RESULT + json.dumps(figures), flush=True)
 
 
-def in_subprocess(engine: str, mapping: dict[str, Any], args: argparse.Namespace) -> dict:
-    """`child` in a new Python process; its figures, or SystemExit with its output."""
+def in_subprocess(
+    engine: str, mapping: dict[str, Any], args: argparse.Namespace, processes: int = 1
+) -> dict:
+    """`child` in a new Python process (the in-process engines with `processes` worker
+    processes); its figures, or SystemExit with its output."""
     command = [sys.executable, __file__, "--child", engine, "--config", json.dumps(mapping)]
     command += ["--cpus-per-client", str(args.cpus_per_client)]
+    command += ["--processes", str(processes)]
     command += [] if args.threads is None else ["--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
@@ -156,7 +162,7 @@ def report(engine: str, figures: dict, tag: str = "") -> None:
         print(f"start-up {where} {figures['start-up']:.2f}")
     print(f"peak-rss-mib {where} {figures['peak-rss-mib']:.1f}")
     print(f"import-rss-mib {where} {figures['import-rss-mib']:.1f}")
-    if engine == "simulation":
+    if figures["children-rss-mib"]:  # Ray's actors, or the worker processes
         print(f"children-rss-mib {where} {figures['children-rss-mib']:.1f}")
 
 
@@ -192,13 +198,22 @@ def cross_device(args: argparse.Namespace) -> None:
     )
     baseline = in_subprocess(BARE, mapping, args)
     report(BARE, baseline)
-    ratios = {}
+    ratios, speedups = {}, {}
     for engine in args.engines:
-        figures = in_subprocess(engine, mapping, args)
-        report(engine, figures)
-        ratios[engine] = figures["seconds-per-round"] / baseline["seconds-per-round"]
-    for engine, ratio in ratios.items():
-        print(f"overhead-ratio {engine} {ratio:.2f}")
+        counts = [1] if engine == "simulation" else args.processes
+        for n in counts:
+            figures = in_subprocess(engine, mapping, args, n)
+            name = engine if n == 1 else f"{engine}-{n}p"
+            report(name, figures)
+            ratios[name] = figures["seconds-per-round"] / baseline["seconds-per-round"]
+            if n == counts[0]:
+                first = figures["seconds-per-round"]
+            else:
+                speedups[name] = first / figures["seconds-per-round"]
+    for name, ratio in ratios.items():
+        print(f"overhead-ratio {name} {ratio:.2f}")
+    for name, speedup in speedups.items():
+        print(f"process-speedup {name} {speedup:.2f}")
 
 
 def m_sweep(args: argparse.Namespace) -> None:
@@ -253,6 +268,12 @@ def main() -> None:
         "mnist-embedded (sweep: synthetic)",
     )
     parser.add_argument("--data-root", default="", help="where fashion-mnist's files are")
+    parser.add_argument(
+        "--processes",
+        type=positive_ints,
+        default=[1],
+        help="the in-process engines' worker processes, each count a run (e.g. 1,2)",
+    )
     engine_arguments(parser)
     parser.set_defaults(model=None)  # cnn, or logreg in the sweep
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -21,7 +21,7 @@ Arguments are run-config keys as `key=value`, exactly as `flwr run --run-config`
 `--grid key=v1,v2` (or `key=[TOML array]` for values that hold commas, such as decay-epochs)
 over the fixed ones, each grid point `--seeds N` times (seed, seed+1, ...); in its TOML file a
 `[grid]` table holds the swept keys' arrays and a `[compare]` table its options (target, out,
-seeds, engine, quiet, cpus-per-client, gpus-per-client, ray-address). `--ray-address
+seeds, engine, quiet, cpus-per-client, gpus-per-client, ray-address, processes). `--ray-address
 HOST:PORT` runs the simulation engine on an existing Ray cluster (docs/clusters.md).
 """
 
@@ -54,6 +54,8 @@ COMPARE_OPTIONS: dict[str, Any] = {
     "cpus-per-client": 1.0,
     "gpus-per-client": None,
     "ray-address": None,
+    # the in-process engines: every core (simulations.runner.default_processes)
+    "processes": None,
 }
 
 
@@ -105,6 +107,7 @@ def _run(args: argparse.Namespace) -> None:
         cpus_per_client=args.cpus_per_client,
         gpus_per_client=args.gpus_per_client,
         ray_address=args.ray_address,
+        processes=args.processes,
     )
     last = result.rounds[-1]
     summary = ", ".join(
@@ -151,6 +154,7 @@ def _compare(args: argparse.Namespace) -> None:
         cpus_per_client=options["cpus-per-client"],
         gpus_per_client=options["gpus-per-client"],
         ray_address=options["ray-address"],
+        processes=options["processes"],
     )
     summary = compare.summarize(compare.load_runs(out), options["target"])
     written = compare.write_summary(out, summary, options["target"])
@@ -187,6 +191,12 @@ def _engine_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any])
         "--quiet", action="store_true", default=defaults["quiet"], help="no per-round log"
     )
     parser.add_argument("--cpus-per-client", type=float, default=defaults["cpus-per-client"])
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=defaults["processes"],
+        help="in-process engines: worker processes training the cohort (default: every core)",
+    )
     parser.add_argument(
         "--gpus-per-client",
         type=float,

@@ -152,6 +152,7 @@ def sweep(
     gpus_per_client: float | None = None,
     ray_address: str | None = None,
     console: Console | None = None,
+    processes: int | None = None,
 ) -> Path:
     """Run every config with its results under `out` (new or empty, so that the directory
     holds this comparison only), behind a progress bar; returns `out`. The engine options
@@ -174,6 +175,7 @@ def sweep(
                 cpus_per_client=cpus_per_client,
                 gpus_per_client=gpus_per_client,
                 ray_address=ray_address,
+                processes=processes,
             )
             progress.advance(task)
     return out

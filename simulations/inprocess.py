@@ -12,19 +12,24 @@ node ever had two messages waiting at once, which the strategy must never cause.
 from __future__ import annotations
 
 import traceback
+import weakref
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from uuid import uuid4
 
 import numpy as np
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedcoop.errors import ConfigError
 from simulations.context_store import DEFAULT_BUDGET, ContextStore
+from simulations.processes import WorkerProcesses
+
+TRAIN = MessageType.TRAIN
 
 #: Error code of a reply whose ClientApp raised (Flower uses the same meaning).
 CLIENT_APP_RAISED = 1
@@ -41,12 +46,24 @@ class InProcessGrid(Grid):
         seed: int = 0,
         node_config: dict[str, bool | int | float | str] | None = None,
         state_budget: int | None = DEFAULT_BUDGET,
+        processes: int = 1,
     ) -> None:
         """`node_config`: more node config for every node, as a SuperNode's --node-config
         gives it (e.g. background-steps); `state_budget`: bytes of the nodes' worker states
         held in memory, the least recently used beyond it kept on disk (None: all in memory;
-        `simulations.context_store`)."""
+        `simulations.context_store`); `processes`: worker processes that serve the train
+        messages, each its share of the nodes (1: this process; `simulations.processes`):
+        every waiting train message is then served at each pull, the others still in a
+        shuffled subset."""
         self.client_app = client_app
+        self._pool: WorkerProcesses | None = None
+        if processes > 1:
+            if (node_config or {}).get("background-steps"):
+                raise ConfigError(
+                    "processes", processes, "1 with background-steps (steps outlive messages)"
+                )
+            self._pool = WorkerProcesses(processes, self._serve_trains, error_reply)
+            weakref.finalize(self, self._pool.close)
         self._rng = np.random.default_rng(seed)
         # Node ids unrelated to partition ids, so the strategy has to map them.
         ids = self._rng.choice(10**6, size=num_nodes, replace=False) + 1
@@ -117,9 +134,44 @@ class InProcessGrid(Grid):
         waiting = list(self._waiting)
         if waiting:
             count = int(self._rng.integers(1, len(waiting) + 1))
-            for msg_id in self._rng.permutation(waiting)[:count]:
-                self._deliver(self._take(str(msg_id)))
+            chosen = [str(i) for i in self._rng.permutation(waiting)[:count]]
+            if self._pool is not None:  # every waiting train message, at once, in parallel
+                trains = [i for i in waiting if self._waiting[i].metadata.message_type == TRAIN]
+                chosen = [i for i in chosen if i not in trains] + trains
+            taken = [self._take(i) for i in chosen]
+            for msg in taken:
+                if self._pool is None or msg.metadata.message_type != TRAIN:
+                    self._deliver(msg)
+            self._deliver_trains(
+                [m for m in taken if self._pool and m.metadata.message_type == TRAIN]
+            )
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def _serve_trains(self, batch: Sequence[tuple[Message, Context]]) -> list[Message]:
+        """Train messages, each through the ClientApp (a worker process's work)."""
+        out = []
+        for msg, context in batch:
+            try:
+                out.append(self.client_app(msg, context))
+            except Exception as exc:
+                out.append(error_reply(msg, exc))
+        return out
+
+    def _deliver_trains(self, trains: Sequence[Message]) -> None:
+        """Serve train messages taken from the waiting ones: by the worker processes, each
+        node's by the same one, when there are processes."""
+        if not trains:
+            return
+        batch = [(m, self.contexts[m.metadata.dst_node_id]) for m in trains]
+        assert self._pool is not None
+        order = [int(context.node_config["partition-id"]) for _, context in batch]
+        for msg, reply in zip(trains, self._pool.serve(batch, order), strict=True):
+            self._replies[msg.metadata.message_id] = reply
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (they also stop with this process)."""
+        if self._pool is not None:
+            self._pool.close()
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

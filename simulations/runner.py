@@ -20,6 +20,7 @@ from fedcoop.model_vectors import default_device
 from simulations import results
 from simulations.engines import AUTO, ENGINE_CHOICES
 from simulations.inprocess import InProcessGrid
+from simulations.processes import available_cores, check_processes
 from simulations.vectorized import VectorizedGrid
 from strategies import server_app
 from strategies.result import RunResult
@@ -48,6 +49,12 @@ def default_gpus_per_client() -> float:
     return 0.25 if default_device().type == "cuda" else 0.0
 
 
+def default_processes() -> int:
+    """The in-process engines' worker processes when none are asked for: every core this
+    process may use on a CPU; one on a GPU, whose batch needs no more."""
+    return 1 if default_device().type == "cuda" else available_cores()
+
+
 def check_engine(engine: str, ray_address: str | None = None) -> None:
     """Refuse an unknown engine, and a Ray address for an engine that does not use Ray."""
     if engine not in ENGINE_CHOICES:
@@ -70,8 +77,12 @@ def run_config(
     cpus_per_client: float = 1.0,
     gpus_per_client: float | None = None,
     ray_address: str | None = None,
+    processes: int | None = None,
 ) -> RunResult:
     """Run `config` on `engine` with num-clients nodes; its results go to config.results_dir.
+
+    `processes` (the in-process engines): worker processes that train the cohort, each its
+    share of the nodes (None: `default_processes()`; 1: this process alone).
 
     `ray_address` (simulation only): the Ray cluster to run the clients on, as `ray.init`
     takes it ("HOST:PORT" of its head node, or "auto"); Flower's Ray backend passes it on
@@ -85,8 +96,15 @@ def run_config(
         engine = fastest_engine(config)
         LOG.info("fedcoop: engine %s (auto)", engine)
     if engine in GRIDS:
-        grid = GRIDS[engine](client_app, config.num_clients, seed=config.seed)
-        return server_app.run(grid, config, resumed, results)
+        count = default_processes() if processes is None else processes
+        check_processes(count)
+        grid = GRIDS[engine](client_app, config.num_clients, seed=config.seed, processes=count)
+        try:
+            return server_app.run(grid, config, resumed, results)
+        finally:
+            grid.close()
+    if processes not in (None, 1):
+        raise ConfigError("processes", processes, "1 for the simulation engine (Ray's actors)")
     from flwr.simulation import run_simulation  # Ray: only this engine pays for its import
 
     finished: list[RunResult] = []

@@ -12,10 +12,10 @@ differs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from flwr.app import Message, MessageType
+from flwr.app import Context, Message, MessageType
 from flwr.clientapp import ClientApp
 
 from clients.client_app import TrainMany, train_many
@@ -36,8 +36,8 @@ class VectorizedGrid(InProcessGrid):
         """`client_app` serves the other messages (handshake, evaluation, checkpoint
         queries); `train` the train messages (tests wrap it to inject faults); `options`
         are InProcessGrid's (seed, node_config)."""
-        super().__init__(client_app, num_nodes, **options)
         self._train = train
+        super().__init__(client_app, num_nodes, **options)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         self.contexts.settle()
@@ -46,9 +46,19 @@ class VectorizedGrid(InProcessGrid):
         for msg in waiting:
             if msg.metadata.message_type != MessageType.TRAIN:
                 self._deliver(msg)
-        batch = [(m, self.contexts[m.metadata.dst_node_id]) for m in trains]
-        for msg, reply in zip(trains, self._train(batch) if batch else [], strict=True):
-            if isinstance(reply, Exception):
-                reply = error_reply(msg, reply)
-            self._replies[msg.metadata.message_id] = reply
+        if self._pool is not None:
+            self._deliver_trains(trains)
+        else:
+            batch = [(m, self.contexts[m.metadata.dst_node_id]) for m in trains]
+            for msg, reply in zip(trains, self._serve_trains(batch) if batch else [], strict=True):
+                self._replies[msg.metadata.message_id] = reply
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def _serve_trains(self, batch: Sequence[tuple[Message, Context]]) -> list[Message]:
+        """Train messages as one batch of the local rule (a worker process serves its share
+        of the cohort this way too)."""
+        replies = self._train(batch)
+        return [
+            error_reply(msg, reply) if isinstance(reply, Exception) else reply
+            for (msg, _), reply in zip(batch, replies, strict=True)
+        ]
