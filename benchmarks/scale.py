@@ -124,9 +124,7 @@ def child(engine: str, mapping: dict[str, Any], args: argparse.Namespace) -> Non
     set_threads(args.threads)
     sampler = DescendantsRSS()
     sampler.start()
-    timing = timed(
-        RunConfig.from_mapping(mapping), engine, args.cpus_per_client, args.processes[0]
-    )
+    timing = timed(RunConfig.from_mapping(mapping), engine, args.cpus_per_client, args.processes[0])
     figures = {
         "seconds-per-round": timing.per_round,
         "start-up": timing.startup,

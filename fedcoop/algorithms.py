@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedcoop import gossip, matcha, mixing, optimizers, participation, topology
+from fedcoop import devices, gossip, matcha, mixing, optimizers, participation, topology
 from fedcoop.adacomm import AdaComm
 from fedcoop.config import AUTO, RunConfig
 from fedcoop.coordinator import check_eager
@@ -63,6 +63,10 @@ class Algorithm:
     default_prox_mu: float = 0.0
     #: its workers' local optimizer corrects each step with control variates (SCAFFOLD)
     control_variates: bool = False
+    #: its rule takes each worker's own number of local steps (round-time budgets)
+    heterogeneous_steps: bool = False
+    #: its workers normalise their progress by their steps (FedNova)
+    normalized: bool = False
 
 
 def _alpha(config: RunConfig, default: float | None) -> float | None:
@@ -236,14 +240,35 @@ ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in [
         Algorithm("sync", "A(1, J, 0)", "fully synchronous SGD", _sync),
-        Algorithm("local-sgd", "A(tau, J, 0)", "periodic averaging / Local SGD", _local_sgd),
-        Algorithm("fedavg", "A(tau, p1^T, 0)", "Local SGD, sample-weighted average", _fedavg),
+        Algorithm(
+            "local-sgd",
+            "A(tau, J, 0)",
+            "periodic averaging / Local SGD",
+            _local_sgd,
+            heterogeneous_steps=True,
+        ),
+        Algorithm(
+            "fedavg",
+            "A(tau, p1^T, 0)",
+            "Local SGD, sample-weighted average",
+            _fedavg,
+            heterogeneous_steps=True,
+        ),
         Algorithm(
             "fedprox",
             "A(tau, p1^T, 0) + mu",
             "FedAvg, local proximal term",
             _fedavg,
             default_prox_mu=FEDPROX_MU,
+            heterogeneous_steps=True,
+        ),
+        Algorithm(
+            "fednova",
+            "A(tau_i, p1^T, 0) + a_i",
+            "FedNova: progress normalised by each worker's steps",
+            _fedavg,
+            heterogeneous_steps=True,
+            normalized=True,
         ),
         Algorithm(
             "scaffold",
@@ -251,6 +276,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             "SCAFFOLD: control variates (option II)",
             _scaffold,
             control_variates=True,
+            heterogeneous_steps=True,
         ),
         Algorithm("easgd", "A(tau, W_alpha, 1)", "elastic averaging SGD", _easgd),
         Algorithm(
@@ -314,6 +340,7 @@ def resolve(
     _check_flower_keys(config)
     spec = get(config.algorithm).build(config, m, counts)
     spec = _with_tau_schedule(config, spec, lr)
+    spec = _with_worker_steps(config, spec)
     if config.update_rule != AUTO:
         if spec.client_rule is ClientRule.CORRECTION:
             raise ConfigError("update-rule", config.update_rule, "cocod has its own rule: auto")
@@ -333,9 +360,13 @@ def resolve(
         raise ConfigError(
             "global-lr", config.global_lr, f"1 ({config.algorithm} has no global step)"
         )
-    if spec.control_variates and spec.rule is not UpdateRule.MIX_AFTER_STEP:
-        valid = "auto: SCAFFOLD reports its model after its round's last step"
+    algorithm = get(config.algorithm)
+    ends_rounds = algorithm.control_variates or algorithm.normalized
+    if ends_rounds and spec.rule is not UpdateRule.MIX_AFTER_STEP:
+        valid = f"auto: {config.algorithm} reports its model after its round's last step"
         raise ConfigError("update-rule", config.update_rule, valid)
+    if algorithm.normalized and config.nesterov:
+        raise ConfigError("nesterov", True, "false for fednova: its a_i is heavy-ball momentum's")
     spec = spec.validate(num_clients=m)
     if config.eager_reply:
         check_eager(spec, config.participation, config.update_norm_bound)
@@ -357,6 +388,29 @@ def _check_flower_keys(config: RunConfig) -> None:
         if values[key] != off:
             valid = f"{off!r}: a Flower stock strategy runs its own loop, without it"
             raise ConfigError(key, values[key], valid)
+
+
+def worker_steps(config: RunConfig) -> tuple[int, ...] | None:
+    """Each worker's local steps under the config's round-time budget (None: tau for all);
+    device-speeds is read (and refused, if bad) either way."""
+    speeds = devices.speeds(config.device_speeds, config.num_clients, config.seed)
+    if not config.round_time:
+        return None
+    return devices.local_steps(speeds, config.round_time, config.step_time)
+
+
+def _with_worker_steps(config: RunConfig, spec: CooperativeSpec) -> CooperativeSpec:
+    """The round-time budget's tau_i on the spec, for the rules that take them."""
+    taus = worker_steps(config)
+    if taus is None:
+        return spec
+    takers = ", ".join(a.name for a in ALGORITHMS.values() if a.heterogeneous_steps)
+    if not get(config.algorithm).heterogeneous_steps:
+        valid = f"0 for {config.algorithm}; per-worker steps are taken by {takers}"
+        raise ConfigError("round-time", config.round_time, valid)
+    if config.tau_schedule != "fixed":
+        raise ConfigError("tau-schedule", config.tau_schedule, "fixed: round-time sets the steps")
+    return replace(spec, worker_taus=taus)
 
 
 def _with_tau_schedule(
@@ -388,8 +442,22 @@ def local_optimizer(config: RunConfig) -> optimizers.LocalOptimizer:
         weight_decay=config.weight_decay,
         prox_mu=config.prox_mu or algorithm.default_prox_mu,
     )
+    if algorithm.normalized:
+        return replace(local, transforms=(*local.transforms, _normalized(config, momentum)))
     if not algorithm.control_variates:
         return local
     # the correction joins the gradient before any momentum folds it in
     control = optimizers.ControlVariates(config.global_lr)
     return replace(local, transforms=(control, *local.transforms))
+
+
+def _normalized(config: RunConfig, rho: float) -> optimizers.NormalizedAveraging:
+    """FedNova's piece: tau_eff = sum_j p_j a_j over every worker (p_j its share of the
+    samples), which any worker computes from the config alone."""
+    from fedcoop import workload  # the shards' sizes; workload does not import this module
+
+    m = config.num_clients
+    counts = np.array([len(workload.shard(config, i, m)) for i in range(m)], dtype=np.float64)
+    taus = worker_steps(config) or (config.tau,) * m
+    norms = np.array([optimizers.momentum_norm(t, rho) for t in taus])
+    return optimizers.NormalizedAveraging(float(counts @ norms / counts.sum()), rho)

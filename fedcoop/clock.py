@@ -33,8 +33,11 @@ event computation over per-worker times, with no framework and no real waiting:
   pays compute + up + down plus the wait for the slowest. docs/virtual-clock.md has the
   closed forms for constant step times.
 
-Not modelled: server compute time, asymmetric up/down bandwidth, per-worker link or speed
-differences other than the step-time distribution, packet loss, retries and stragglers that
+Devices that differ (`device-speeds`, fedcoop.devices) divide each worker's step durations
+by its speed factor; under a round-time budget worker i runs its own tau_i steps.
+
+Not modelled: server compute time, asymmetric up/down bandwidth, per-worker link
+differences, packet loss, retries and stragglers that
 fail (a missed round is a non-participant here), and contention between rounds on the
 server link beyond the per-round share.
 """
@@ -47,6 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedcoop import devices
 from fedcoop.config import RunConfig, check_value
 from fedcoop.errors import ConfigError
 from fedcoop.links import Link, parse_link
@@ -93,10 +97,16 @@ class VirtualClock:
         step_time: StepTime,
         link: Link,
         seed: int = 0,
+        speeds: np.ndarray | None = None,
     ) -> None:
+        """`speeds`: each worker's speed factor (its steps take step_time / speed; None:
+        all 1, fedcoop.devices)."""
         if not isinstance(model_bytes, (int, np.integer)) or model_bytes < 0:
             raise ConfigError("model_bytes", model_bytes, "an integer >= 0")
         m = spec.num_workers
+        self.speeds = np.ones(m) if speeds is None else np.asarray(speeds, dtype=np.float64)
+        if self.speeds.shape != (m,) or not np.all(self.speeds > 0):
+            raise ConfigError("device-speeds", f"{self.speeds.shape} speeds", f"{m} numbers > 0")
         self.spec, self.model_bytes, self.step_time, self.link = spec, model_bytes, step_time, link
         self._rng = np.random.default_rng(seed)
         #: the pattern follows the nominal W (E[W_r] under a schedule of W_r)
@@ -126,6 +136,7 @@ class VirtualClock:
             step_time=step_time,
             link=parse_link(config.link),
             seed=config.seed,
+            speeds=devices.speeds(config.device_speeds, config.num_clients, config.seed),
         )
 
     @property
@@ -147,15 +158,19 @@ class VirtualClock:
         workers = sorted(set(range(m) if participants is None else participants))
         if not workers or not all(isinstance(i, (int, np.integer)) and 0 <= i < m for i in workers):
             raise ValueError(f"participants {participants!r}: a non-empty subset of 0..{m - 1}")
-        # Drawn for every worker in a fixed order, so no worker's times depend on the others.
-        steps = self.step_time.sample(self._rng, m * tau).reshape(m, tau)
+        # Drawn for every worker in a fixed order, so no worker's times depend on the others;
+        # worker i runs the first tau_i of its row (round-time budgets), at its own speed.
+        taus = np.full(m, tau) if self.spec.worker_taus is None else np.array(self.spec.worker_taus)
+        width = int(taus.max())
+        steps = self.step_time.sample(self._rng, m * width).reshape(m, width)
         arrivals = np.full(m, np.nan)
         share = len(workers)
         links = self._links_of(round_)
         for i in workers:
             if round_ > 1 and self._held[i] < round_ - 1:
                 self._fetch(i, round_ - 1, share)
-            self._done[i] = max(self._done[i], self._held_at[i]) + steps[i].sum()
+            compute = steps[i, : taus[i]].sum() / self.speeds[i]
+            self._done[i] = max(self._done[i], self._held_at[i]) + compute
             if links.prefetch[i] and self._held[i] < round_:
                 self._fetch(i, round_, share)
             copies = links.degree[i] if self.peer else share

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from itertools import pairwise
 from typing import Any
 
+from fedcoop import devices
 from fedcoop.constraints import (
     Interval,
     IntRange,
@@ -83,6 +84,15 @@ def parse_client_mods(text: str) -> tuple[str, ...]:
     if not all(name.isidentifier() for name in names):
         raise ConfigError("client-mods", text, CLIENT_MODS_TEXT)
     return names
+
+
+def _device_speeds(text: str) -> str:
+    """device-speeds' form (a CSV's rows are read when the run resolves them, for its m)."""
+    name, _, rest = text.partition(":")
+    known = text == "equal" or text.endswith(".csv") or (name in ("lognormal", "uniform") and rest)
+    if not known:
+        raise ConfigError("device-speeds", text, devices.TEXT)
+    return text
 
 
 def parse_decay_epochs(text: str) -> tuple[float, ...]:
@@ -351,6 +361,24 @@ class RunConfig:
         Interval(0, closed="left"),
         doc="virtual clock: sigma of the log-normal step time (stragglers)",
     )
+    device_speeds: str = setting(
+        "equal",
+        Parsed(_device_speeds, devices.TEXT),
+        doc=(
+            "each worker's compute speed relative to step-time: equal, lognormal:<sigma> "
+            "(mean 1), uniform:<low>:<high> (seeded by seed), or a CSV of worker,speed rows "
+            "(docs/non-iid-baselines.md#devices-that-differ)"
+        ),
+    )
+    round_time: float = setting(
+        0.0,
+        Interval(0, unit="virtual seconds", note="0 = off"),
+        doc=(
+            "a round's compute budget: worker i runs max(1, floor(round-time x speed_i / "
+            "step-time)) local steps instead of tau (fedavg, local-sgd, fedprox, scaffold, "
+            "fednova; 0 = every worker runs tau)"
+        ),
+    )
     link: str = setting(
         "datacenter-10g",
         Parsed(parse_link, LINK_TEXT),
@@ -487,6 +515,11 @@ RULES: tuple[Rule, ...] = (
         ),
         "must not fall inside the warm-up: each epoch >= warmup-epochs = {warmup_epochs:g}",
         doc='with lr-schedule "paper": each epoch >= warmup-epochs',
+    ),
+    Rule(
+        ("round_time", "step_time"),
+        lambda round_time, step_time: not round_time or step_time > 0,
+        "needs step-time > 0: a worker's steps are the budget over its step time",
     ),
     Rule(
         ("batch_size", "model"),

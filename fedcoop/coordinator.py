@@ -250,7 +250,7 @@ class Coordinator:
         r = self._busy.get(worker)
         if r is None:
             return None
-        return Dispatch(worker, r, self.tau_of(r) if r <= self.num_rounds else 0, None)
+        return Dispatch(worker, r, self._steps(worker, r), None)
 
     @property
     def awaited_workers(self) -> list[int]:
@@ -287,10 +287,16 @@ class Coordinator:
             else:
                 self._busy[i] = r
             self._last[i] = r
-            steps = self.tau_of(r) if r <= self.num_rounds else 0
+            steps = self._steps(i, r)
             init = i not in self._trained and payload is None
             out.append(Dispatch(i, r, steps, payload, init=init, control=self._control))
         return out
+
+    def _steps(self, worker: int, round_: int) -> int:
+        """The local steps `worker` runs in `round_` (0: the final message)."""
+        if round_ > self.num_rounds:
+            return 0
+        return self.spec.steps_of(worker, round_, self.tau_of(round_))
 
     def _candidates(self) -> list[int]:
         """The workers a message may be ready for: those sampled for the next two rounds

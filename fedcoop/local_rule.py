@@ -330,14 +330,15 @@ class LocalRule:
         steps: int,
     ) -> torch.Tensor:
         """The optimizer's round-end pieces on the parameters (SCAFFOLD's control update and
-        global step): their new state arrays, and x with the parameters they report."""
+        global step, FedNova's normalisation): their new state arrays, and x with the
+        parameters they report."""
         lr_sum = torch.tensor(
             [[sum(self.lr_at(s + k) for k in range(1, steps + 1))] for s in first_step],
             dtype=self.dtype,
             device=self.device,
         )
         end, changed = self.sgd.optimizer.end_round(
-            start, self.parameters_of(x), lr_sum, self._stacked_state(workers)
+            start, self.parameters_of(x), lr_sum, steps, self._stacked_state(workers)
         )
         for name, rows in changed.items():
             for w, row in zip(workers, rows.unbind(0), strict=True):

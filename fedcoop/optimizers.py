@@ -107,12 +107,45 @@ class ControlVariates:
         return g - state[CONTROL] + state[SERVER_CONTROL], {}
 
     def end_round(
-        self, start: Array, end: Array, lr_sum: Array, state: Mapping[str, Array]
+        self, start: Array, end: Array, lr_sum: Array, steps: int, state: Mapping[str, Array]
     ) -> tuple[Array, dict[str, Array]]:
         """(the model to report, the new state) of a round from `start` to `end`."""
         own = state[CONTROL] - state[SERVER_CONTROL] + (start - end) / lr_sum
         reported = start + self.global_lr * (end - start)
         return reported, {CONTROL: own, CONTROL_DELTA: own - state[CONTROL]}
+
+
+def momentum_norm(steps: int, rho: float) -> float:
+    """||a_i||_1 of FedNova (eq. 6 and Appendix): how much a round of `steps` SGD steps with
+    heavy-ball momentum `rho` (its buffer zero at the round's start) moves per unit
+    gradient, (steps - rho (1 - rho^steps) / (1 - rho)) / (1 - rho); `steps` without."""
+    if rho == 0:
+        return float(steps)
+    return (steps - rho * (1 - rho**steps) / (1 - rho)) / (1 - rho)
+
+
+@dataclass(frozen=True)
+class NormalizedAveraging:
+    """FedNova's local side (Wang, Liu, Liang, Joshi, Poor, NeurIPS 2020): a worker that ran
+    tau_i steps reports x + (tau_eff / a_i) (y_i - x), a_i = `momentum_norm`(tau_i, rho), so
+    that the server's p-weighted average of the reports is FedNova's
+    x - tau_eff sum_i p_i d_i with d_i = (x - y_i) / a_i: each worker's progress normalised
+    by its own number of steps. The momentum buffer restarts at zero each round, as the
+    paper's a_i assumes. The steps themselves are plain: the direction is the gradient."""
+
+    tau_eff: float
+    rho: float = 0.0
+    state_names: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(self, g: Array, state: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
+        return g, {}
+
+    def end_round(
+        self, start: Array, end: Array, lr_sum: Array, steps: int, state: Mapping[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
+        reported = start + (self.tau_eff / momentum_norm(steps, self.rho)) * (end - start)
+        restart = {MOMENTUM: 0 * state[MOMENTUM]} if MOMENTUM in state else {}
+        return reported, restart
 
 
 @dataclass(frozen=True)
@@ -154,15 +187,15 @@ class LocalOptimizer:
         return any(hasattr(t, "end_round") for t in self.transforms)
 
     def end_round(
-        self, start: Array, end: Array, lr_sum: Array, state: Mapping[str, Array]
+        self, start: Array, end: Array, lr_sum: Array, steps: int, state: Mapping[str, Array]
     ) -> tuple[Array, dict[str, Array]]:
-        """(the model to report, the changed state arrays) once a round's steps took the
-        parameters from `start` to `end` with learning rates summing to `lr_sum`; each
+        """(the model to report, the changed state arrays) once a round's `steps` steps took
+        the parameters from `start` to `end` with learning rates summing to `lr_sum`; each
         piece with an `end_round` acts in order."""
         new: dict[str, Array] = {}
         for transform in self.transforms:
             if hasattr(transform, "end_round"):
-                end, out = transform.end_round(start, end, lr_sum, {**state, **new})
+                end, out = transform.end_round(start, end, lr_sum, steps, {**state, **new})
                 new |= out
         return end, new
 

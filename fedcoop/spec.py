@@ -71,6 +71,13 @@ class CooperativeSpec:
     #: SCAFFOLD: the server keeps a control variate c, sends it with every message and
     #: adds (1/m) sum of the survivors' reported changes of c_i at each sync
     control_variates: bool = False
+    #: each worker's local steps per round (round-time budgets, fedcoop.devices; None:
+    #: every worker runs tau_r)
+    worker_taus: tuple[int, ...] | None = None
+
+    def steps_of(self, worker: int, round_: int, tau: int) -> int:
+        """The local steps `worker` runs in round `round_` whose nominal tau is `tau`."""
+        return tau if self.worker_taus is None else self.worker_taus[worker]
 
     @property
     def num_workers(self) -> int:

@@ -86,24 +86,29 @@ class RoundLog:
                 {"round": summary.round, "kind": "split", "reason": f"{summary.components} parts"}
             )
         rounds = self.result.rounds
-        steps = (rounds[-1]["local-steps"] if rounds else 0) + summary.tau
-        row = self._row(summary, steps)
+        tau: float = summary.tau
+        taus = self.result.spec.worker_taus
+        if taus is not None:  # round-time budgets: the survivors' mean tau_i
+            tau = float(np.mean([taus[i] for i in summary.survivors]))
+        steps = (rounds[-1]["local-steps"] if rounds else 0) + tau
+        row = self._row(summary, steps, tau)
         row["virtual-time"] = clock.round(summary.round, summary.survivors, summary.tau)
         coordinator.observe(summary.round, row.get("test-loss", np.nan), row["virtual-time"])
         rounds.append(row)
         survivors.append(summary.survivors)
         LOG.info("fedcoop: %s", _format_row(row))
 
-    def _row(self, summary: RoundSummary, steps: int) -> dict[str, Any]:
+    def _row(self, summary: RoundSummary, steps: float, tau: float) -> dict[str, Any]:
         """One round's metrics, taking what was gathered for it: `steps` local steps per
-        worker so far; bytes count the round's messages and replies."""
+        worker so far (`tau` this round; their means under round-time budgets); bytes
+        count the round's messages and replies."""
 
         def mean(values: list[float]) -> float:
             return float(np.mean(values)) if values else float("nan")
 
         row: dict[str, Any] = {
             "round": summary.round,
-            "tau": summary.tau,
+            "tau": tau,
             "local-steps": steps,
             "train-loss": mean(self.losses.pop(summary.round, [])),
             "consensus-distance": summary.consensus_distance,

@@ -108,6 +108,14 @@ def assert_same_run(a: RunResult, b: RunResult) -> None:
         dict(algorithm="dpsgd", tau_schedule="3,1,2"),
         dict(algorithm="matcha", participation=0.6, comm_budget=0.5),
         dict(algorithm="scaffold", participation=0.6, global_lr=0.5),
+        dict(
+            algorithm="fednova",
+            momentum=0.5,
+            participation=0.6,
+            round_time=0.5,
+            step_time=0.05,
+            device_speeds="uniform:0.1:1.0",
+        ),
     ],
     ids=[
         "local-sgd",
@@ -120,6 +128,7 @@ def assert_same_run(a: RunResult, b: RunResult) -> None:
         "dpsgd-tau-list",
         "matcha-partial",
         "scaffold-partial",
+        "fednova-budget",
     ],
 )
 def test_a_crashed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, changes: dict) -> None:
