@@ -33,7 +33,7 @@ from flwr.clientapp import ClientApp
 
 from clients import eager, messages, standard, worker_state
 from clients.worker_state import FAILURE
-from fedcoop import workload
+from fedcoop import algorithms, workload
 from fedcoop.config import RunConfig
 from fedcoop.local_rule import LocalRule, WorkerState
 from fedcoop.optimizers import SERVER_CONTROL
@@ -256,7 +256,7 @@ def _prepare_standard(msg: Message, context: Context) -> _Train:
         msg,
         context,
         eager.Steps(round_, worker, config, False, Future(), evaluate),
-        config.tau,
+        taus[partition] if (taus := algorithms.worker_steps(config)) else config.tau,
         UpdateRule.MIX_AFTER_STEP,
         ClientRule.MIX,
         generator,

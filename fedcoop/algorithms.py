@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 
@@ -315,7 +316,13 @@ def get(name: str) -> Algorithm:
     the server sends, then the model back): the strategy's server step is Flower's, which
     strategies.stock looks up and checks, since this layer does not import Flower."""
     if is_flower(name) and name[len(FLOWER_PREFIX) :].isidentifier():
-        return Algorithm(name, "A(tau, p1^T, 0), server step", "Flower stock strategy", _fedavg)
+        return Algorithm(
+            name,
+            "A(tau, p1^T, 0), server step",
+            "Flower stock strategy",
+            _fedavg,
+            heterogeneous_steps=True,
+        )
     if name not in ALGORITHMS:
         valid = f"valid names: {', '.join(ALGORITHMS)}, or flower:<Strategy>"
         raise ConfigError("algorithm", name, valid)
@@ -390,6 +397,7 @@ def _check_flower_keys(config: RunConfig) -> None:
             raise ConfigError(key, values[key], valid)
 
 
+@lru_cache(maxsize=8)
 def worker_steps(config: RunConfig) -> tuple[int, ...] | None:
     """Each worker's local steps under the config's round-time budget (None: tau for all);
     device-speeds is read (and refused, if bad) either way."""

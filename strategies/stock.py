@@ -239,7 +239,10 @@ class StockRun:
         survivors = sorted(self.worker_of[r.metadata.src_node_id] for r in ok)
         self.trained.update(survivors)
         reported = [r.content.metric_records[messages.METRICS] for r in ok]
-        tau = self.config.tau
+        taus = self.result.spec.worker_taus
+        tau: float = self.config.tau
+        if taus is not None and survivors:  # round-time budgets: the mean tau_i
+            tau = float(np.mean([taus[i] for i in survivors]))
 
         def mean(key: str) -> float:
             return float(np.mean([m[key] for m in reported])) if reported else float("nan")

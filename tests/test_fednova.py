@@ -85,6 +85,16 @@ def test_round_time_budgets_follow_the_papers_rules(
         assert all(row["tau"] == pytest.approx(4.2) for row in result.rounds)
 
 
+def test_a_stock_strategy_runs_each_workers_own_steps_too() -> None:
+    """Flower's FedAvg on fedcoop's clients under the same budget: each worker computes its
+    tau_i from the config, and the global model is the FedAvg reference's."""
+    config = least_squares_config(algorithm="flower:FedAvg", num_rounds=5, **BUDGET)
+    result, _ = run_in_process(config)
+    assert result.server_model is not None and result.spec.worker_taus == (6, 1, 6, 7, 1)
+    assert_paths_agree(result.server_model, reference(config, result.spec.worker_taus, False))
+    assert all(row["tau"] == pytest.approx(4.2) for row in result.rounds)
+
+
 def test_fednova_with_equal_steps_is_fedavg() -> None:
     """tau_eff / a_i = 1 when every worker runs tau: FedNova with SGD is FedAvg (the
     paper's remark; with momentum FedNova also restarts each worker's buffer every
