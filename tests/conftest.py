@@ -38,7 +38,7 @@ from simulations import compare
 from simulations.inprocess import InProcessGrid
 from simulations.runner import GRIDS
 from strategies.result import RunResult
-from strategies.server_app import initial_model, run
+from strategies.server_app import initial_model, make_server_app, run
 
 LEAST_SQUARES = dict(
     dataset="least-squares",
@@ -161,6 +161,22 @@ def run_in_process(
     (`simulations.runner.GRIDS`); `seed` shuffles delivery."""
     grid = GRIDS[engine](client_app, config.num_clients, seed=seed)
     return run(grid, config), grid
+
+
+def run_on_simulation_engine(config: RunConfig) -> RunResult:
+    """The run of `config` through Flower's simulation engine (Ray actors, one SuperNode per
+    worker, the ClientApp's state in Flower's contexts), one CPU per client."""
+    from flwr.simulation import run_simulation  # Ray: only the tests that use it import it
+
+    results: list[RunResult] = []
+    run_simulation(
+        server_app=make_server_app(config, on_result=results.append),
+        client_app=client_app,
+        num_supernodes=config.num_clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
+    assert len(results) == 1, "the ServerApp did not finish"
+    return results[0]
 
 
 def run_tiny(values: Mapping[str, Any]) -> RunResult:

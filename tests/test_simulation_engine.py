@@ -9,12 +9,13 @@ Flower's contexts.
 from __future__ import annotations
 
 import pytest
-from flwr.simulation import run_simulation
 
-from clients.client_app import app as client_app
-from strategies.result import RunResult
-from strategies.server_app import make_server_app
-from tests.conftest import assert_follows_rule, least_squares_config, reference_final
+from tests.conftest import (
+    assert_follows_rule,
+    least_squares_config,
+    reference_final,
+    run_on_simulation_engine,
+)
 
 pytestmark = pytest.mark.flower
 
@@ -34,14 +35,6 @@ pytestmark = pytest.mark.flower
 )
 def test_simulation_engine_equals_matrix_rule(changes: dict[str, object]) -> None:
     config = least_squares_config(num_clients=4, **changes)
-    results: list[RunResult] = []
-    run_simulation(
-        server_app=make_server_app(config, on_result=results.append),
-        client_app=client_app,
-        num_supernodes=config.num_clients,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-    )
-    assert len(results) == 1, "the ServerApp did not finish"
-    result = results[0]
+    result = run_on_simulation_engine(config)
     ref = reference_final(config, result)
     assert_follows_rule(result, ref)

@@ -10,7 +10,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
-from flwr.simulation import run_simulation
 
 from clients import standard
 from clients.client_app import app as client_app
@@ -19,8 +18,7 @@ from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError, RunFailed
 from fedcoop.model_vectors import layout, model_vector
 from simulations.inprocess import InProcessGrid
-from strategies.result import RunResult
-from strategies.server_app import initial_model, make_server_app, run
+from strategies.server_app import initial_model, run
 from tests.conftest import (
     TIMINGS,
     assert_paths_agree,
@@ -28,6 +26,7 @@ from tests.conftest import (
     image_overlap_config,
     least_squares_config,
     run_in_process,
+    run_on_simulation_engine,
     x0_of,
 )
 
@@ -325,14 +324,7 @@ def test_a_stock_strategy_on_flowers_simulation_engine_equals_the_in_process_run
     config = least_squares_config(
         algorithm="flower:FedAdam", num_clients=4, strategy_args=_args(eta=0.3)
     )
-    results: list[RunResult] = []
-    run_simulation(
-        server_app=make_server_app(config, on_result=results.append),
-        client_app=client_app,
-        num_supernodes=config.num_clients,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-    )
-    assert len(results) == 1, "the ServerApp did not finish"
+    on_ray = run_on_simulation_engine(config)
     in_process, _ = run_in_process(config)
-    assert results[0].server_model is not None and in_process.server_model is not None
-    assert_paths_agree(results[0].server_model, in_process.server_model)
+    assert on_ray.server_model is not None and in_process.server_model is not None
+    assert_paths_agree(on_ray.server_model, in_process.server_model)
