@@ -20,13 +20,15 @@ from tests.conftest import (
 )
 
 
-def scaffold_reference(config: RunConfig) -> np.ndarray:
+def scaffold_reference(config: RunConfig, taus: tuple[int, ...] | None = None) -> np.ndarray:
     """Algorithm 1, literally: the server samples S, sends (x, c); each i in S runs K steps
     y <- y - eta_l (g_i(y) - c_i + c), sets c_i+ = c_i - c + (x - y) / (K eta_l) and sends
     (y - x, c_i+ - c_i); the server takes x <- x + eta_g mean(dy), c <- c + |S|/N mean(dc).
-    (The sampling is fedcoop's seeded draw, which the Coordinator uses too.)"""
+    (The sampling is fedcoop's seeded draw, which the Coordinator uses too; `taus`: each
+    worker's own K under a round-time budget.)"""
     grad = gradient_oracle(config)
-    m, lr, tau = config.num_clients, config.lr, config.tau
+    m, lr = config.num_clients, config.lr
+    steps = taus or (config.tau,) * m
     x = x0_of(config)
     c = np.zeros_like(x)
     own = [np.zeros_like(x) for _ in range(m)]
@@ -35,9 +37,9 @@ def scaffold_reference(config: RunConfig) -> np.ndarray:
         dy, dc = [], []
         for i in cohort:
             y = x.copy()
-            for _ in range(tau):
+            for _ in range(steps[i]):
                 y = y - lr * (grad(i, y, 0) - own[i] + c)
-            updated = own[i] - c + (x - y) / (tau * lr)
+            updated = own[i] - c + (x - y) / (steps[i] * lr)
             dy.append(y - x)
             dc.append(updated - own[i])
             own[i] = updated
@@ -50,13 +52,24 @@ def scaffold_reference(config: RunConfig) -> np.ndarray:
 @pytest.mark.parametrize("engine", ["inprocess", "vectorized"])
 @pytest.mark.parametrize(
     "changes",
-    [{}, {"participation": 0.6}, {"participation": 0.6, "global_lr": 0.5}],
-    ids=["full", "partial", "partial-global-lr"],
+    [
+        {},
+        {"participation": 0.6},
+        {"participation": 0.6, "global_lr": 0.5},
+        # a round-time budget: K_i = (6, 1, 6, 7, 1) steps
+        {
+            "participation": 0.6,
+            "round_time": 0.5,
+            "step_time": 0.05,
+            "device_speeds": "uniform:0.1:1.0",
+        },
+    ],
+    ids=["full", "partial", "partial-global-lr", "partial-own-steps"],
 )
-def test_scaffold_follows_its_paper(engine: str, changes: dict[str, float]) -> None:
+def test_scaffold_follows_its_paper(engine: str, changes: dict[str, object]) -> None:
     config = least_squares_config(algorithm="scaffold", num_rounds=6, **changes)
     result, _ = run_in_process(config, engine=engine)
-    expected = scaffold_reference(config)
+    expected = scaffold_reference(config, result.spec.worker_taus)
     assert result.workers is not None
     for worker in result.workers:  # the final message gives every worker the server's x
         assert_paths_agree(worker, expected)
