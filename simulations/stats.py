@@ -56,12 +56,15 @@ class Spread(NamedTuple):
 
 
 def spread(values: Sequence[float]) -> Spread:
-    """Mean, sample std and 95% t half-width of `values` (at least one)."""
+    """Mean, sample std and 95% t half-width of `values` (at least one); std and ci95 are
+    NaN when a value is not finite."""
     if not values:
         raise ValueError("spread needs at least one value")
     n, mean = len(values), statistics.fmean(values)
-    if n == 1:
-        return Spread(1, mean, math.nan, math.nan)
+    if n == 1 or not all(math.isfinite(v) for v in values):
+        # a diverged run's loss (inf or NaN) shows in the mean; its spread means nothing
+        # (and statistics.stdev cannot take it)
+        return Spread(n, mean, math.nan, math.nan)
     std = statistics.stdev(values)
     return Spread(n, mean, std, t975(n - 1) * std / math.sqrt(n))
 

@@ -83,3 +83,12 @@ def test_a_paired_difference_counts_what_the_seeds_share() -> None:
     assert stats.differs_paired([1.0], [0.5]).verdict == stats.UNDETERMINED
     with pytest.raises(ValueError, match="equal counts"):
         stats.differs_paired([1.0, 2.0], [1.0])
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_a_diverged_runs_value_gives_its_mean_and_no_spread(bad: float) -> None:
+    """A comparison with a diverged seed (its loss inf or NaN) still summarises: the mean
+    carries the divergence, the spread is NaN (it once raised inside statistics.stdev)."""
+    out = stats.spread([0.5, 0.6, bad])
+    assert out.n == 3 and not math.isfinite(out.mean)
+    assert math.isnan(out.std) and math.isnan(out.ci95)
