@@ -29,7 +29,7 @@ from fedcoop import algorithms, workload
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError
 from simulations import stats
-from simulations.results import write_csv
+from simulations.results import has_metrics, read_metrics, write_csv
 from simulations.runner import check_engine, run_config
 
 #: Keys that say where a run's files are, never a setting: not swept, and not compared when
@@ -69,13 +69,12 @@ class RecordedRun:
 
 
 def load_run(path: Path) -> RecordedRun:
-    """Read config.json, metrics.jsonl and (when there) final.json of one run directory."""
+    """Read config.json, the metrics (plain or archived) and (when there) final.json of one
+    run directory."""
     config = json.loads((path / "config.json").read_text())["config"]
-    lines = (path / "metrics.jsonl").read_text().splitlines()
     final = path / "final.json"
     failed = json.loads(final.read_text()).get("failed") if final.is_file() else None
-    rows = [json.loads(line) for line in lines if line.strip()]
-    return RecordedRun(path, config, rows, failed)
+    return RecordedRun(path, config, read_metrics(path), failed)
 
 
 def load_runs(directory: str | Path) -> list[RecordedRun]:
@@ -83,7 +82,7 @@ def load_runs(directory: str | Path) -> list[RecordedRun]:
     directory = Path(directory)
     if (directory / "config.json").is_file():
         return [load_run(directory)]
-    runs = [load_run(p) for p in sorted(directory.glob("*/")) if (p / "metrics.jsonl").is_file()]
+    runs = [load_run(p) for p in sorted(directory.glob("*/")) if has_metrics(p)]
     if not runs:
         raise ConfigError("directory", str(directory), "must be a run or compare directory")
     return runs

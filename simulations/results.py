@@ -12,6 +12,7 @@ round, worker, node and reason, counted in final.json.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import platform
 import time
@@ -100,3 +101,40 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+
+
+#: what an archived run directory keeps: enough for every table, plot and report
+ARCHIVED = ("config.json", "final.json", "events.jsonl", "metrics.jsonl.gz")
+
+
+def archive(path: Path) -> None:
+    """Shrink a finished run directory in place to what reports read (`ARCHIVED`): its
+    metrics gzipped, no model, checkpoint or CSV files (the CSV is the JSON lines again).
+    How runs are kept in the repository, so that a grid of several sessions can be
+    regenerated from files alone (runs/README.md); a run already archived is left as is."""
+    if not (path / "final.json").is_file():
+        raise ValueError(f"{path} has no final.json: only a finished run is archived")
+    metrics = path / "metrics.jsonl"
+    if metrics.is_file():
+        # mtime 0: the same rows give the same bytes, so a re-archived run is no change
+        (path / "metrics.jsonl.gz").write_bytes(gzip.compress(metrics.read_bytes(), mtime=0))
+        metrics.unlink()
+    for extra in path.iterdir():
+        if extra.is_file() and extra.name not in ARCHIVED:
+            extra.unlink()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """A run directory's rows, from metrics.jsonl or, archived, metrics.jsonl.gz."""
+    plain = path / "metrics.jsonl"
+    text = (
+        plain.read_text()
+        if plain.is_file()
+        else gzip.decompress((path / "metrics.jsonl.gz").read_bytes()).decode()
+    )
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def has_metrics(path: Path) -> bool:
+    """Whether `path` holds a run's rows (plain or archived)."""
+    return (path / "metrics.jsonl").is_file() or (path / "metrics.jsonl.gz").is_file()

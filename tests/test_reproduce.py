@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fedcoop.config import RunConfig
-from simulations import compare
+from simulations import compare, results
 from simulations.reproduce import claim_runs, follow_ups, front, overlap_sgd, report
 from simulations.reproduce.__main__ import main
 from simulations.reproduce.claim_runs import find
@@ -276,6 +276,27 @@ def test_second_invocation_reuses_every_finished_run(
     assert f"running 0 runs and reusing {total} finished ones" in again.splitlines()[0]
     assert body(again, copy) == body(markdown, runs)
     check_report(again, tmp_path / "out")
+
+
+def test_archived_runs_are_reused_and_give_the_same_report(
+    smoke: tuple[str, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs shrunk to config, final figures, events and gzipped metrics (the repository's
+    form, results.archive) are reused as they are and make the same report; archiving
+    twice changes nothing, and a run without final.json is not archived."""
+    markdown, _, runs = smoke
+    copy = copy_runs(runs, tmp_path)
+    directories = [d for folder in RUN_FOLDERS for d in (copy / folder).glob("*/")]
+    for directory in directories:
+        results.archive(directory)
+        results.archive(directory)
+        assert sorted(f.name for f in directory.iterdir()) == sorted(results.ARCHIVED)
+    again, ran = rerun(copy, tmp_path, monkeypatch)
+    assert ran == []
+    assert body(again, copy) == body(markdown, runs)
+    (directories[0] / "final.json").unlink()
+    with pytest.raises(ValueError, match=r"final\.json"):
+        results.archive(directories[0])
 
 
 def test_unfinished_run_runs_again(

@@ -1,6 +1,6 @@
 """Reproduce the papers' claims at small scale; write docs/reproductions.md and its pages.
 
-    python -m simulations.reproduce [--out docs] [--runs DIR] [--smoke]
+    python -m simulations.reproduce [--out docs] [--runs DIR] [--archive] [--smoke]
 
 Given the --runs folder of an earlier invocation it resumes or extends that one: finished
 runs of the same configs are reused (simulations.reproduce.claim_runs says what "the same" is).
@@ -84,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
         help="folder for the runs (default: a new one per invocation); its finished runs of "
         "the same configs are reused, not run again",
     )
+    parser.add_argument(
+        "--archive",
+        action="store_true",
+        help="shrink every run used to its config and gzipped metrics (no model files), as "
+        "the repository keeps runs (runs/README.md)",
+    )
     parser.add_argument("--smoke", action="store_true", help="toy scale into a temp folder")
     args = parser.parse_args(argv)
     # Tiny models on shared cores: one thread avoids oversubscribing them;
@@ -100,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     scale = SMOKE if args.smoke else FULL
     later = FOLLOW_UPS_SMOKE if args.smoke else FOLLOW_UPS_FULL
-    runs = ClaimRuns(runs_root.resolve())
+    runs = ClaimRuns(runs_root.resolve(), archive=args.archive)
     start = time.perf_counter()
     try:
         claims, compute = reproduce(scale, later, out, runs)

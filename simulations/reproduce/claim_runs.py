@@ -29,7 +29,7 @@ from typing import Any
 
 from fedcoop.config import RunConfig
 from fedcoop.errors import RunFailed
-from simulations import compare
+from simulations import compare, results
 from simulations.engines import AUTO
 from simulations.runner import run_config
 
@@ -72,8 +72,11 @@ class ClaimRuns:
     """One invocation's runs under a runs folder: each claim's configs into its own compare
     directory, finished runs reused, progress printed one line per run."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, archive: bool = False) -> None:
+        """`archive`: shrink each finished run to what reports read (results.archive), the
+        form runs are kept in the repository in."""
         self.root = root
+        self.archive = archive
         #: how many runs this invocation ran, and how many it found finished and reused
         self.ran = self.reused = 0
 
@@ -115,6 +118,8 @@ class ClaimRuns:
                 unused.remove(run)
                 self.reused += 1
                 print(f"{head} reused {run.path.name}", flush=True)
+            if self.archive:
+                results.archive(run.path)
             runs.append(run)
         runs.sort(key=lambda r: r.path.name)
         compare.write_summary(out, compare.summarize(runs, None), None)
