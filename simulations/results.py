@@ -33,7 +33,9 @@ from strategies.result import RunResult
 def run_directory(root: str | Path, config: RunConfig) -> Path:
     """A fresh directory under root named by algorithm, seed and time."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(root).expanduser().resolve() / f"{config.algorithm}-seed{config.seed}-{stamp}"
+    # "flower:FedAdam" names a directory without the colon, which some file systems refuse
+    name = config.algorithm.replace(":", "-")
+    base = Path(root).expanduser().resolve() / f"{name}-seed{config.seed}-{stamp}"
     path, n = base, 1
     while path.exists():
         path, n = Path(f"{base}-{n}"), n + 1
