@@ -21,6 +21,7 @@ from fedcoop.model_vectors import evaluate, load_model_vector, loss_function, mo
 from fedcoop.models import LinearRegression
 from fedcoop.optimizers import LocalSGD
 from fedcoop.spec import UpdateRule
+from simulations import compare
 from simulations.inprocess import InProcessGrid
 from strategies.server_app import initial_model, run
 from tests.conftest import TIMINGS, assert_replayed, least_squares_config, run_in_process
@@ -31,9 +32,12 @@ EXPERIMENTS = sorted((REPO / "simulations" / "experiments").glob("*.toml"))
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_experiment_files_are_valid_configs(path: Path) -> None:
-    config = RunConfig.from_mapping(tomllib.loads(path.read_text()))
-    spec = algorithms.resolve(config)
-    assert spec.num_workers == config.num_clients
+    """Each experiment file, and each point of a comparison file's [grid], resolves."""
+    values = tomllib.loads(path.read_text())
+    grid, _ = values.pop("grid", {}), values.pop("compare", {})
+    for config in compare.expand(values, grid):
+        spec = algorithms.resolve(config)
+        assert spec.num_workers == config.num_clients
 
 
 def test_paper_schedule_from_the_config() -> None:
