@@ -34,12 +34,12 @@ event computation over per-worker times, with no framework and no real waiting:
   closed forms for constant step times.
 
 Devices that differ (`device-speeds`, fedcoop.devices) divide each worker's step durations
-by its speed factor; under a round-time budget worker i runs its own tau_i steps.
+by its speed factor; under a round-time budget worker i runs its own tau_i steps; a device
+table with links gives each worker its own link (`_transfer` says how the hops combine).
 
-Not modelled: server compute time, asymmetric up/down bandwidth, per-worker link
-differences, packet loss, retries and stragglers that
-fail (a missed round is a non-participant here), and contention between rounds on the
-server link beyond the per-round share.
+Not modelled: server compute time, asymmetric up/down bandwidth, availability windows,
+packet loss, retries and stragglers that fail (a missed round is a non-participant here),
+and contention between rounds on the server link beyond the per-round share.
 """
 
 from __future__ import annotations
@@ -98,13 +98,18 @@ class VirtualClock:
         link: Link,
         seed: int = 0,
         speeds: np.ndarray | None = None,
+        worker_links: tuple[Link, ...] | None = None,
     ) -> None:
         """`speeds`: each worker's speed factor (its steps take step_time / speed; None:
-        all 1, fedcoop.devices)."""
+        all 1); `worker_links`: each worker's own link (None: all on `link`;
+        fedcoop.devices)."""
         if not isinstance(model_bytes, (int, np.integer)) or model_bytes < 0:
             raise ConfigError("model_bytes", model_bytes, "an integer >= 0")
         m = spec.num_workers
         self.speeds = np.ones(m) if speeds is None else np.asarray(speeds, dtype=np.float64)
+        if worker_links is not None and len(worker_links) != m:
+            raise ConfigError("device links", len(worker_links), f"one per worker, {m}")
+        self.worker_links = worker_links
         if self.speeds.shape != (m,) or not np.all(self.speeds > 0):
             raise ConfigError("device-speeds", f"{self.speeds.shape} speeds", f"{m} numbers > 0")
         self.spec, self.model_bytes, self.step_time, self.link = spec, model_bytes, step_time, link
@@ -137,6 +142,7 @@ class VirtualClock:
             link=parse_link(config.link),
             seed=config.seed,
             speeds=devices.speeds(config.device_speeds, config.num_clients, config.seed),
+            worker_links=devices.links(config.device_speeds, config.num_clients),
         )
 
     @property
@@ -177,7 +183,7 @@ class VirtualClock:
             if not copies:  # no column of W_r reads it: it sends nothing this round
                 arrivals[i] = self._done[i]
                 continue
-            upload = self.link.transfer(self.model_bytes * copies)
+            upload = self._transfer(i, self.model_bytes, copies)
             arrivals[i] = self._channel[i] = max(self._done[i], self._channel[i]) + upload
         self._arrivals = arrivals
         self._arrived = np.flatnonzero(~np.isnan(arrivals))
@@ -214,7 +220,19 @@ class VirtualClock:
         if self.peer:
             return ready
         start = max(ready, float(self._channel[worker]))
-        return start + self.link.transfer(self._links_of(sync).payload_bytes[worker] * share)
+        return start + self._transfer(worker, self._links_of(sync).payload_bytes[worker], share)
+
+    def _transfer(self, worker: int, nbytes: int, copies: int) -> float:
+        """Seconds for `worker` to move `copies` x `nbytes`: over the server's link, of which
+        it has 1/copies (star), or over its own to its `copies` neighbours (peer). A
+        worker's own link (device tables) carries its peer copies, and bounds its share of
+        the server's: the slower hop sets the time."""
+        own = None if self.worker_links is None else self.worker_links[worker]
+        if own is None:
+            return self.link.transfer(nbytes * copies)
+        if self.peer:
+            return own.transfer(nbytes * copies)
+        return max(self.link.transfer(nbytes * copies), own.transfer(nbytes))
 
     def _fetch(self, worker: int, sync: int, share: int) -> None:
         """Deliver payload `sync` to `worker` over its link."""

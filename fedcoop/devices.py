@@ -4,7 +4,8 @@ budget gives it.
 `device-speeds` says how fast each worker computes relative to `step-time` (a worker of speed
 2 takes half as long per step): "equal", a seeded distribution ("lognormal:<sigma>", mean
 1; "uniform:<low>:<high>"), or a CSV file with a header and one row per worker, columns
-`worker` and `speed` (docs/non-iid-baselines.md#devices-that-differ). With `round-time`
+`worker` and `speed`, and optionally `bandwidth-mbit` and `latency-ms`, each worker's own
+link (docs/non-iid-baselines.md#devices-that-differ). With `round-time`
 > 0, a round is a time budget instead of a fixed tau: worker i runs
 tau_i = max(1, floor(round-time x speed_i / step-time)) local steps, the heterogeneous
 tau_i that FedNova normalises (Wang, Liu, Liang, Joshi, Poor, NeurIPS 2020).
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fedcoop.errors import ConfigError
+from fedcoop.links import Link
 
 KEY = "device-speeds"
 DISTRIBUTIONS = ("equal", "lognormal:<sigma>", "uniform:<low>:<high>")
@@ -48,17 +50,30 @@ def speeds(spec: str, m: int, seed: int) -> np.ndarray:
     raise ConfigError(KEY, spec, TEXT)
 
 
+#: a device table's columns: required, and the optional link pair (both or neither)
+SPEED, LINK_COLUMNS = "speed", ("bandwidth-mbit", "latency-ms")
+
+
 def _read_csv(path: Path, m: int) -> np.ndarray:
-    """worker,speed rows for workers 0 .. m-1, each once."""
+    """The speed column of a device table."""
+    return read_table(path, m)[SPEED]
+
+
+def read_table(path: Path, m: int) -> dict[str, np.ndarray]:
+    """A device table's columns by name, one row per worker 0 .. m-1, each once: speed
+    (> 0) and, when the header has both, bandwidth-mbit (> 0) and latency-ms (>= 0)."""
     try:
         text = path.read_text()
     except OSError as error:
         raise ConfigError(KEY, str(path), f"a readable CSV file ({error.strerror})") from None
     rows = list(csv.DictReader(text.splitlines()))
-    header = rows and list(rows[0])
-    if not header or not {"worker", "speed"} <= set(header):
-        raise ConfigError(f"{KEY} ({path}, row 1)", header, "a header with worker and speed")
-    out = np.full(m, np.nan)
+    header = list(rows[0]) if rows else []
+    linked = [c for c in LINK_COLUMNS if c in header]
+    if not {"worker", SPEED} <= set(header) or len(linked) == 1:
+        valid = f"a header with worker and speed (and both or neither of {', '.join(LINK_COLUMNS)})"
+        raise ConfigError(f"{KEY} ({path}, row 1)", header, valid)
+    columns = [SPEED, *linked]
+    out = {name: np.full(m, np.nan) for name in columns}
     for number, row in enumerate(rows, start=2):
         where = f"{KEY} ({path}, row {number}"
         try:
@@ -67,19 +82,39 @@ def _read_csv(path: Path, m: int) -> np.ndarray:
             worker = -1
         if not 0 <= worker < m:
             raise ConfigError(f"{where}, column worker)", row["worker"], f"0 .. {m - 1}")
-        if not np.isnan(out[worker]):
+        if not np.isnan(out[SPEED][worker]):
             raise ConfigError(f"{where}, column worker)", worker, "each worker once")
-        try:
-            speed = float(row["speed"])
-        except (TypeError, ValueError):
-            speed = math.nan
-        if not (0 < speed < math.inf):
-            raise ConfigError(f"{where}, column speed)", row["speed"], "a number > 0")
-        out[worker] = speed
-    missing = np.flatnonzero(np.isnan(out))
+        for name in columns:
+            value, zero_ok = _number(row[name]), name == "latency-ms"
+            if not (0 <= value < math.inf and (zero_ok or value > 0)):
+                valid = "a number >= 0" if zero_ok else "a number > 0"
+                raise ConfigError(f"{where}, column {name})", row[name], valid)
+            out[name][worker] = value
+    missing = np.flatnonzero(np.isnan(out[SPEED]))
     if missing.size:
         raise ConfigError(f"{KEY} ({path})", f"no row for worker {missing[0]}", f"0 .. {m - 1}")
     return out
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def links(spec: str, m: int) -> tuple[Link, ...] | None:
+    """Each worker's own link, where a device table gives bandwidth-mbit and latency-ms
+    (None: every worker is on the config's link)."""
+    if not spec.endswith(".csv"):
+        return None
+    table = read_table(Path(spec).expanduser(), m)
+    if LINK_COLUMNS[0] not in table:
+        return None
+    return tuple(
+        Link.of(latency, mbit)
+        for mbit, latency in zip(table["bandwidth-mbit"], table["latency-ms"], strict=True)
+    )
 
 
 def local_steps(speed: np.ndarray, round_time: float, step_time: float) -> tuple[int, ...]:
