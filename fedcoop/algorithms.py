@@ -395,6 +395,9 @@ def _check_flower_keys(config: RunConfig) -> None:
         if values[key] != off:
             valid = f"{off!r}: a Flower stock strategy runs its own loop, without it"
             raise ConfigError(key, values[key], valid)
+    if devices.availability(config.device_speeds, config.num_clients) is not None:
+        valid = "a device table without an available column: Flower samples the nodes itself"
+        raise ConfigError("device-speeds", config.device_speeds, valid)
 
 
 @lru_cache(maxsize=8)

@@ -37,9 +37,9 @@ Devices that differ (`device-speeds`, fedcoop.devices) divide each worker's step
 by its speed factor; under a round-time budget worker i runs its own tau_i steps; a device
 table with links gives each worker its own link (`_transfer` says how the hops combine).
 
-Not modelled: server compute time, asymmetric up/down bandwidth, availability windows,
-packet loss, retries and stragglers that fail (a missed round is a non-participant here),
-and contention between rounds on the server link beyond the per-round share.
+Not modelled: server compute time, asymmetric up/down bandwidth, packet loss, retries and
+stragglers that fail (a missed round is a non-participant here), and contention between
+rounds on the server link beyond the per-round share.
 """
 
 from __future__ import annotations

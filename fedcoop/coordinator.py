@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,6 +145,10 @@ class Coordinator:
     checkpoint_every: int = 0
     #: release round r+1 while the worker still runs round r (eager replies)
     eager: bool = False
+    #: the workers available at a virtual time (device tables' windows; None: all, always):
+    #: round r samples among those available when round r - LAG settled, a time that every
+    #: engine knows by then (fedcoop.devices)
+    available: Callable[[float], frozenset[int]] | None = None
     _last: list[int] = field(init=False)
     _busy: dict[int, int] = field(init=False, default_factory=dict)
     #: eager: worker -> the round released after the one in `_busy`, whose report is awaited
@@ -197,12 +202,29 @@ class Coordinator:
         """The workers that train round `round_`; everyone gets the final message."""
         if round_ not in self._sampled:
             m = self.spec.num_workers
-            self._sampled[round_] = (
-                frozenset(range(m))
-                if round_ > self.num_rounds
-                else participation.sample(self.seed, round_, m, self.participation)
-            )
+            if round_ > self.num_rounds:
+                self._sampled[round_] = frozenset(range(m))
+            else:
+                pool = None if self.available is None else self._available_for(round_)
+                self._sampled[round_] = participation.sample(
+                    self.seed, round_, m, self.participation, pool
+                )
         return self._sampled[round_]
+
+    def _available_for(self, round_: int) -> frozenset[int]:
+        """The workers round `round_` may sample: available when round r - LAG settled."""
+        assert self.available is not None
+        settled = round_ - LAG
+        if settled >= len(self._history):
+            raise RuntimeError(f"round {round_} sampled before round {settled} was observed")
+        time = self._history[settled].time if settled > 0 else 0.0
+        pool = self.available(time)
+        if not pool:
+            raise QuorumLost(
+                f"round {round_}: no worker is available at virtual time {time:.3g} s "
+                "(the device table's available windows)"
+            )
+        return pool
 
     def tau_of(self, round_: int) -> int:
         """tau_r of round `round_`, decided once, from rounds 0 .. r - 2 as observed."""
@@ -465,7 +487,9 @@ class Coordinator:
 
     def _next_round(self, worker: int) -> int | None:
         """The next round after its last one that `worker` is sampled for and not out of."""
-        for r in range(max(self._last[worker], self._settled) + 1, self.num_rounds + 2):
+        # a message is ready at most two rounds past the last settled one (`_payload_for`)
+        last = min(self.num_rounds + 1, self._settled + 2)
+        for r in range(max(self._last[worker], self._settled) + 1, last + 1):
             if worker in self.sampled(r) and worker not in self._missing.get(r, {}):
                 return r
         return None

@@ -5,7 +5,8 @@ budget gives it.
 2 takes half as long per step): "equal", a seeded distribution ("lognormal:<sigma>", mean
 1; "uniform:<low>:<high>"), or a CSV file with a header and one row per worker, columns
 `worker` and `speed`, and optionally `bandwidth-mbit` and `latency-ms`, each worker's own
-link (docs/non-iid-baselines.md#devices-that-differ). With `round-time`
+link, and `available`, the windows of virtual time in which it can be sampled
+(docs/non-iid-baselines.md#devices-that-differ). With `round-time`
 > 0, a round is a time budget instead of a fixed tau: worker i runs
 tau_i = max(1, floor(round-time x speed_i / step-time)) local steps, the heterogeneous
 tau_i that FedNova normalises (Wang, Liu, Liang, Joshi, Poor, NeurIPS 2020).
@@ -50,8 +51,9 @@ def speeds(spec: str, m: int, seed: int) -> np.ndarray:
     raise ConfigError(KEY, spec, TEXT)
 
 
-#: a device table's columns: required, and the optional link pair (both or neither)
-SPEED, LINK_COLUMNS = "speed", ("bandwidth-mbit", "latency-ms")
+#: a device table's columns: required, the optional link pair (both or neither), and the
+#: optional availability windows
+SPEED, LINK_COLUMNS, AVAILABLE = "speed", ("bandwidth-mbit", "latency-ms"), "available"
 
 
 def _read_csv(path: Path, m: int) -> np.ndarray:
@@ -69,6 +71,8 @@ def read_table(path: Path, m: int) -> dict[str, np.ndarray]:
     rows = list(csv.DictReader(text.splitlines()))
     header = list(rows[0]) if rows else []
     linked = [c for c in LINK_COLUMNS if c in header]
+    if AVAILABLE in header:
+        _windows_of(rows, path)  # refused here, naming the row, like every column
     if not {"worker", SPEED} <= set(header) or len(linked) == 1:
         valid = f"a header with worker and speed (and both or neither of {', '.join(LINK_COLUMNS)})"
         raise ConfigError(f"{KEY} ({path}, row 1)", header, valid)
@@ -115,6 +119,56 @@ def links(spec: str, m: int) -> tuple[Link, ...] | None:
         Link.of(latency, mbit)
         for mbit, latency in zip(table["bandwidth-mbit"], table["latency-ms"], strict=True)
     )
+
+
+#: a worker's windows of virtual seconds in which it can be sampled
+Windows = tuple[tuple[float, float], ...]
+
+
+def _windows_of(rows: list[dict[str, str]], path: Path) -> dict[int, Windows]:
+    """The available column: "start-end" windows of virtual seconds joined by ";" (end may
+    be "inf"; an empty cell: always available), by worker."""
+    out: dict[int, Windows] = {}
+    for number, row in enumerate(rows, start=2):
+        text = (row.get(AVAILABLE) or "").strip()
+        windows = []
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            start, _, end = part.partition("-")
+            low, high = _number(start), _number(end)
+            if not (0 <= low < high and not math.isnan(high)):
+                valid = 'windows "start-end" of virtual seconds, start < end, joined by ";"'
+                raise ConfigError(f"{KEY} ({path}, row {number}, column {AVAILABLE})", text, valid)
+            windows.append((low, high))
+        if windows:
+            out[int(_number(row["worker"]))] = tuple(windows)
+    return out
+
+
+class Availability:
+    """Which workers are available at a virtual time, from a device table's windows (a
+    worker without windows always is)."""
+
+    def __init__(self, windows: dict[int, Windows], m: int) -> None:
+        self.windows, self.m = windows, m
+
+    def __call__(self, time: float) -> frozenset[int]:
+        return frozenset(
+            i
+            for i in range(self.m)
+            if i not in self.windows or any(a <= time < b for a, b in self.windows[i])
+        )
+
+
+def availability(spec: str, m: int) -> Availability | None:
+    """The device table's availability windows (None: every worker always available)."""
+    if not spec.endswith(".csv"):
+        return None
+    path = Path(spec).expanduser()
+    read_table(path, m)  # the table as a whole, checked
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    if AVAILABLE not in rows[0]:
+        return None
+    return Availability(_windows_of(rows, path), m)
 
 
 def local_steps(speed: np.ndarray, round_time: float, step_time: float) -> tuple[int, ...]:

@@ -22,7 +22,7 @@ uses W_S, a matrix over the workers S that answered:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
@@ -35,9 +35,21 @@ from fedcoop import topology
 Reweight = Callable[[np.ndarray, int], np.ndarray]
 
 
-def sample(seed: int, round_: int, num_workers: int, fraction: float) -> frozenset[int]:
+def sample(
+    seed: int,
+    round_: int,
+    num_workers: int,
+    fraction: float,
+    available: Collection[int] | None = None,
+) -> frozenset[int]:
     """The workers sampled to train round `round_`: round(fraction * m) of them (at least
-    one), seeded by (seed, round) so every process and every resume draws the same."""
+    one), seeded by (seed, round) so every process and every resume draws the same; with
+    `available` (devices that are away are not sampled), as many of those as there are."""
+    if available is not None:
+        pool = np.array(sorted(available), dtype=np.int64)
+        k = min(len(pool), cohort_size(num_workers, fraction))
+        rng = np.random.default_rng([seed, round_])
+        return frozenset(int(i) for i in rng.choice(pool, size=k, replace=False))
     if fraction >= 1.0:
         return frozenset(range(num_workers))
     k = cohort_size(num_workers, fraction)

@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 
 from clients import messages
 from clients.messages import RoundHeader, WorkerSnapshot
-from fedcoop import algorithms, participation
+from fedcoop import algorithms, devices, participation
 from fedcoop.clock import VirtualClock
 from fedcoop.config import RunConfig
 from fedcoop.coordinator import Coordinator, Dispatch, QuorumLost
@@ -98,6 +98,7 @@ class CooperativeStrategy:
             norm_bound=self.config.update_norm_bound,
             checkpoint_every=self.config.checkpoint_every if self.ledger.run_dir else 0,
             eager=self.config.eager_reply,
+            available=devices.availability(self.config.device_speeds, len(node_of)),
         )
         clock = VirtualClock.from_config(self.config, spec, model_bytes=self.x0.nbytes)
         # round 0 of a tau schedule's history: the loss of x0 (only a schedule reads it)

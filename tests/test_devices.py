@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedcoop import devices
-from fedcoop.errors import ConfigError
+from fedcoop.errors import ConfigError, RunFailed
 from fedcoop.links import Link, parse_link
 from tests.conftest import least_squares_config, run_in_process, x0_of
 
@@ -69,3 +69,40 @@ def test_workers_on_the_configs_own_link_keep_the_clock_as_it_was(tmp_path: Path
     )
     for a, b in zip(slowed.rounds, plain.rounds, strict=True):
         assert a["virtual-time"] - b["virtual-time"] >= upload * a["round"] * 0.99
+
+
+def test_a_worker_outside_its_available_windows_is_not_sampled(tmp_path: Path) -> None:
+    """Round r samples among the workers available when round r - 2 settled (virtual
+    time): worker 0, available for the first 0.2 s only, trains rounds 1-3 (rounds 1 and 2
+    read time 0, round 3 the end of round 1, about 0.15 s) and none after."""
+    config = least_squares_config(algorithm="fedavg", step_time=0.05, num_rounds=5)
+    rows = ["0,1,0-0.2", *[f"{i},1," for i in range(1, config.num_clients)]]
+    table = _table(tmp_path, rows, "worker,speed,available")
+    result, _ = run_in_process(config.replace(device_speeds=table))
+    times = [r["virtual-time"] for r in result.rounds]
+    assert times[0] < 0.2 < times[1]
+    assert [r["participants"] for r in result.rounds] == [5, 5, 5, 4, 4]
+
+
+def test_no_available_worker_stops_the_run_saying_so(tmp_path: Path) -> None:
+    config = least_squares_config(algorithm="fedavg", step_time=0.05, num_rounds=4)
+    rows = [f"{i},1,0-0.1" for i in range(config.num_clients)]
+    table = _table(tmp_path, rows, "worker,speed,available")
+    with pytest.raises(RunFailed, match="no worker is available"):
+        run_in_process(config.replace(device_speeds=table))
+
+
+@pytest.mark.parametrize("cell", ["5-2", "x-3", "4", "-1-3"])
+def test_a_bad_window_is_refused_naming_its_row(tmp_path: Path, cell: str) -> None:
+    table = _table(tmp_path, [f"0,1,{cell}", "1,1,"], "worker,speed,available")
+    with pytest.raises(ConfigError) as caught:
+        devices.availability(table, 2)
+    assert "row 2, column available" in caught.value.parameter
+
+
+def test_a_stock_strategy_refuses_availability_windows(tmp_path: Path) -> None:
+    table = _table(tmp_path, ["0,1,0-1", "1,1,"], "worker,speed,available")
+    config = least_squares_config(algorithm="flower:FedAvg", num_clients=2, device_speeds=table)
+    with pytest.raises(ConfigError) as caught:
+        run_in_process(config)
+    assert caught.value.parameter == "device-speeds"
