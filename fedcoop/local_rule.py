@@ -65,7 +65,7 @@ class WorkerState:
 class LocalRule:
     """The local optimizer and the client half of the sync rules, for a run's workers.
 
-    Some 330 lines as one class: the sync, the steps and the batch plumbing (stacked
+    Some 400 lines as one class: the sync, the steps and the batch plumbing (stacked
     mini-batches, the functional model, vmapped gradients) share the model's layout and the
     device; the optimizer's arithmetic lives in `fedcoop.optimizers`, not here.
     """
