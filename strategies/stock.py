@@ -83,6 +83,8 @@ def build(config: RunConfig) -> Strategy:
 
 
 def _build(name: str, args: dict[str, Any], config: RunConfig) -> Strategy:
+    """Strategy `name` with `args` over fedcoop's defaults (see `build`), its inner one
+    built the same way."""
     if name not in strategy_names():
         valid = f"flower:<one of {', '.join(strategy_names())}>"
         raise ConfigError("algorithm", config.algorithm, valid)
