@@ -96,8 +96,8 @@ def train_many(
     jobs: list[tuple[int, _Train]] = []
     for k, (msg, context) in enumerate(batch):
         try:
-            if with_mods and _has_mods(msg):
-                out[k] = standard.with_mods(msg, context, _train_alone)
+            if with_mods and (mods := _mods_of(msg)):
+                out[k] = standard.with_mods(msg, context, _train_alone, mods)
                 continue
             _settle_background(context)
             worker_state.recover(context)
@@ -122,9 +122,9 @@ def train_many(
     return out  # type: ignore[return-value]
 
 
-def _has_mods(msg: Message) -> bool:
-    """Whether a train message is a stock strategy's under client-mods."""
-    return standard.is_standard(msg) and bool(standard.read(msg).config.client_mods)
+def _mods_of(msg: Message) -> tuple[standard.Mod, ...]:
+    """The Flower mods a stock strategy's train message runs under (client-mods)."""
+    return standard.mods(standard.read(msg).config) if standard.is_standard(msg) else ()
 
 
 def _train_alone(msg: Message, context: Context) -> Message:

@@ -12,8 +12,9 @@ passes it as the strategy's train and evaluate config (strategies.stock).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -103,9 +104,11 @@ def record_vector(record: ArrayRecord, entries: Layout) -> np.ndarray:
     return join_arrays({k: a.numpy() for k, a in record.items()}, entries)
 
 
-def mods(config: RunConfig) -> list[Mod]:
+@lru_cache(maxsize=8)
+def mods(config: RunConfig) -> tuple[Mod, ...]:
     """The Flower mods client-mods names, in order; ValueError naming an unknown one.
-    Only the module's functions: a class such as LocalDpMod needs arguments first."""
+    Only the module's functions: a class such as LocalDpMod needs arguments first. Looked
+    up once per config: every train message of a stock strategy asks."""
     offered = {
         name: mod
         for name in flower_mods.__all__
@@ -118,10 +121,12 @@ def mods(config: RunConfig) -> list[Mod]:
                 f"client-mods: no mod {name!r} in flwr.clientapp.mod ({', '.join(offered)})"
             )
         out.append(offered[name])
-    return out
+    return tuple(out)
 
 
-def with_mods(message: Message, context: Context, handler: ClientAppCallable) -> Message:
-    """`handler`'s reply to a stock strategy's train message through the run's mods, as a
+def with_mods(
+    message: Message, context: Context, handler: ClientAppCallable, run_mods: Sequence[Mod]
+) -> Message:
+    """`handler`'s reply to a stock strategy's train message through `run_mods`, as a
     ClientApp built with `@app.train(mods=...)` would run them."""
-    return make_ffn(handler, mods(read(message).config))(message, context)
+    return make_ffn(handler, list(run_mods))(message, context)

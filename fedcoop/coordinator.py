@@ -34,7 +34,6 @@ workers' next messages are held by `fedcoop.pending`, W_S of a round by
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -615,7 +614,7 @@ class Coordinator:
         self._apply_norm_bound(round_, reports)
         sampled = self.sampled(round_)
         missing = self._missing.get(round_, {})
-        needed = max(1, math.ceil(self.quorum * len(sampled) - 1e-9))
+        needed = participation.quorum_size(self.quorum, len(sampled))
         if len(reports) < needed:
             reasons = "; ".join(f"worker {i}: {why}" for i, why in sorted(missing.items()))
             raise QuorumLost(

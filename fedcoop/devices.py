@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -47,23 +49,44 @@ def speeds(spec: str, m: int, seed: int) -> np.ndarray:
     except ValueError:
         pass
     if spec.endswith(".csv"):
-        return _read_csv(Path(spec).expanduser(), m)
+        return table(spec, m).speed.copy()  # the cached table stays as read
     raise ConfigError(KEY, spec, TEXT)
 
 
 #: a device table's columns: required, the optional link pair (both or neither), and the
 #: optional availability windows
 SPEED, LINK_COLUMNS, AVAILABLE = "speed", ("bandwidth-mbit", "latency-ms"), "available"
+#: a worker's windows of virtual seconds in which it can be sampled
+Windows = tuple[tuple[float, float], ...]
 
 
-def _read_csv(path: Path, m: int) -> np.ndarray:
-    """The speed column of a device table."""
-    return read_table(path, m)[SPEED]
+@dataclass(frozen=True)
+class DeviceTable:
+    """A device table, read and checked: each worker's speed, its own link (None: the
+    table has no link columns) and its availability windows (None: no available column;
+    a worker missing from the dict is always available)."""
+
+    speed: np.ndarray
+    links: tuple[Link, ...] | None
+    windows: dict[int, Windows] | None
 
 
-def read_table(path: Path, m: int) -> dict[str, np.ndarray]:
-    """A device table's columns by name, one row per worker 0 .. m-1, each once: speed
-    (> 0) and, when the header has both, bandwidth-mbit (> 0) and latency-ms (>= 0)."""
+def table(spec: str, m: int) -> DeviceTable:
+    """The device table file `spec` for m workers; read once per version of the file, as
+    the server's checks, the clock and every worker process ask for it."""
+    path = Path(spec).expanduser()
+    try:
+        version = path.stat().st_mtime_ns
+    except OSError as error:
+        raise ConfigError(KEY, str(path), f"a readable CSV file ({error.strerror})") from None
+    return _read_table(path, m, version)
+
+
+@lru_cache(maxsize=8)
+def _read_table(path: Path, m: int, version: int) -> DeviceTable:
+    """One row per worker 0 .. m-1, each once: speed (> 0) and, when the header has both,
+    bandwidth-mbit (> 0) and latency-ms (>= 0), and available windows; `version` keys the
+    cache to the file's modification time."""
     try:
         text = path.read_text()
     except OSError as error:
@@ -71,13 +94,11 @@ def read_table(path: Path, m: int) -> dict[str, np.ndarray]:
     rows = list(csv.DictReader(text.splitlines()))
     header = list(rows[0]) if rows else []
     linked = [c for c in LINK_COLUMNS if c in header]
-    if AVAILABLE in header:
-        _windows_of(rows, path)  # refused here, naming the row, like every column
     if not {"worker", SPEED} <= set(header) or len(linked) == 1:
         valid = f"a header with worker and speed (and both or neither of {', '.join(LINK_COLUMNS)})"
         raise ConfigError(f"{KEY} ({path}, row 1)", header, valid)
-    columns = [SPEED, *linked]
-    out = {name: np.full(m, np.nan) for name in columns}
+    columns = {name: np.full(m, np.nan) for name in [SPEED, *linked]}
+    windows: dict[int, Windows] = {}
     for number, row in enumerate(rows, start=2):
         where = f"{KEY} ({path}, row {number}"
         try:
@@ -86,18 +107,24 @@ def read_table(path: Path, m: int) -> dict[str, np.ndarray]:
             worker = -1
         if not 0 <= worker < m:
             raise ConfigError(f"{where}, column worker)", row["worker"], f"0 .. {m - 1}")
-        if not np.isnan(out[SPEED][worker]):
+        if not np.isnan(columns[SPEED][worker]):
             raise ConfigError(f"{where}, column worker)", worker, "each worker once")
-        for name in columns:
+        for name, values in columns.items():
             value, zero_ok = _number(row[name]), name == "latency-ms"
             if not (0 <= value < math.inf and (zero_ok or value > 0)):
                 valid = "a number >= 0" if zero_ok else "a number > 0"
                 raise ConfigError(f"{where}, column {name})", row[name], valid)
-            out[name][worker] = value
-    missing = np.flatnonzero(np.isnan(out[SPEED]))
+            values[worker] = value
+        if AVAILABLE in header and (own := _windows(row.get(AVAILABLE) or "", where)):
+            windows[worker] = own
+    missing = np.flatnonzero(np.isnan(columns[SPEED]))
     if missing.size:
         raise ConfigError(f"{KEY} ({path})", f"no row for worker {missing[0]}", f"0 .. {m - 1}")
-    return out
+    links = None
+    if linked:
+        pairs = zip(columns["bandwidth-mbit"], columns["latency-ms"], strict=True)
+        links = tuple(Link.of(latency, mbit) for mbit, latency in pairs)
+    return DeviceTable(columns[SPEED], links, windows if AVAILABLE in header else None)
 
 
 def _number(text: str | None) -> float:
@@ -107,41 +134,24 @@ def _number(text: str | None) -> float:
         return math.nan
 
 
+def _windows(text: str, where: str) -> Windows:
+    """An available cell: "start-end" windows of virtual seconds joined by ";" (end may be
+    "inf"; empty: always available)."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        start, _, end = part.partition("-")
+        low, high = _number(start), _number(end)
+        if not (0 <= low < high and not math.isnan(high)):
+            valid = 'windows "start-end" of virtual seconds, start < end, joined by ";"'
+            raise ConfigError(f"{where}, column {AVAILABLE})", text.strip(), valid)
+        out.append((low, high))
+    return tuple(out)
+
+
 def links(spec: str, m: int) -> tuple[Link, ...] | None:
     """Each worker's own link, where a device table gives bandwidth-mbit and latency-ms
     (None: every worker is on the config's link)."""
-    if not spec.endswith(".csv"):
-        return None
-    table = read_table(Path(spec).expanduser(), m)
-    if LINK_COLUMNS[0] not in table:
-        return None
-    return tuple(
-        Link.of(latency, mbit)
-        for mbit, latency in zip(table["bandwidth-mbit"], table["latency-ms"], strict=True)
-    )
-
-
-#: a worker's windows of virtual seconds in which it can be sampled
-Windows = tuple[tuple[float, float], ...]
-
-
-def _windows_of(rows: list[dict[str, str]], path: Path) -> dict[int, Windows]:
-    """The available column: "start-end" windows of virtual seconds joined by ";" (end may
-    be "inf"; an empty cell: always available), by worker."""
-    out: dict[int, Windows] = {}
-    for number, row in enumerate(rows, start=2):
-        text = (row.get(AVAILABLE) or "").strip()
-        windows = []
-        for part in filter(None, (p.strip() for p in text.split(";"))):
-            start, _, end = part.partition("-")
-            low, high = _number(start), _number(end)
-            if not (0 <= low < high and not math.isnan(high)):
-                valid = 'windows "start-end" of virtual seconds, start < end, joined by ";"'
-                raise ConfigError(f"{KEY} ({path}, row {number}, column {AVAILABLE})", text, valid)
-            windows.append((low, high))
-        if windows:
-            out[int(_number(row["worker"]))] = tuple(windows)
-    return out
+    return table(spec, m).links if spec.endswith(".csv") else None
 
 
 class Availability:
@@ -163,12 +173,8 @@ def availability(spec: str, m: int) -> Availability | None:
     """The device table's availability windows (None: every worker always available)."""
     if not spec.endswith(".csv"):
         return None
-    path = Path(spec).expanduser()
-    read_table(path, m)  # the table as a whole, checked
-    rows = list(csv.DictReader(path.read_text().splitlines()))
-    if AVAILABLE not in rows[0]:
-        return None
-    return Availability(_windows_of(rows, path), m)
+    windows = table(spec, m).windows
+    return None if windows is None else Availability(windows, m)
 
 
 def local_steps(speed: np.ndarray, round_time: float, step_time: float) -> tuple[int, ...]:

@@ -338,7 +338,7 @@ class LocalRule:
             device=self.device,
         )
         end, changed = self.sgd.optimizer.end_round(
-            start, self.parameters_of(x), lr_sum, steps, self._stacked_state(workers)
+            start, self.parameters_of(x), lr_sum, steps, self._stacked_state(workers, start[0])
         )
         for name, rows in changed.items():
             for w, row in zip(workers, rows.unbind(0), strict=True):
@@ -383,7 +383,7 @@ class LocalRule:
             [self.lr_at(w.steps_done + 1) for w in workers], dtype=self.dtype, device=self.device
         )[:, None]
         optimizer = self.sgd.optimizer
-        direction, state = optimizer.direction(grads, self._stacked_state(workers))
+        direction, state = optimizer.direction(grads, self._stacked_state(workers, grads[0]))
         for name, rows in state.items():
             for w, row in zip(workers, rows.unbind(0), strict=True):
                 w.opt_state[name] = row
@@ -396,12 +396,16 @@ class LocalRule:
         out[:, self._index] = params
         return out
 
-    def _stacked_state(self, workers: Sequence[WorkerState]) -> dict[str, torch.Tensor]:
-        """The workers' optimizer state arrays as rows, zeros for those not held yet."""
-        if not self.sgd.optimizer.state_names:
+    def _stacked_state(
+        self, workers: Sequence[WorkerState], like: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The workers' optimizer state arrays as rows, zeros (shaped like `like`, one row
+        of parameters) for those not held yet: read on every step, so one zero serves."""
+        names = self.sgd.optimizer.state_names
+        if not names:
             return {}
-        held = [self.opt_state_of(w) for w in workers]
-        return {name: torch.stack([h[name] for h in held]) for name in held[0]}
+        zero = torch.zeros_like(like)
+        return {name: torch.stack([w.opt_state.get(name, zero) for w in workers]) for name in names}
 
     def _loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of one worker's flat parameters on its batch (what vmap maps)."""

@@ -22,6 +22,7 @@ uses W_S, a matrix over the workers S that answered:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -60,6 +61,12 @@ def sample(
 def cohort_size(num_workers: int, fraction: float) -> int:
     """How many workers a round samples: round(fraction * m), at least one, at most m."""
     return num_workers if fraction >= 1.0 else max(1, round(fraction * num_workers))
+
+
+def quorum_size(quorum: float, sampled: int) -> int:
+    """How many of a round's `sampled` workers must answer for it to count: the share
+    `quorum`, rounded up (a hair of float error forgiven), at least one."""
+    return max(1, math.ceil(quorum * sampled - 1e-9))
 
 
 def subset(seed: int, workers: Sequence[int], size: int) -> list[int]:

@@ -135,37 +135,32 @@ class InProcessGrid(Grid):
         if waiting:
             count = int(self._rng.integers(1, len(waiting) + 1))
             chosen = [str(i) for i in self._rng.permutation(waiting)[:count]]
+            parallel: list[Message] = []
             if self._pool is not None:  # every waiting train message, at once, in parallel
-                trains = [i for i in waiting if self._waiting[i].metadata.message_type == TRAIN]
-                chosen = [i for i in chosen if i not in trains] + trains
-            taken = [self._take(i) for i in chosen]
-            for msg in taken:
-                if self._pool is None or msg.metadata.message_type != TRAIN:
-                    self._deliver(msg)
-            self._deliver_trains(
-                [m for m in taken if self._pool and m.metadata.message_type == TRAIN]
-            )
+                trains = {i for i in waiting if self._waiting[i].metadata.message_type == TRAIN}
+                chosen = [i for i in chosen if i not in trains]
+                parallel = [self._take(i) for i in waiting if i in trains]
+            for msg_id in chosen:
+                self._deliver(self._take(msg_id))
+            self._deliver_trains(parallel)
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
     def _serve_trains(self, batch: Sequence[tuple[Message, Context]]) -> list[Message]:
         """Train messages, each through the ClientApp (a worker process's work)."""
-        out = []
-        for msg, context in batch:
-            try:
-                out.append(self.client_app(msg, context))
-            except Exception as exc:
-                out.append(error_reply(msg, exc))
-        return out
+        return [self._reply(msg, context) for msg, context in batch]
 
     def _deliver_trains(self, trains: Sequence[Message]) -> None:
-        """Serve train messages taken from the waiting ones: by the worker processes, each
-        node's by the same one, when there are processes."""
+        """Serve train messages taken from the waiting ones together: shared out among the
+        worker processes when there are some, else in this process (`_serve_trains`)."""
         if not trains:
             return
         batch = [(m, self.contexts[m.metadata.dst_node_id]) for m in trains]
-        assert self._pool is not None
-        order = [int(context.node_config["partition-id"]) for _, context in batch]
-        for msg, reply in zip(trains, self._pool.serve(batch, order), strict=True):
+        if self._pool is None:
+            replies = self._serve_trains(batch)
+        else:
+            order = [int(context.node_config["partition-id"]) for _, context in batch]
+            replies = self._pool.serve(batch, order)
+        for msg, reply in zip(trains, replies, strict=True):
             self._replies[msg.metadata.message_id] = reply
 
     def close(self) -> None:
@@ -192,11 +187,14 @@ class InProcessGrid(Grid):
 
     def _deliver(self, msg: Message) -> None:
         context = self.contexts[msg.metadata.dst_node_id]
+        self._replies[msg.metadata.message_id] = self._reply(msg, context)
+
+    def _reply(self, msg: Message, context: Context) -> Message:
+        """The ClientApp's reply to `msg`, or the error reply Flower sends if it raised."""
         try:
-            reply = self.client_app(msg, context)
+            return self.client_app(msg, context)
         except Exception as exc:
-            reply = error_reply(msg, exc)
-        self._replies[msg.metadata.message_id] = reply
+            return error_reply(msg, exc)
 
 
 def error_reply(msg: Message, exc: BaseException) -> Message:

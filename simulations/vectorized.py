@@ -46,12 +46,7 @@ class VectorizedGrid(InProcessGrid):
         for msg in waiting:
             if msg.metadata.message_type != MessageType.TRAIN:
                 self._deliver(msg)
-        if self._pool is not None:
-            self._deliver_trains(trains)
-        else:
-            batch = [(m, self.contexts[m.metadata.dst_node_id]) for m in trains]
-            for msg, reply in zip(trains, self._serve_trains(batch) if batch else [], strict=True):
-                self._replies[msg.metadata.message_id] = reply
+        self._deliver_trains(trains)
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
     def _serve_trains(self, batch: Sequence[tuple[Message, Context]]) -> list[Message]:

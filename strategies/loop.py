@@ -114,11 +114,7 @@ class CooperativeStrategy:
             raise RunFailed(str(lost), partial=result) from None
         result.aux = coordinator.aux
         alive = [i for i in range(len(node_of)) if np.all(np.isfinite(result.workers[i]))]
-        chosen = participation.subset(self.config.seed, alive, self.config.eval_workers)
-        started = time.monotonic()
-        result.client_evaluation = transport.evaluate([node_of[i] for i in chosen])
-        if result.client_evaluation:
-            result.client_evaluation["worker-eval-seconds"] = time.monotonic() - started
+        result.client_evaluation = transport.evaluate_own_models(alive, node_of)
         return result
 
     def _loop(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from clients.messages import LOCAL_EVALUATION
 from fedcoop.clock import VirtualClock
 from fedcoop.config import RunConfig
 from fedcoop.coordinator import Coordinator, RoundSummary
+from fedcoop.spec import CooperativeSpec
 from strategies.result import EvaluateFn, RunResult
 
 LOG = logging.getLogger("flwr.fedcoop")
@@ -86,10 +87,7 @@ class RoundLog:
                 {"round": summary.round, "kind": "split", "reason": f"{summary.components} parts"}
             )
         rounds = self.result.rounds
-        tau: float = summary.tau
-        taus = self.result.spec.worker_taus
-        if taus is not None:  # round-time budgets: the survivors' mean tau_i
-            tau = float(np.mean([taus[i] for i in summary.survivors]))
+        tau = round_tau(self.result.spec, summary.survivors, summary.tau)
         steps = (rounds[-1]["local-steps"] if rounds else 0) + tau
         row = self._row(summary, steps, tau)
         row["virtual-time"] = clock.round(summary.round, summary.survivors, summary.tau)
@@ -144,3 +142,11 @@ def local_means(config: RunConfig, reported: Mapping[str, list[float]]) -> dict[
         values = [v for v in reported.get(key, []) if not np.isnan(v)]
         out[key] = float(np.mean(values)) if values else float("nan")
     return out
+
+
+def round_tau(spec: CooperativeSpec, survivors: Sequence[int], tau: int) -> float:
+    """A row's tau: the round's `tau`, or under round-time budgets the mean tau_i of the
+    workers that answered."""
+    if spec.worker_taus is None or not survivors:
+        return tau
+    return float(np.mean([spec.worker_taus[i] for i in survivors]))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import random
 import time
 from collections.abc import Iterable
@@ -36,7 +35,7 @@ from fedcoop.coordinator import consensus_distance
 from fedcoop.errors import ConfigError, RunFailed
 from fedcoop.model_vectors import Layout
 from strategies.result import EvaluateFn, RunResult
-from strategies.rounds import local_means
+from strategies.rounds import local_means, round_tau
 from strategies.transport import GridTransport
 
 LOG = logging.getLogger("flwr.fedcoop")
@@ -189,14 +188,14 @@ class StockRun:
         x0: np.ndarray,
         entries: Layout,
         evaluate_fn: EvaluateFn,
+        grid: RecordingGrid,
     ) -> None:
         self.config, self.result, self.entries = config, result, entries
-        self.evaluate_fn = evaluate_fn
+        self.evaluate_fn, self.grid = evaluate_fn, grid
         self.worker_of = {node: i for i, node in enumerate(result.node_of_worker)}
         self.clock = VirtualClock.from_config(config, result.spec, model_bytes=x0.nbytes)
         self.trained: set[int] = set()
         self.started = time.monotonic()
-        self.grid: RecordingGrid | None = None
 
     def vector(self, arrays: ArrayRecord) -> np.ndarray:
         return standard.record_vector(arrays, self.entries)
@@ -205,7 +204,7 @@ class StockRun:
         """Flower's central evaluation: the global model on the test split; after a round,
         that round's row too."""
         metrics = self.evaluate_fn(self.vector(arrays))
-        if round_ >= 1 and self.grid is not None:
+        if round_ >= 1:
             self._row(round_, metrics, *self.grid.take())
         return MetricRecord(metrics)
 
@@ -230,8 +229,7 @@ class StockRun:
                         "reason": reply.error.reason,
                     }
                 )
-        needed = math.ceil(self.config.quorum * sent)
-        if sent and len(ok) < needed:
+        if sent and len(ok) < participation.quorum_size(self.config.quorum, sent):
             reasons = "; ".join(r.error.reason.splitlines()[0] for r in replies if r.has_error())
             self.result.failed = (
                 f"round {round_}: {len(ok)} of {sent} sampled workers answered, fewer than "
@@ -241,10 +239,7 @@ class StockRun:
         survivors = sorted(self.worker_of[r.metadata.src_node_id] for r in ok)
         self.trained.update(survivors)
         reported = [r.content.metric_records[messages.METRICS] for r in ok]
-        taus = self.result.spec.worker_taus
-        tau: float = self.config.tau
-        if taus is not None and survivors:  # round-time budgets: the mean tau_i
-            tau = float(np.mean([taus[i] for i in survivors]))
+        tau = round_tau(self.result.spec, survivors, self.config.tau)
 
         def mean(key: str) -> float:
             return float(np.mean([m[key] for m in reported])) if reported else float("nan")
@@ -294,8 +289,7 @@ def run(
     node_of, counts = transport.handshake(transport.await_nodes())
     spec = algorithms.resolve(config, counts)
     result = RunResult(config=config, spec=spec, node_of_worker=node_of)
-    state = StockRun(config, result, x0, entries, evaluate_fn)
-    state.grid = RecordingGrid(grid)
+    state = StockRun(config, result, x0, entries, evaluate_fn, RecordingGrid(grid))
     initial = standard.model_record(x0, entries)
     name = type(strategy).__name__
     LOG.info("fedcoop: Flower's %s on m=%d workers, tau=%d", name, len(node_of), config.tau)
@@ -316,9 +310,5 @@ def run(
     for round_, metrics in outcome.evaluate_metrics_clientapp.items():
         result.rounds[round_ - 1].update({f"client-{k}": v for k, v in metrics.items()})
     result.server_model = state.vector(outcome.arrays)
-    chosen = participation.subset(config.seed, sorted(state.trained), config.eval_workers)
-    started = time.monotonic()
-    result.client_evaluation = transport.evaluate([node_of[i] for i in chosen])
-    if result.client_evaluation:
-        result.client_evaluation["worker-eval-seconds"] = time.monotonic() - started
+    result.client_evaluation = transport.evaluate_own_models(sorted(state.trained), node_of)
     return result

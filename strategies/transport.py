@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid
 
 from clients import messages
+from fedcoop import participation
 from fedcoop.config import RunConfig
 from fedcoop.errors import ConfigError, RunFailed
 
@@ -155,6 +156,16 @@ class GridTransport(Generic[Tag]):
             return {}
         keys = [k for k in rows[0] if k != "num-examples"]
         return {f"worker-{k}": float(np.mean([row[k] for row in rows])) for k in keys}
+
+    def evaluate_own_models(self, workers: list[int], node_of: list[int]) -> dict[str, float]:
+        """A seeded sample (eval-workers) of `workers` evaluates its own final model: the
+        means, and the seconds it took (worker-eval-seconds)."""
+        chosen = participation.subset(self.config.seed, workers, self.config.eval_workers)
+        started = time.monotonic()
+        out = self.evaluate([node_of[i] for i in chosen])
+        if out:
+            out["worker-eval-seconds"] = time.monotonic() - started
+        return out
 
     # -- the pipelined rounds -------------------------------------------------------------
     def push(self, out: list[Message], tags: list[Tag]) -> None:
